@@ -1,0 +1,23 @@
+# `make repro` and `make test` set up everything on a fresh clone.
+# VENV=path reuses an existing virtual environment.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: repro test mlflow-ui clean-outputs
+
+$(VENV)/.foldwise-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+repro: $(VENV)/.foldwise-installed
+	dvc repro
+
+test: $(VENV)/.foldwise-installed
+	$(BIN)/python -m pytest -q
+
+mlflow-ui: $(VENV)/.foldwise-installed
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000

@@ -1,0 +1,52 @@
+"""Bagging the fold models: average their test predictions, gather the out-of-fold table."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from foldwise.errors import InputError
+
+MEANS = ("arithmetic", "geometric")
+
+
+def average(preds, mean: str = "arithmetic", eps: float = 1e-15) -> np.ndarray:
+    """Average per-model predictions of identical shape.
+
+    `geometric` is the normalised geometric mean of probabilities, which penalises a class any
+    one model rules out; it applies to probabilities only.
+    """
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in preds])
+    if mean == "arithmetic":
+        return stack.mean(axis=0)
+    if mean == "geometric":
+        p = np.exp(np.log(np.clip(stack, eps, 1.0)).mean(axis=0))
+        return p / p.sum(axis=1, keepdims=True)
+    raise InputError(f"params.yaml: bag.mean={mean!r} must be one of {MEANS}")
+
+
+def assemble_oof(fold_tables, expected_ids) -> pd.DataFrame:
+    """Concatenate each fold's validation predictions; every training image exactly once."""
+    oof = pd.concat(fold_tables, ignore_index=True)
+    counts = oof["id"].value_counts()
+    twice = counts[counts > 1]
+    if len(twice):
+        raise InputError(f"image {twice.index[0]!r} is in the validation set of more than one fold")
+    missing = sorted(set(expected_ids) - set(oof["id"]))
+    if missing:
+        raise InputError(f"{len(missing)} training images have no out-of-fold prediction, "
+                         f"e.g. {missing[0]!r}: were all folds trained?")
+    order = {img: i for i, img in enumerate(expected_ids)}
+    return oof.sort_values("id", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def bag_test(fold_tables, mean: str) -> pd.DataFrame:
+    """Average test predictions of the folds; the tables must list the same ids in one order."""
+    first = fold_tables[0]
+    for t in fold_tables[1:]:
+        if not first["id"].equals(t["id"]):
+            raise InputError("fold test predictions list different images; rerun the train stages")
+    cols = [c for c in first.columns if c != "id"]
+    bagged = average([t[cols].to_numpy() for t in fold_tables], mean)
+    out = pd.DataFrame(bagged, columns=cols)
+    out.insert(0, "id", first["id"].to_numpy())
+    return out

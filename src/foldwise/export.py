@@ -1,0 +1,63 @@
+"""The deployable bag: every fold's network in one TorchScript module, plus what predict needs.
+
+The module takes the preprocess cache's format, uint8 (N, H, W, C), and returns the bagged,
+activated predictions, so a user needs only `load_image` (same decode, crop and resize as
+training) and this file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from foldwise.files import atomic_dir
+
+MODEL_FILE = "bagged.pt"
+META_FILE = "meta.json"
+
+
+class Bagged(nn.Module):
+    def __init__(self, nets, activation: str, mean: str):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.softmax = activation == "softmax"
+        self.geometric = mean == "geometric"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        outs = []
+        for net in self.nets:
+            y = net(x)
+            outs.append(y.softmax(dim=1) if self.softmax else y)
+        stack = torch.stack(outs)
+        if self.geometric:
+            p = stack.clamp_min(1e-15).log().mean(dim=0).exp()
+            return p / p.sum(dim=1, keepdim=True)
+        return stack.mean(dim=0)
+
+
+def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path) -> None:
+    """Trace `bagged` on `example` and write it with `meta` into `out_dir` (replaced whole)."""
+    bagged = bagged.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(bagged, example, check_trace=False)
+    with atomic_dir(out_dir) as tmp:
+        torch.jit.save(traced, str(tmp / MODEL_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load(model_dir: str | Path):
+    model_dir = Path(model_dir)
+    model = torch.jit.load(str(model_dir / MODEL_FILE), map_location="cpu").eval()
+    meta = json.loads((model_dir / META_FILE).read_text())
+    return model, meta
+
+
+@torch.no_grad()
+def run_model(model, images, batch_size: int = 64):
+    """Predictions as float64 numpy for a uint8 (N, H, W, C) array."""
+    out = [model(torch.from_numpy(images[i:i + batch_size].copy())).double()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()

@@ -1,0 +1,35 @@
+"""K-fold assignment: stratified by label and, where groups exist, no group in two folds."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from foldwise.errors import InputError
+
+
+def assign_folds(labels, groups, n_folds: int, seed: int) -> np.ndarray:
+    """Return the validation fold (0..n_folds-1) of every sample.
+
+    With `groups`, every group lands in exactly one validation fold (drivers' frames are near
+    duplicates, so a split that mixes them overstates the score); label proportions are kept
+    as close as the groups allow.
+    """
+    labels = np.asarray(labels)
+    if n_folds < 2:
+        raise InputError(f"params.yaml: folds lists {n_folds} fold(s); k-fold needs at least 2")
+    x = np.zeros(len(labels))
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(x, labels)
+    else:
+        groups = np.asarray(groups)
+        n_groups = len(np.unique(groups))
+        if n_groups < n_folds:
+            raise InputError(f"only {n_groups} subjects ({', '.join(map(str, np.unique(groups)))}) "
+                             f"for {n_folds} folds: params.yaml 'folds' must list at most {n_groups}")
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(x, labels, groups)
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    for k, (_, val) in enumerate(splits):
+        fold[val] = k
+    return fold

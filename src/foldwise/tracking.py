@@ -1,0 +1,148 @@
+"""MLflow: one parent run per pipeline run, one child run per fold.
+
+Folds train in separate DVC stages (separate processes, possibly days apart when a run is
+resumed), so they meet their parent through a key: a hash of every param that shapes the
+results plus the fold table and preprocessing stats. A fold joins the newest parent with its
+key unless that parent is finished or already holds a finished run of the same fold (then this
+is a new pipeline run, e.g. `dvc repro -f`). A pipeline that died part-way therefore resumes
+under its old parent. The evaluate stage logs the bagged out-of-fold metrics to the parent and
+finishes it.
+
+The store defaults to `sqlite:///<project root>/mlflow.db`; queued DVC experiments run in
+copies under `<project root>/.dvc/tmp/exps/`, and are pointed back at the project's store.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from foldwise.params import flatten
+
+# params that shape a fold's results; tracking settings themselves are not among them
+RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train")
+
+
+def project_root(cwd: str | Path | None = None) -> Path:
+    """The project directory, also from inside a DVC experiment's temporary copy."""
+    path = Path(cwd or os.getcwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri(cfg: dict) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri")
+    return uri or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """Serialise store creation and parent lookup: two processes creating one SQLite store
+    at the same moment corrupt it."""
+    path = project_root() / "mlflow.db.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def open_experiment(cfg: dict) -> str:
+    """Point MLflow at the store (created here, under the lock) and return the experiment id."""
+    with _lock():
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        exp = mlflow.get_experiment_by_name(cfg["experiment"])
+        if exp is not None:
+            return exp.experiment_id
+        artifacts = None
+        if not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri")):
+            artifacts = (project_root() / "mlartifacts").as_uri()
+        return mlflow.create_experiment(cfg["experiment"], artifact_location=artifacts)
+
+
+def pipeline_key(params: dict, *fingerprint_files) -> str:
+    payload = {k: params.get(k) for k in RESULT_KEYS}
+    h = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode())
+    for path in fingerprint_files:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def parent_for_fold(experiment_id: str, key: str, fold: int, params: dict) -> str:
+    """The parent run this fold belongs to, created when this fold starts a new pipeline run."""
+    client = MlflowClient()
+    with _lock():
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`foldwise.pipeline_key` = '{key}' and tags.`foldwise.role` = 'parent'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if found and found[0].info.status != "FINISHED":
+            parent = found[0].info.run_id
+            done = client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`foldwise.fold` = '{fold}'"
+                              " and attributes.status = 'FINISHED'", max_results=1)
+            if not done:
+                return parent
+        tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent"}
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+        name = os.environ.get("DVC_EXP_NAME") or f"pipeline {key[:8]}"
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        for batch in _chunks(sorted(flatten(params).items()), 100):
+            client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
+                                                      for k, v in batch])
+        return run.info.run_id
+
+
+def _chunks(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def log_params(params: dict) -> None:
+    flat = sorted(flatten(params).items())
+    for batch in _chunks(flat, 100):
+        mlflow.log_params({k: str(v)[:6000] for k, v in batch})
+
+
+def learning_curve_png(history, path: str | Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [c[len("train_"):] for c in history.columns if c.startswith("train_")
+               and f"val_{c[len('train_'):]}" in history.columns]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.5 * (len(metrics) + 1), 3.5))
+    for ax, m in zip(axes, metrics):
+        ax.plot(history["epoch"], history[f"train_{m}"], label="train")
+        ax.plot(history["epoch"], history[f"val_{m}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(m)
+        ax.legend()
+    axes[-1].plot(history["epoch"], history["lr"])
+    axes[-1].set_title("learning rate")
+    axes[-1].set_xlabel("epoch")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def finish_parent(experiment_id: str, parent_id: str, metrics: dict, artifacts=()) -> None:
+    client = MlflowClient()
+    for k, v in metrics.items():
+        client.log_metric(parent_id, k, float(v))
+    for path in artifacts:
+        client.log_artifact(parent_id, str(path))
+    client.set_terminated(parent_id, "FINISHED")

@@ -1,0 +1,21 @@
+"""sample: write the embedded synthetic data set in the configured source's layout.
+
+usage: python stages/sample.py OUT_DIR
+"""
+import sys
+
+import _src  # noqa: F401
+
+from foldwise import params as P, stage
+from foldwise.sources import get_source
+
+
+def main():
+    out = sys.argv[1]
+    params = P.load()
+    options = {k: v for k, v in P.get(params, "sample").items() if k != "root"}
+    get_source(P.get(params, "data.source")).write_sample(out, seed=P.get(params, "seed"), **options)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,120 @@
+"""train: one fold. Trains on the other folds, keeps the epoch with the best validation loss.
+
+usage: python stages/train.py FOLD FOLDS_CSV PROCESSED_DIR OUT_DIR HISTORY_CSV
+writes OUT_DIR/{model.pt, oof.csv, test.csv, run.json} and the per-epoch HISTORY_CSV;
+logs the fold as a child run in MLflow.
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import _src  # noqa: F401
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from foldwise import augment, params as P, stage, tracking
+from foldwise.errors import InputError
+from foldwise.files import atomic_dir, write_csv
+from foldwise.models import Normalised, create_backbone
+from foldwise.tasks import create_task
+from foldwise.training import train_fold
+
+
+class Rows:
+    """Rows `index` of a (memory-mapped) array, indexable like an array of its own."""
+
+    def __init__(self, array, index):
+        self.array, self.index = array, np.asarray(index)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return self.array[self.index[i]]
+
+
+def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
+    df = pd.DataFrame(preds, columns=columns)
+    for i, (name, values) in enumerate({"id": ids, **extra}.items()):
+        df.insert(i, name, np.asarray(values))
+    return df
+
+
+def main():
+    fold = int(sys.argv[1])
+    folds_csv, processed, out, history_csv = sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+    params = P.load()
+    cfg = P.get(params, "train")
+    meta = json.loads((processed / "meta.json").read_text())
+    augment.check(cfg["augment"], meta["hflip_safe"])
+    folds = pd.read_csv(folds_csv, dtype={"id": str, "group": str})
+    train_table = pd.read_csv(processed / "train.csv", dtype={"id": str, "group": str})
+    if not folds["id"].equals(train_table["id"]):
+        raise InputError(f"{folds_csv} and {processed / 'train.csv'} list different images: "
+                         "rerun split and preprocess")
+    if fold not in set(folds["fold"]):
+        raise InputError(f"{folds_csv}: no fold {fold}; params.yaml folds and the split disagree")
+    images = np.load(processed / "train.npy", mmap_mode="r")
+    test_images = np.load(processed / "test.npy", mmap_mode="r")
+    labels = train_table["label"].to_numpy()
+    is_val = folds["fold"].to_numpy() == fold
+    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+    task = create_task(meta["task"], meta["classes"], params)
+    backbone, weights = create_backbone(cfg["model"], task.num_outputs, images.shape[-1],
+                                        cfg["pretrained"], cfg["weights_file"])
+    net = Normalised(backbone, meta["mean"], meta["std"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed = int(P.get(params, "seed")) * 1000 + fold
+    lr = float(P.get(params, "lr"))
+
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
+    parent = tracking.parent_for_fold(experiment, key, fold, params)
+    tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
+            "foldwise.weights": weights, "foldwise.device": str(device)}
+    with mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
+                          tags=tags) as run:
+        tracking.log_params({**params, "fold": fold, "train_images": len(tr), "val_images": len(va)})
+        result = train_fold(
+            net, task, lr, cfg, seed, Rows(images, tr), labels[tr], Rows(images, va), labels[va],
+            test_images, device,
+            on_epoch=lambda row: mlflow.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
+        best = result.history.iloc[result.best_epoch]
+        summary = {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
+                   **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")}}
+        mlflow.log_metrics(summary)
+
+        columns = list(meta["classes"])
+        oof = prediction_table(train_table["id"].iloc[va], result.val_preds, columns,
+                               group=train_table["group"].iloc[va], label=labels[va],
+                               fold=np.full(len(va), fold))
+        test = prediction_table(pd.read_csv(processed / "test.csv", dtype={"id": str})["id"],
+                                result.test_preds, columns)
+        spec = {"model": cfg["model"], "num_outputs": task.num_outputs, "in_chans": images.shape[-1],
+                "mean": meta["mean"], "std": meta["std"]}
+        with atomic_dir(out) as tmp:
+            torch.save({"spec": spec, "state_dict": result.state_dict, "fold": fold}, tmp / "model.pt")
+            write_csv(oof, tmp / "oof.csv", float_format="%.8g")
+            write_csv(test, tmp / "test.csv", float_format="%.8g")
+            (tmp / "run.json").write_text(json.dumps(
+                {"run_id": run.info.run_id, "parent_run_id": parent, "experiment_id": experiment,
+                 "weights": weights, **summary}, indent=2) + "\n")
+            with tempfile.TemporaryDirectory() as art:
+                result.history.to_csv(Path(art) / "history.csv", index=False)
+                tracking.learning_curve_png(result.history, Path(art) / "learning_curve.png",
+                                            f"fold {fold}: {cfg['model']}, lr {lr:g}")
+                mlflow.log_artifacts(art)
+            mlflow.log_artifact(str(tmp / "model.pt"))
+        write_csv(result.history, history_csv)
+    print(f"fold {fold}: best epoch {result.best_epoch}, "
+          f"val logloss {best['val_' + task.monitor]:.4f}, "
+          f"{result.train_images_per_s:.0f} train images/s on {device}")
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,190 @@
+"""The real `dvc repro`, `dvc exp run` and queued experiments on a tiny sample, in a copy of
+the project; checks the outputs, the metrics against scikit-learn and the MLflow runs."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import log_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDS = 3
+EPOCHS = 2
+
+
+def sh(cmd, cwd, check=True):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(ROOT / "src"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = subprocess.run(cmd, cwd=cwd, shell=True, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC copy of this project with tiny params, after one `dvc repro`."""
+    dst = tmp_path_factory.mktemp("pipeline") / "project"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "export/")):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["folds"] = list(range(FOLDS))
+    params["sample"].update(drivers=5, per_class=2, test_drivers=1, test_per_class=2)
+    params["preprocess"].update(height=48, width=64)
+    params["train"].update(epochs=EPOCHS, batch_size=8, patience=EPOCHS)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git init -q && git add -A && git commit -qm tiny", dst)
+    out = sh("dvc repro", dst)
+    return dst, params, out.stdout
+
+
+def runs(project_dir):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project_dir / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("foldwise")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_submission_is_in_the_competition_format(project):
+    dst, params, _ = project
+    sub_path = dst / "export/submission.csv"
+    assert sub_path.read_text().splitlines()[0] == "img," + ",".join(f"c{i}" for i in range(10))
+    sub = pd.read_csv(sub_path)
+    test_names = sorted(p.name for p in (dst / "data/sample/statefarm/imgs/test").glob("*.jpg"))
+    assert list(sub["img"]) == test_names and len(test_names) == 20
+    np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_bagged_test_predictions_are_the_mean_of_the_folds(project):
+    dst, _, _ = project
+    folds = [pd.read_csv(dst / f"models/fold_{k}/test.csv") for k in range(FOLDS)]
+    bagged = pd.read_csv(dst / "data/bagged/test.csv")
+    cols = [f"c{i}" for i in range(10)]
+    np.testing.assert_allclose(bagged[cols], np.mean([f[cols] for f in folds], axis=0), atol=1e-7)
+
+
+def test_oof_covers_every_image_once_with_no_driver_in_two_folds(project):
+    dst, _, _ = project
+    oof = pd.read_csv(dst / "data/bagged/oof.csv", dtype={"id": str})
+    listed = pd.read_csv(dst / "data/sample/statefarm/driver_imgs_list.csv")
+    assert sorted(oof["id"]) == sorted(listed["img"])
+    assert oof.groupby("group")["fold"].nunique().max() == 1
+    assert set(oof["fold"]) == set(range(FOLDS))
+
+
+def test_metrics_match_scikit_learn_on_the_oof_table(project):
+    dst, _, _ = project
+    oof = pd.read_csv(dst / "data/bagged/oof.csv")
+    probs = oof[[f"c{i}" for i in range(10)]].to_numpy()
+    m = json.loads((dst / "metrics/metrics.json").read_text())
+    expected = log_loss(oof["label"], np.clip(probs, 1e-15, 1 - 1e-15), labels=list(range(10)))
+    assert m["oof"]["logloss"] == pytest.approx(expected, rel=1e-9)
+    assert m["oof"]["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == oof["label"]))
+    assert sorted(m["folds"]) == [str(k) for k in range(FOLDS)]
+    confusion = pd.read_csv(dst / "metrics/confusion.csv")
+    assert len(confusion) == len(oof)
+    show = sh("dvc metrics show --json", dst).stdout
+    assert "logloss" in show
+
+
+def test_mlflow_has_one_parent_with_a_child_per_fold(project):
+    dst, _, _ = project
+    client, all_runs = runs(dst)
+    parents = [r for r in all_runs if r.data.tags.get("foldwise.role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    m = json.loads((dst / "metrics/metrics.json").read_text())
+    assert parent.data.metrics["oof_logloss"] == pytest.approx(m["oof"]["logloss"])
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["foldwise.fold"] for r in children) == [str(k) for k in range(FOLDS)]
+    for child in children:
+        assert child.data.params["lr"] == "0.001" and child.data.params["train.model"] == "resnet10t"
+        for name in ("train_loss", "val_logloss", "val_accuracy", "train_accuracy", "lr"):
+            assert len(client.get_metric_history(child.info.run_id, name)) == EPOCHS, name
+        assert "best_epoch" in child.data.metrics
+        arts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"learning_curve.png", "history.csv", "model.pt"} <= arts
+
+
+def test_predict_command_reproduces_the_bagged_test_predictions(project, tmp_path):
+    dst, _, _ = project
+    out = tmp_path / "pred.csv"
+    sh(f"{sys.executable} -m foldwise.predict export/model data/sample/statefarm/imgs/test {out}", dst)
+    pred = pd.read_csv(out)
+    bagged = pd.read_csv(dst / "data/bagged/test.csv")
+    assert list(pred["img"]) == list(bagged["id"])
+    cols = [f"c{i}" for i in range(10)]
+    assert np.abs(pred[cols].to_numpy() - bagged[cols].to_numpy()).max() < 1e-4
+
+
+def test_repro_again_does_nothing(project):
+    dst, _, first = project
+    assert "Running stage 'train@0'" in first
+    second = sh("dvc repro", dst).stdout
+    assert "Running stage" not in second
+
+
+def test_exp_run_with_lr_reruns_only_what_depends_on_it(project):
+    dst, _, _ = project
+    out = sh("dvc exp run -S lr=2e-3", dst).stdout
+    for stage in ("sample", "split", "preprocess"):
+        assert f"Running stage '{stage}'" not in out
+    for stage in [f"train@{k}" for k in range(FOLDS)] + ["bag", "evaluate", "export"]:
+        assert f"Running stage '{stage}'" in out
+    show = sh("dvc exp show --no-pager --csv", dst).stdout
+    assert "lr" in show.splitlines()[0] and "logloss" in show.splitlines()[0]
+    _, all_runs = runs(dst)
+    parents = [r for r in all_runs if r.data.tags.get("foldwise.role") == "parent"]
+    assert sorted(p.data.params["lr"] for p in parents) == ["0.001", "0.002"]
+
+
+def test_queued_experiment_logs_to_the_project_store(project):
+    dst, _, _ = project
+    sh("dvc exp run --queue -S lr=5e-4", dst)
+    sh("dvc queue start", dst)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = sh("dvc queue status", dst).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Success" in status, status + sh("dvc queue logs $(dvc queue status | awk 'NR==2{print $1}')",
+                                             dst, check=False).stdout
+    _, all_runs = runs(dst)
+    parents = [r for r in all_runs if r.data.tags.get("foldwise.role") == "parent"
+               and r.data.params.get("lr") == "0.0005"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags.get("dvc.experiment")
+    assert not list((dst / ".dvc/tmp/exps").glob("*/mlflow.db"))
+
+
+def test_bad_input_stops_before_training_with_the_row_named(project, tmp_path):
+    dst, params, _ = project
+    bad = tmp_path / "bad"
+    shutil.copytree(dst / "data/sample/statefarm", bad)
+    csv = bad / "driver_imgs_list.csv"
+    table = pd.read_csv(csv)
+    table.loc[4, "classname"] = "c42"
+    table.to_csv(csv, index=False)
+    res = sh(f"{sys.executable} stages/split.py {bad} {tmp_path / 'folds.csv'}", dst, check=False)
+    assert res.returncode == 2
+    assert f"error: {csv}, line 6: unknown class 'c42'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "folds.csv").exists()

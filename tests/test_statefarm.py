@@ -1,0 +1,117 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from foldwise.cache import build_cache
+from foldwise.errors import InputError
+from foldwise.folds import assign_folds
+from foldwise.sources import statefarm
+
+
+@pytest.fixture
+def sample_copy(statefarm_sample, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(statefarm_sample, root)
+    return root
+
+
+def test_sample_is_in_the_competition_layout(statefarm_sample):
+    table = pd.read_csv(statefarm_sample / "driver_imgs_list.csv")
+    assert list(table.columns) == ["subject", "classname", "img"]
+    assert table["subject"].nunique() == 6 and sorted(table["classname"].unique()) == list(statefarm.CLASSES)
+    first = table.iloc[0]
+    from PIL import Image
+    with Image.open(statefarm_sample / "imgs/train" / first.classname / first.img) as im:
+        assert (im.format, im.size, im.mode) == ("JPEG", (640, 480), "RGB")
+    sub = pd.read_csv(statefarm_sample / "sample_submission.csv")
+    assert list(sub.columns) == ["img"] + list(statefarm.CLASSES)
+    assert sorted(sub["img"]) == sorted(p.name for p in (statefarm_sample / "imgs/test").glob("*.jpg"))
+
+
+def test_sample_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        statefarm.write_sample(tmp_path / name, drivers=2, per_class=1, test_drivers=1, test_per_class=1)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+                         for f in files)
+
+
+def test_read_lists_labels_groups_and_test_images(statefarm_sample):
+    data = statefarm.read(statefarm_sample)
+    assert len(data.train) == 6 * 10 * 3 and len(data.test) == 10
+    assert set(data.train["label"]) == set(range(10))
+    assert not data.hflip_safe  # c1 texting right mirrors into c3 texting left
+
+
+def test_missing_listed_image_names_the_row_and_file(sample_copy):
+    table = pd.read_csv(sample_copy / "driver_imgs_list.csv")
+    row = table.iloc[7]
+    (sample_copy / "imgs/train" / row.classname / row.img).unlink()
+    with pytest.raises(InputError, match=rf"line 9: image .*{row.img} is listed but missing"):
+        statefarm.read(sample_copy)
+
+
+def test_unknown_class_names_the_row(sample_copy):
+    csv = sample_copy / "driver_imgs_list.csv"
+    table = pd.read_csv(csv)
+    table.loc[3, "classname"] = "c10"
+    table.to_csv(csv, index=False)
+    with pytest.raises(InputError, match=r"line 5: unknown class 'c10'"):
+        statefarm.read(sample_copy)
+
+
+def test_empty_test_folder_is_an_error(sample_copy):
+    for p in (sample_copy / "imgs/test").iterdir():
+        p.unlink()
+    with pytest.raises(InputError, match=r"imgs/test: no test images"):
+        statefarm.read(sample_copy)
+
+
+def test_corrupt_jpeg_fails_preprocess_naming_the_file_and_keeps_old_cache(sample_copy, tmp_path):
+    data = statefarm.read(sample_copy)
+    out = tmp_path / "train.npy"
+    build_cache(data.train["path"][:4], out, 24, 32, workers=1)
+    before = out.read_bytes()
+    victim = data.train["path"].iloc[2]
+    raw = open(victim, "rb").read()
+    open(victim, "wb").write(raw[: len(raw) // 3])  # truncated
+    with pytest.raises(InputError, match=rf"{victim}: cannot decode image"):
+        build_cache(data.train["path"][:4], out, 24, 32, workers=1)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_submission_has_the_competition_header_and_rows_summing_to_one(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10), size=3)
+    path = tmp_path / "submission.csv"
+    statefarm.write_submission(["img_1.jpg", "img_2.jpg", "img_3.jpg"], probs, statefarm.CLASSES, path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "img,c0,c1,c2,c3,c4,c5,c6,c7,c8,c9"
+    sub = pd.read_csv(path)
+    assert list(sub["img"]) == ["img_1.jpg", "img_2.jpg", "img_3.jpg"]
+    np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(sub.iloc[:, 1:], probs, atol=1e-6)
+
+
+def one_nn_accuracy(x, y, fold):
+    correct = 0
+    for k in np.unique(fold):
+        tr, va = fold != k, fold == k
+        d = ((x[va, None, :] - x[None, tr, :]) ** 2).sum(-1)
+        correct += (y[tr][d.argmin(1)] == y[va]).sum()
+    return correct / len(y)
+
+
+def test_ignoring_drivers_flatters_the_score(statefarm_sample, tmp_path):
+    """Frames of one driver are near duplicates: a nearest-neighbour classifier on raw pixels
+    looks far better on a random split than on a driver-grouped one."""
+    data = statefarm.read(statefarm_sample)
+    build_cache(data.train["path"], tmp_path / "x.npy", 24, 32, workers=2)
+    x = np.load(tmp_path / "x.npy").reshape(len(data.train), -1).astype(np.float32)
+    y = data.train["label"].to_numpy()
+    grouped = one_nn_accuracy(x, y, assign_folds(y, data.train["group"], 3, seed=0))
+    mixed = one_nn_accuracy(x, y, assign_folds(y, None, 3, seed=0))
+    assert mixed > grouped + 0.3, (mixed, grouped)
