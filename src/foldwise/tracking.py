@@ -60,14 +60,14 @@ def _lock() -> Iterator[None]:
 
 def open_experiment(cfg: dict) -> str:
     """Point MLflow at the store (created here, under the lock) and return the experiment id."""
+    # artifacts beside the default store, not in ./mlruns of a temporary experiment copy
+    own_store = not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri"))
+    artifacts = (project_root() / "mlartifacts").as_uri() if own_store else None
     with _lock():
-        mlflow.set_tracking_uri(tracking_uri(cfg))
+        mlflow.set_tracking_uri(tracking_uri(cfg))  # also exports MLFLOW_TRACKING_URI
         exp = mlflow.get_experiment_by_name(cfg["experiment"])
         if exp is not None:
             return exp.experiment_id
-        artifacts = None
-        if not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri")):
-            artifacts = (project_root() / "mlartifacts").as_uri()
         return mlflow.create_experiment(cfg["experiment"], artifact_location=artifacts)
 
 
