@@ -1,4 +1,4 @@
-"""export: the submission file and the bagged model (TorchScript) that reproduces it.
+"""export: the submission file and the bagged model (torch.export .pt2) that reproduces it.
 
 usage: python stages/export.py MODELS_DIR PROCESSED_DIR BAGGED_DIR SUBMISSION_CSV MODEL_DIR
 """
@@ -29,7 +29,8 @@ def main():
     nets = [load_checkpoint(models / f"fold_{k}" / "model.pt") for k in P.get(params, "folds")]
     test_images = np.load(processed / "test.npy", mmap_mode="r")
     bag = export.Bagged(nets, task.activation, mean)
-    export.save(bag, torch.from_numpy(test_images[:2].copy()),
+    example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
+    export.save(bag, example,
                 {"source": meta["source"], "task": meta["task"], "classes": meta["classes"],
                  "bag_mean": mean, "folds": len(nets),
                  "preprocess": {k: meta[k] for k in ("height", "width", "crop", "mode")}},

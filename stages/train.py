@@ -17,7 +17,7 @@ import torch
 
 from foldwise import augment, params as P, stage, tracking
 from foldwise.errors import InputError
-from foldwise.files import atomic_dir, write_csv
+from foldwise.files import atomic_dir, project_root, write_csv
 from foldwise.models import Normalised, create_backbone
 from foldwise.tasks import create_task
 from foldwise.training import train_fold
@@ -63,17 +63,20 @@ def main():
     is_val = folds["fold"].to_numpy() == fold
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
+    seed = int(P.get(params, "seed")) * 1000 + fold
+    torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta["task"], meta["classes"], params)
     backbone, weights = create_backbone(cfg["model"], task.num_outputs, images.shape[-1],
                                         cfg["pretrained"], cfg["weights_file"])
     net = Normalised(backbone, meta["mean"], meta["std"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    seed = int(P.get(params, "seed")) * 1000 + fold
     lr = float(P.get(params, "lr"))
 
     experiment = tracking.open_experiment(P.get(params, "mlflow"))
     key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
     parent = tracking.parent_for_fold(experiment, key, fold, params)
+    # survives a crash mid-fold; keyed by everything that shapes the result
+    resume = project_root() / ".foldwise" / "resume" / f"{key}-fold{fold}.pt"
     tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
             "foldwise.weights": weights, "foldwise.device": str(device)}
     with mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
@@ -83,7 +86,8 @@ def main():
             net, task, lr, cfg, seed, Rows(images, tr), labels[tr], Rows(images, va), labels[va],
             test_images, device,
             on_epoch=lambda row: mlflow.log_metrics(
-                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
+                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
+            resume=resume)
         best = result.history.iloc[result.best_epoch]
         summary = {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
                    **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")}}
@@ -111,6 +115,7 @@ def main():
                 mlflow.log_artifacts(art)
             mlflow.log_artifact(str(tmp / "model.pt"))
         write_csv(result.history, history_csv)
+    resume.unlink(missing_ok=True)
     print(f"fold {fold}: best epoch {result.best_epoch}, "
           f"val logloss {best['val_' + task.monitor]:.4f}, "
           f"{result.train_images_per_s:.0f} train images/s on {device}")

@@ -105,7 +105,7 @@ def test_metrics_match_scikit_learn_on_the_oof_table(project):
 
 
 def test_mlflow_has_one_parent_with_a_child_per_fold(project):
-    dst, _, _ = project
+    dst, params, _ = project
     client, all_runs = runs(dst)
     parents = [r for r in all_runs if r.data.tags.get("foldwise.role") == "parent"]
     assert len(parents) == 1
@@ -116,7 +116,7 @@ def test_mlflow_has_one_parent_with_a_child_per_fold(project):
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["foldwise.fold"] for r in children) == [str(k) for k in range(FOLDS)]
     for child in children:
-        assert child.data.params["lr"] == "0.001" and child.data.params["train.model"] == "resnet10t"
+        assert child.data.params["lr"] == str(params["lr"]) and child.data.params["train.model"] == "resnet10t"
         for name in ("train_loss", "val_logloss", "val_accuracy", "train_accuracy", "lr"):
             assert len(client.get_metric_history(child.info.run_id, name)) == EPOCHS, name
         assert "best_epoch" in child.data.metrics
@@ -144,7 +144,7 @@ def test_repro_again_does_nothing(project):
 
 def test_exp_run_with_lr_reruns_only_what_depends_on_it(project):
     dst, _, _ = project
-    out = sh("dvc exp run -S lr=2e-3", dst).stdout
+    out = sh("dvc exp run -S lr=3e-3", dst).stdout
     for stage in ("sample", "split", "preprocess"):
         assert f"Running stage '{stage}'" not in out
     for stage in [f"train@{k}" for k in range(FOLDS)] + ["bag", "evaluate", "export"]:
@@ -153,7 +153,7 @@ def test_exp_run_with_lr_reruns_only_what_depends_on_it(project):
     assert "lr" in show.splitlines()[0] and "logloss" in show.splitlines()[0]
     _, all_runs = runs(dst)
     parents = [r for r in all_runs if r.data.tags.get("foldwise.role") == "parent"]
-    assert sorted(p.data.params["lr"] for p in parents) == ["0.001", "0.002"]
+    assert sorted(p.data.params["lr"] for p in parents) == ["0.002", "0.003"]
 
 
 def test_queued_experiment_logs_to_the_project_store(project):

@@ -1,8 +1,10 @@
-"""The deployable bag: every fold's network in one TorchScript module, plus what predict needs.
+"""The deployable bag: every fold's network in one exported program, plus what predict needs.
 
-The module takes the preprocess cache's format, uint8 (N, H, W, C), and returns the bagged,
-activated predictions, so a user needs only `load_image` (same decode, crop and resize as
-training) and this file.
+The program takes the preprocess cache's format, uint8 (N, H, W, C) with any N, and returns the
+bagged, activated predictions, so a user needs only `load_image` (same decode, crop and resize
+as training) and this file. It is saved with `torch.export` (a `.pt2` ExportedProgram), the
+successor of TorchScript, whose `torch.jit` API is deprecated in the torch we pin; `.pt2` loads
+with `torch.export.load` and compiles ahead of time with AOTInductor.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch import nn
 
 from foldwise.files import atomic_dir
 
-MODEL_FILE = "bagged.pt"
+MODEL_FILE = "bagged.pt2"
 META_FILE = "meta.json"
 
 
@@ -39,18 +41,17 @@ class Bagged(nn.Module):
 
 
 def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path) -> None:
-    """Trace `bagged` on `example` and write it with `meta` into `out_dir` (replaced whole)."""
-    bagged = bagged.eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(bagged, example, check_trace=False)
+    """Export `bagged` (batch size dynamic) and write it with `meta` into `out_dir` (replaced whole)."""
+    program = torch.export.export(bagged.eval(), (example,),
+                                  dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
     with atomic_dir(out_dir) as tmp:
-        torch.jit.save(traced, str(tmp / MODEL_FILE))
+        torch.export.save(program, str(tmp / MODEL_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load(model_dir: str | Path):
     model_dir = Path(model_dir)
-    model = torch.jit.load(str(model_dir / MODEL_FILE), map_location="cpu").eval()
+    model = torch.export.load(str(model_dir / MODEL_FILE)).module()
     meta = json.loads((model_dir / META_FILE).read_text())
     return model, meta
 

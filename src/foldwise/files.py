@@ -17,6 +17,16 @@ import numpy as np
 import pandas as pd
 
 
+def project_root(cwd: str | Path | None = None) -> Path:
+    """The project directory, also from inside a DVC experiment's temporary copy."""
+    path = Path(cwd or os.getcwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` if the block succeeds."""

@@ -24,20 +24,11 @@ from typing import Iterator
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from foldwise.files import project_root
 from foldwise.params import flatten
 
 # params that shape a fold's results; tracking settings themselves are not among them
 RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train")
-
-
-def project_root(cwd: str | Path | None = None) -> Path:
-    """The project directory, also from inside a DVC experiment's temporary copy."""
-    path = Path(cwd or os.getcwd()).resolve()
-    parts = path.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return path
 
 
 def tracking_uri(cfg: dict) -> str:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -59,11 +61,13 @@ def predict(net: nn.Module, images: np.ndarray, task, batch_size: int, device: t
 def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
                x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                x_test: np.ndarray, device: torch.device,
-               on_epoch: Callable[[dict], None] = lambda row: None) -> FoldResult:
+               on_epoch: Callable[[dict], None] = lambda row: None,
+               resume: str | Path | None = None) -> FoldResult:
     """Train `net` on one fold; keep the epoch with the lowest validation `task.monitor`.
 
     `cfg` is params.yaml's `train` section. `on_epoch` receives each epoch's history row
-    (for tracking) as it completes.
+    (for tracking) as it completes. With `resume`, the complete training state is saved there
+    after every epoch, and a run killed part-way continues from its last finished epoch.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -82,9 +86,23 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
     batch_size = int(cfg["batch_size"])
     targets = task.targets(y_train)
     best, best_epoch, best_state, stale = float("inf"), -1, None, 0
-    history, seen, train_time = [], 0, 0.0
+    history, seen, train_time, start = [], 0, 0.0, 0
+    if resume and Path(resume).is_file():
+        state = torch.load(resume, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        best, best_epoch, best_state, stale = state["best"], state["best_epoch"], state["best_state"], state["stale"]
+        history, start = state["history"], len(state["history"])
+        scheduler.step(start)
+        for row in history:
+            on_epoch(row)
+        log.info("resumed from %s after epoch %d", resume, start - 1)
+        if stale >= int(cfg["patience"]):
+            start = int(cfg["epochs"])  # it had already stopped early
 
-    for epoch in range(int(cfg["epochs"])):
+    for epoch in range(start, int(cfg["epochs"])):
         net.train()
         lr_now = optimizer.param_groups[0]["lr"]
         order = torch.randperm(len(x_train), generator=gen).numpy()
@@ -128,9 +146,14 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
             best_state = copy.deepcopy(net.state_dict())
         else:
             stale += 1
-            if stale >= int(cfg["patience"]):
-                log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
-                break
+        if resume:
+            _save_resume(resume, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                  "best": best, "best_epoch": best_epoch, "best_state": best_state,
+                                  "stale": stale, "history": history})
+        if stale >= int(cfg["patience"]):
+            log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+            break
 
     net.load_state_dict(best_state)
     state = {k: v.detach().cpu().contiguous() for k, v in best_state.items()}
@@ -140,5 +163,13 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
         best_epoch=best_epoch,
         val_preds=predict(net, x_val, task, batch_size * 2, device, channels_last, amp),
         test_preds=predict(net, x_test, task, batch_size * 2, device, channels_last, amp),
-        train_images_per_s=seen / max(train_time, 1e-9),
+        train_images_per_s=seen / max(train_time, 1e-9) if seen else float("nan"),
     )
+
+
+def _save_resume(path, state: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

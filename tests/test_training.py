@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import timm
+import torch
+
+from foldwise.augment import augment, check
+from foldwise.errors import InputError
+from foldwise.models import Normalised
+from foldwise.tasks import Classification
+from foldwise.training import train_fold
+
+CFG = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.0,
+       "scheduler": "cosine", "warmup_epochs": 0, "label_smoothing": 0.0, "patience": 10,
+       "channels_last": True, "amp": True,
+       "augment": {"hflip": False, "shift": 0.05, "scale": 0.05, "rotate": 3,
+                   "brightness": 0.1, "contrast": 0.1}}
+
+
+def toy_data(n=48, seed=0):
+    """Class 0: bright left half; class 1: bright right half."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    x = rng.integers(0, 60, size=(n, 16, 16, 3)).astype(np.uint8)
+    for i, label in enumerate(y):
+        x[i, :, (0 if label == 0 else 8):(8 if label == 0 else 16)] += 150
+    return x, y
+
+
+def run(seed=0, **overrides):
+    torch.manual_seed(seed)
+    net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+    x, y = toy_data()
+    return train_fold(net, Classification(["a", "b"]), 3e-3, {**CFG, **overrides}, seed,
+                      x[:32], y[:32], x[32:], y[32:], x[:5], torch.device("cpu"))
+
+
+def test_same_seed_gives_identical_predictions():
+    a, b = run(seed=1), run(seed=1)
+    np.testing.assert_array_equal(a.val_preds, b.val_preds)
+    np.testing.assert_array_equal(a.test_preds, b.test_preds)
+
+
+def test_kept_epoch_is_the_one_with_the_lowest_validation_logloss():
+    result = run()
+    h = result.history
+    assert result.best_epoch == int(h["val_logloss"].idxmin())
+    best_row = h.iloc[result.best_epoch]
+    from foldwise.metrics import multiclass_logloss
+    _, y = toy_data()
+    assert multiclass_logloss(y[32:], result.val_preds) == pytest.approx(best_row["val_logloss"], rel=1e-5)
+    assert set(h.columns) >= {"epoch", "lr", "train_loss", "train_accuracy", "val_logloss", "val_accuracy"}
+
+
+class WorseningTask(Classification):
+    """Reports a validation loss that grows every epoch, so epoch 0 stays the best."""
+
+    calls = 0
+
+    def score(self, targets, preds):
+        self.calls += 1
+        return {"logloss": float(self.calls), "accuracy": 0.0}
+
+
+def test_early_stopping_after_patience_epochs_without_improvement():
+    torch.manual_seed(0)
+    net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+    x, y = toy_data()
+    result = train_fold(net, WorseningTask(["a", "b"]), 1e-3, {**CFG, "epochs": 10, "patience": 2},
+                        0, x[:32], y[:32], x[32:], y[32:], x[:5], torch.device("cpu"))
+    assert list(result.history["epoch"]) == [0, 1, 2] and result.best_epoch == 0
+
+
+def test_horizontal_flip_is_refused_where_it_changes_labels():
+    with pytest.raises(InputError, match="train.augment.hflip"):
+        check({"hflip": True}, hflip_safe=False)
+    check({"hflip": True}, hflip_safe=True)
+
+
+def test_augment_without_settings_is_the_identity_and_flip_mirrors():
+    x = torch.rand(2, 3, 8, 10)
+    gen = torch.Generator().manual_seed(0)
+    none = {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0, "contrast": 0}
+    out, _ = augment(x, none, gen)
+    torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
+    flips = [augment(x, {**none, "hflip": True}, gen)[0] for _ in range(8)]
+    assert any(torch.allclose(f, x.flip(-1), atol=1e-6) for f in flips)
+    assert any(torch.allclose(f, x, atol=1e-6) for f in flips)
+
+
+def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path):
+    x, y = toy_data()
+    ckpt = tmp_path / "resume.pt"
+
+    def fresh():
+        torch.manual_seed(5)
+        return Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+
+    def args(net):
+        return (net, Classification(["a", "b"]), 3e-3, CFG, 5, x[:32], y[:32], x[32:], y[32:], x[:5],
+                torch.device("cpu"))
+
+    whole = train_fold(*args(fresh()))
+
+    def crash_at_epoch_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(*args(fresh()), on_epoch=crash_at_epoch_2, resume=ckpt)
+    assert ckpt.is_file()
+    seen = []
+    resumed = train_fold(*args(fresh()), on_epoch=seen.append, resume=ckpt)
+    assert [r["epoch"] for r in seen] == [0, 1, 2, 3]  # restored rows are reported again
+    np.testing.assert_array_equal(resumed.val_preds, whole.val_preds)
+    assert resumed.best_epoch == whole.best_epoch
