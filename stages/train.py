@@ -18,7 +18,7 @@ import torch
 from foldwise import augment, params as P, stage, tracking
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, project_root, write_csv
-from foldwise.models import Normalised, create_backbone
+from foldwise.models import Normalised, create_backbone, input_normalisation
 from foldwise.tasks import create_task
 from foldwise.training import train_fold
 
@@ -68,7 +68,8 @@ def main():
     task = create_task(meta["task"], meta["classes"], params)
     backbone, weights = create_backbone(cfg["model"], task.num_outputs, images.shape[-1],
                                         cfg["pretrained"], cfg["weights_file"])
-    net = Normalised(backbone, meta["mean"], meta["std"])
+    mean, std = input_normalisation(backbone, weights, meta["mean"], meta["std"])
+    net = Normalised(backbone, mean, std)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lr = float(P.get(params, "lr"))
 
@@ -100,7 +101,7 @@ def main():
         test = prediction_table(pd.read_csv(processed / "test.csv", dtype={"id": str})["id"],
                                 result.test_preds, columns)
         spec = {"model": cfg["model"], "num_outputs": task.num_outputs, "in_chans": images.shape[-1],
-                "mean": meta["mean"], "std": meta["std"]}
+                "mean": mean, "std": std}
         with atomic_dir(out) as tmp:
             torch.save({"spec": spec, "state_dict": result.state_dict, "fold": fold}, tmp / "model.pt")
             write_csv(oof, tmp / "oof.csv", float_format="%.8g")

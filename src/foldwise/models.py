@@ -36,12 +36,8 @@ def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool
         raise InputError(f"params.yaml: train.model={name!r} is not a timm model name")
     kwargs = dict(num_classes=num_outputs, in_chans=in_chans)
     if weights_file:
-        if not Path(weights_file).is_file():
-            raise InputError(f"params.yaml: train.weights_file={weights_file!r} does not exist")
-        # timm loads the file through the model's own pretrained-weight filter, so a classifier
-        # of another size is dropped and first-conv channels are adapted, as for hub weights
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights_file},
-                                  **kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        load_weights_file(model, weights_file)
         return model, f"file:{weights_file}"
     if pretrained:
         try:
@@ -51,6 +47,61 @@ def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool
                         name, err)
             return timm.create_model(name, pretrained=False, **kwargs), "random (hub unreachable)"
     return timm.create_model(name, pretrained=False, **kwargs), "random"
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load pretrained weights from a local file into every tensor but the classifier.
+
+    Tensors are matched by name when the file uses timm's names, else tensor by tensor in order
+    (files saved by another implementation of the same network name them differently); shapes
+    must agree either way. A classifier of another size than the model's is left at random.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"params.yaml: train.weights_file={str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        source = load_file(str(path))
+    else:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        source = source.get("state_dict", source) if isinstance(source, dict) else source
+    own = model.state_dict()
+    head = model.pretrained_cfg.get("classifier", "classifier")
+    body = [k for k in own if not k.startswith(head + ".") and not k.endswith("num_batches_tracked")]
+    if all(k in source for k in body):
+        pairs = [(k, k) for k in body]
+    else:
+        ordered = [k for k in source if not k.endswith("num_batches_tracked")]
+        if len(ordered) < len(body):
+            raise InputError(f"{path}: {len(ordered)} tensors, but {type(model).__name__} needs "
+                             f"{len(body)} besides its classifier")
+        pairs = list(zip(body, ordered))
+    loaded = {}
+    for mine, theirs in pairs:
+        if own[mine].shape != source[theirs].shape:
+            raise InputError(f"{path}: tensor {theirs!r} has shape {tuple(source[theirs].shape)}, "
+                             f"but the model's {mine!r} needs {tuple(own[mine].shape)}")
+        loaded[mine] = source[theirs]
+    # the file's classifier, when it fits (same number of outputs), follows the body tensors
+    rest = [k for k in source if k not in {t for _, t in pairs} and not k.endswith("num_batches_tracked")]
+    heads = [k for k in own if k.startswith(head + ".")]
+    if len(rest) == len(heads) and all(own[m].shape == source[t].shape for m, t in zip(heads, rest)):
+        loaded.update({m: source[t] for m, t in zip(heads, rest)})
+    model.load_state_dict(loaded, strict=False)
+    log.info("loaded %d tensors from %s", len(loaded), path)
+
+
+def input_normalisation(model: nn.Module, weights: str, dataset_mean, dataset_std):
+    """Pretrained weights expect the normalisation they were trained with; a random init
+    gets the data set's own channel statistics."""
+    if weights.startswith("random"):
+        return list(dataset_mean), list(dataset_std)
+    cfg = model.pretrained_cfg
+    channels = len(dataset_mean)
+    mean, std = list(cfg["mean"]), list(cfg["std"])
+    if len(mean) != channels:  # e.g. RGB statistics for a one-channel input
+        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+    return mean, std
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:
