@@ -1,50 +1,50 @@
-"""evaluate: out-of-fold scores as the competition computes them, per fold and per class.
+"""evaluate: out-of-fold scores as the competition computes them, per fold, per class or
+keypoint, and the worst-predicted training images.
 
 usage: python stages/evaluate.py BAGGED_DIR PROCESSED_DIR MODELS_DIR METRICS_DIR
-writes METRICS_DIR/{metrics.json, per_class.csv, confusion.csv}; logs the bagged metrics to
-the pipeline's MLflow parent run and finishes it.
+writes METRICS_DIR/{metrics.json, breakdown.csv, confusion.csv, hardest.csv, hardest.png};
+logs the bagged metrics to the pipeline's MLflow parent run and finishes it.
 """
 import json
 import sys
 from pathlib import Path
 
 import _src  # noqa: F401
+import numpy as np
 import pandas as pd
 
-from foldwise import metrics, params as P, stage, tracking
+from foldwise import params as P, report, stage, tracking
 from foldwise.files import write_csv, write_json
+from foldwise.tasks import create_task
+
+HARDEST = 24
 
 
 def main():
     bagged, processed, models, out = (Path(a) for a in sys.argv[1:5])
     params = P.load()
     meta = json.loads((processed / "meta.json").read_text())
-    classes = meta["classes"]
+    task = create_task(meta, params)
     oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})
-    labels, probs = oof["label"].to_numpy(), oof[classes].to_numpy()
+    targets_file = processed / "targets.npy"
+    truth = np.load(targets_file).astype(np.float64) if targets_file.exists() else oof["label"].to_numpy()
 
-    scores = {"logloss": metrics.multiclass_logloss(labels, probs),
-              "accuracy": metrics.accuracy(labels, probs)}
-    per_fold = {}
-    for k, part in oof.groupby("fold"):
-        p = part[classes].to_numpy()
-        per_fold[str(k)] = {"logloss": metrics.multiclass_logloss(part["label"], p),
-                            "accuracy": metrics.accuracy(part["label"], p), "images": len(part)}
-    write_json({"oof": scores, "folds": per_fold, "images": len(oof)}, out / "metrics.json")
-    per_class = pd.DataFrame(metrics.per_class(labels, probs, classes))
-    write_csv(per_class, out / "per_class.csv", float_format="%.6g")
-    confusion = pd.DataFrame({"actual": [classes[i] for i in labels],
-                              "predicted": [classes[i] for i in probs.argmax(1)]})
-    write_csv(confusion, out / "confusion.csv")
+    summary, per_fold, breakdown = report.evaluate(task, oof, truth)
+    write_json({"oof": summary, "folds": per_fold, "images": len(oof)}, out / "metrics.json")
+    write_csv(breakdown, out / "breakdown.csv", float_format="%.6g")
+    write_csv(report.confusion(task, oof, truth), out / "confusion.csv")
+    worst = report.hardest(task, oof, truth, HARDEST)
+    write_csv(worst, out / "hardest.csv", float_format="%.6g")
+    report.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")
 
     runs = [json.loads((models / f"fold_{k}" / "run.json").read_text()) for k in P.get(params, "folds")]
-    parent = runs[-1]["parent_run_id"]
     tracking.open_experiment(P.get(params, "mlflow"))
-    flat = {f"oof_{k}": v for k, v in scores.items()}
+    flat = {f"oof_{k}": v for k, v in summary.items()}
     flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items() if m != "images"})
-    tracking.finish_parent(runs[-1]["experiment_id"], parent, flat,
-                           [out / "metrics.json", out / "per_class.csv"])
-    print(f"out-of-fold log loss {scores['logloss']:.4f}, accuracy {scores['accuracy']:.4f}")
+    tracking.finish_parent(runs[-1]["experiment_id"], runs[-1]["parent_run_id"], flat,
+                           [out / "metrics.json", out / "breakdown.csv", out / "hardest.csv",
+                            out / "hardest.png"])
+    print("out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
 
 
 if __name__ == "__main__":

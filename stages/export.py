@@ -1,6 +1,7 @@
 """export: the submission file and the bagged model (torch.export .pt2) that reproduces it.
 
-usage: python stages/export.py MODELS_DIR PROCESSED_DIR BAGGED_DIR SUBMISSION_CSV MODEL_DIR
+usage: python stages/export.py DATA_ROOT MODELS_DIR PROCESSED_DIR BAGGED_DIR METRICS_JSON
+                               SUBMISSION_CSV MODEL_DIR
 """
 import json
 import sys
@@ -17,34 +18,40 @@ from foldwise.sources import get_source
 from foldwise.tasks import create_task
 
 TOLERANCE = 1e-4
+TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
 
 
 def main():
-    models, processed, bagged = (Path(a) for a in sys.argv[1:4])
-    submission, model_dir = sys.argv[4], sys.argv[5]
+    root = sys.argv[1]
+    models, processed, bagged, metrics_json = (Path(a) for a in sys.argv[2:6])
+    submission, model_dir = sys.argv[6], sys.argv[7]
     params = P.load()
     meta = json.loads((processed / "meta.json").read_text())
-    task = create_task(meta["task"], meta["classes"], params)
+    task = create_task(meta, params)
     mean = P.get(params, "bag.mean")
+    clip = json.loads(metrics_json.read_text())["oof"].get("clip", 0.0)  # chosen on OOF by evaluate
     nets = [load_checkpoint(models / f"fold_{k}" / "model.pt") for k in P.get(params, "folds")]
     test_images = np.load(processed / "test.npy", mmap_mode="r")
-    bag = export.Bagged(nets, task.activation, mean)
+    half = getattr(task, "half", None)
+    bag = export.Bagged(nets, task.activation, mean,
+                        scale=None if half is None else half.tolist(),
+                        offset=None if half is None else (half - 0.5).tolist())
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
-                {"source": meta["source"], "task": meta["task"], "classes": meta["classes"],
-                 "bag_mean": mean, "folds": len(nets),
+                {**{k: meta[k] for k in TASK_KEYS}, "bag_mean": mean, "folds": len(nets), "clip": clip,
                  "preprocess": {k: meta[k] for k in ("height", "width", "crop", "mode")}},
                 model_dir)
 
     test = pd.read_csv(bagged / "test.csv", dtype={"id": str})
-    expected = test[meta["classes"]].to_numpy()
+    expected = test[task.columns].to_numpy()
     model, _ = export.load(model_dir)
     got = export.run_model(model, test_images)
     worst = float(np.abs(got - expected).max())
     if worst > TOLERANCE:
         raise RuntimeError(f"exported model differs from the bagged test predictions by {worst:.2e}")
-    get_source(meta["source"]).write_submission(test["id"], expected, meta["classes"], submission)
-    print(f"exported {len(nets)} fold models; max |exported - bagged| = {worst:.2e}")
+    get_source(meta["source"]).write_submission(test["id"], task.postprocess(expected, clip),
+                                                {**meta, "root": root}, submission)
+    print(f"exported {len(nets)} fold models; max |exported - bagged| = {worst:.2e}; clip {clip:g}")
 
 
 if __name__ == "__main__":

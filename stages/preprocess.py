@@ -1,13 +1,15 @@
 """preprocess: decode every train and test image once into memory-mappable uint8 arrays.
 
 usage: python stages/preprocess.py DATA_ROOT OUT_DIR
-writes OUT_DIR/{train.npy, test.npy, train.csv, test.csv, meta.json}
+writes OUT_DIR/{train.npy, test.npy, train.csv, test.csv, meta.json} and, for regression
+tasks, OUT_DIR/targets.npy (NaN where a value is missing)
 """
 import sys
 import time
 from pathlib import Path
 
 import _src  # noqa: F401
+import numpy as np
 
 from foldwise import params as P, stage
 from foldwise.cache import build_cache, check_crop
@@ -23,15 +25,22 @@ def main():
     data = get_source(source).read(root)
     size = dict(height=int(cfg["height"]), width=int(cfg["width"]), crop=check_crop(cfg["crop"]),
                 mode=cfg["mode"], workers=int(cfg["workers"]))
+    train_items = data.images["train"] if data.images else data.train["path"]
+    test_items = data.images["test"] if data.images else data.test["path"]
     with atomic_dir(out) as tmp:
         t0 = time.perf_counter()
-        stats = build_cache(data.train["path"], tmp / "train.npy", **size)
-        build_cache(data.test["path"], tmp / "test.npy", **size)
+        stats = build_cache(train_items, tmp / "train.npy", **size)
+        build_cache(test_items, tmp / "test.npy", **size)
         seconds = time.perf_counter() - t0
         n = len(data.train) + len(data.test)
-        write_csv(data.train.drop(columns="path"), tmp / "train.csv")
-        write_csv(data.test.drop(columns="path"), tmp / "test.csv")
+        write_csv(data.train.drop(columns="path", errors="ignore"), tmp / "train.csv")
+        write_csv(data.test.drop(columns="path", errors="ignore"), tmp / "test.csv")
+        if data.targets is not None:
+            np.save(tmp / "targets.npy", data.targets.astype(np.float32))
         write_json({"source": source, "task": data.task, "classes": list(data.classes),
+                    "target_names": list(data.target_names),
+                    "flip_pairs": [list(p) for p in data.flip_pairs],
+                    "image_size": list(data.image_size) if data.image_size else None,
                     "hflip_safe": data.hflip_safe, "mean": stats["mean"], "std": stats["std"],
                     "height": size["height"], "width": size["width"], "crop": list(size["crop"]),
                     "mode": size["mode"]}, tmp / "meta.json")

@@ -13,8 +13,9 @@ from foldwise.sources import get_source
 def main():
     out = sys.argv[1]
     params = P.load()
-    options = {k: v for k, v in P.get(params, "sample").items() if k != "root"}
-    get_source(P.get(params, "data.source")).write_sample(out, seed=P.get(params, "seed"), **options)
+    source = P.get(params, "data.source")
+    options = P.get(params, f"sample.{source}")
+    get_source(source).write_sample(out, seed=P.get(params, "seed"), **options)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ def main():
     if folds != list(range(len(folds))):
         raise InputError(f"params.yaml: folds={folds} must be 0, 1, ..., k-1 (one entry per fold)")
     data = get_source(P.get(params, "data.source")).read(root)
-    table = data.train[["id", "group", "label"]].copy()
+    table = data.train[[c for c in ("id", "group", "label") if c in data.train]].copy()
     groups = None if table["group"].isna().all() else table["group"]
-    table["fold"] = assign_folds(table["label"], groups, len(folds), P.get(params, "seed"))
+    labels = table["label"] if "label" in table else None  # regression: plain k-fold
+    table["fold"] = assign_folds(labels, groups, len(folds), P.get(params, "seed"),
+                                 size=len(table))
     write_csv(table, out)
 
 

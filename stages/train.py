@@ -59,13 +59,14 @@ def main():
         raise InputError(f"{folds_csv}: no fold {fold}; params.yaml folds and the split disagree")
     images = np.load(processed / "train.npy", mmap_mode="r")
     test_images = np.load(processed / "test.npy", mmap_mode="r")
-    labels = train_table["label"].to_numpy()
+    targets_file = processed / "targets.npy"  # regression targets; else class labels
+    labels = np.load(targets_file) if targets_file.exists() else train_table["label"].to_numpy()
     is_val = folds["fold"].to_numpy() == fold
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
     seed = int(P.get(params, "seed")) * 1000 + fold
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
-    task = create_task(meta["task"], meta["classes"], params)
+    task = create_task(meta, params)
     backbone, weights = create_backbone(cfg["model"], task.num_outputs, images.shape[-1],
                                         cfg["pretrained"], cfg["weights_file"])
     mean, std = input_normalisation(backbone, weights, meta["mean"], meta["std"])
@@ -94,10 +95,11 @@ def main():
                    **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")}}
         mlflow.log_metrics(summary)
 
-        columns = list(meta["classes"])
-        oof = prediction_table(train_table["id"].iloc[va], result.val_preds, columns,
-                               group=train_table["group"].iloc[va], label=labels[va],
-                               fold=np.full(len(va), fold))
+        columns = task.columns
+        extra = {"group": train_table["group"].iloc[va], "fold": np.full(len(va), fold)}
+        if labels.ndim == 1:
+            extra["label"] = labels[va]
+        oof = prediction_table(train_table["id"].iloc[va], result.val_preds, columns, **extra)
         test = prediction_table(pd.read_csv(processed / "test.csv", dtype={"id": str})["id"],
                                 result.test_preds, columns)
         spec = {"model": cfg["model"], "num_outputs": task.num_outputs, "in_chans": images.shape[-1],

@@ -47,3 +47,12 @@ def test_without_groups_folds_are_stratified():
     fold = assign_folds(labels, None, n_folds=5, seed=0)
     for k in range(5):
         assert np.array_equal(np.bincount(labels[fold == k]), [5, 5, 5, 5])
+
+
+def test_regression_targets_split_without_labels_and_groups_stay_whole():
+    groups = np.repeat(np.arange(8), 5)
+    fold = assign_folds(None, groups, n_folds=4, seed=0)
+    for g in range(8):
+        assert len(set(fold[groups == g])) == 1
+    plain = assign_folds(None, None, n_folds=4, seed=0, size=40)
+    assert np.array_equal(np.bincount(plain), [10, 10, 10, 10])

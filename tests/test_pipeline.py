@@ -42,7 +42,7 @@ def project(tmp_path_factory):
             shutil.copy2(ROOT / f, dst / f)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["folds"] = list(range(FOLDS))
-    params["sample"].update(drivers=5, per_class=2, test_drivers=1, test_per_class=2)
+    params["sample"]["statefarm"].update(drivers=5, per_class=2, test_drivers=1, test_per_class=2)
     params["preprocess"].update(height=48, width=64)
     params["train"].update(epochs=EPOCHS, batch_size=8, patience=EPOCHS)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

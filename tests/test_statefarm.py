@@ -87,7 +87,7 @@ def test_submission_has_the_competition_header_and_rows_summing_to_one(tmp_path)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(10), size=3)
     path = tmp_path / "submission.csv"
-    statefarm.write_submission(["img_1.jpg", "img_2.jpg", "img_3.jpg"], probs, statefarm.CLASSES, path)
+    statefarm.write_submission(["img_1.jpg", "img_2.jpg", "img_3.jpg"], probs, {"classes": statefarm.CLASSES}, path)
     lines = path.read_text().splitlines()
     assert lines[0] == "img,c0,c1,c2,c3,c4,c5,c6,c7,c8,c9"
     sub = pd.read_csv(path)

@@ -39,9 +39,21 @@ def load_image(path: str | Path, height: int, width: int, crop=FULL_FRAME,
     return arr if arr.ndim == 3 else arr[:, :, None]
 
 
+def resize_array(pixels: np.ndarray, height: int, width: int, crop=FULL_FRAME,
+                 mode: str = "RGB") -> np.ndarray:
+    """The same crop and resize as `load_image`, for pixels that ship inside a table."""
+    im = Image.fromarray(np.asarray(pixels, dtype=np.uint8).squeeze())
+    full_w, full_h = im.size
+    left, top, right, bottom = crop
+    box = (left * full_w, top * full_h, right * full_w, bottom * full_h)
+    arr = np.asarray(im.convert(mode).resize((width, height), Image.BILINEAR, box=box), dtype=np.uint8)
+    return arr if arr.ndim == 3 else arr[:, :, None]
+
+
 def _load_chunk(args):
-    paths, height, width, crop, mode = args
-    return np.stack([load_image(p, height, width, crop, mode) for p in paths])
+    items, height, width, crop, mode = args
+    load = resize_array if len(items) and isinstance(items[0], np.ndarray) else load_image
+    return np.stack([load(p, height, width, crop, mode) for p in items])
 
 
 def check_crop(crop) -> tuple:
@@ -54,12 +66,13 @@ def check_crop(crop) -> tuple:
 
 def build_cache(paths, out: str | Path, height: int, width: int, crop=FULL_FRAME,
                 mode: str = "RGB", workers: int = 2, chunk: int = 32) -> dict:
-    """Decode `paths` into an (N, H, W, C) uint8 .npy at `out`; return per-channel mean/std.
+    """Decode `paths` (image files, or pixel arrays) into an (N, H, W, C) uint8 .npy at `out`;
+    return per-channel mean/std.
 
     The array is written under a temporary name and renamed when complete. Statistics are of
     pixel values scaled to [0, 1].
     """
-    paths = [str(p) for p in paths]
+    paths = list(paths) if isinstance(paths, np.ndarray) else [str(p) for p in paths]
     channels = 1 if mode == "L" else 3
     jobs = [(paths[i:i + chunk], height, width, crop, mode) for i in range(0, len(paths), chunk)]
     total = np.zeros(channels)

@@ -21,18 +21,24 @@ META_FILE = "meta.json"
 
 
 class Bagged(nn.Module):
-    def __init__(self, nets, activation: str, mean: str):
+    """`activation` is the task's: softmax for classes; for coordinates, `scale` and `offset`
+    map the networks' [-1, 1] outputs to pixels."""
+
+    def __init__(self, nets, activation: str, mean: str, scale=None, offset=None):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.softmax = activation == "softmax"
         self.geometric = mean == "geometric"
+        n = len(scale) if scale is not None else 0
+        self.register_buffer("scale", torch.tensor(scale if n else [1.0], dtype=torch.float32))
+        self.register_buffer("offset", torch.tensor(offset if n else [0.0], dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() / 255.0
         outs = []
         for net in self.nets:
             y = net(x)
-            outs.append(y.softmax(dim=1) if self.softmax else y)
+            outs.append(y.softmax(dim=1) if self.softmax else y * self.scale + self.offset)
         stack = torch.stack(outs)
         if self.geometric:
             p = stack.clamp_min(1e-15).log().mean(dim=0).exp()

@@ -34,3 +34,15 @@ def per_class(labels: np.ndarray, probs: np.ndarray, classes) -> list[dict]:
                      "logloss": multiclass_logloss(labels[mask], probs[mask]),
                      "recall": accuracy(labels[mask], probs[mask])})
     return rows
+
+
+def top_k_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
+    top = np.argsort(-np.asarray(probs), axis=1)[:, :k]
+    return float(np.mean((top == np.asarray(labels)[:, None]).any(axis=1)))
+
+
+def masked_rmse(targets: np.ndarray, preds: np.ndarray) -> float:
+    """RMSE over the coordinates that exist (NaN targets are missing labels, not zeros)."""
+    targets, preds = np.asarray(targets, dtype=np.float64), np.asarray(preds, dtype=np.float64)
+    mask = ~np.isnan(targets)
+    return float(np.sqrt(np.mean((preds[mask] - targets[mask]) ** 2))) if mask.any() else float("nan")

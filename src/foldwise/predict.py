@@ -14,6 +14,7 @@ from foldwise import export, stage
 from foldwise.cache import load_image
 from foldwise.errors import InputError
 from foldwise.sources import get_source
+from foldwise.tasks import create_task
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -29,8 +30,9 @@ def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64) -> np.n
         batch = np.stack([load_image(p, pre["height"], pre["width"], pre["crop"], pre["mode"])
                           for p in files[start:start + batch_size]])
         preds.append(export.run_model(model, batch, batch_size))
-    preds = np.concatenate(preds)
-    get_source(meta["source"]).write_submission([p.name for p in files], preds, meta["classes"], out_csv)
+    preds = create_task(meta).postprocess(np.concatenate(preds), meta.get("clip", 0.0))
+    get_source(meta["source"]).write_submission([p.name for p in files], preds,
+                                                {**meta, "root": str(images_dir)}, out_csv)
     return preds
 
 

@@ -113,8 +113,9 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
         for idx in batches:
             idx = np.sort(idx)  # sequential reads from the memory map
             x = to_batch(x_train[idx], device, channels_last)
-            x, _ = augment(x, cfg["augment"], gen)
-            y = targets[idx].to(device, non_blocking=True)
+            x, theta = augment(x, cfg["augment"], gen)
+            y_cpu = task.augment_targets(targets[idx], theta.cpu())
+            y = y_cpu.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 outputs = net(x)
                 loss = task.loss(outputs.float(), y)
@@ -122,15 +123,15 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(idx)
-            train_outputs.append((idx, task.activate(outputs.detach()).double().cpu().numpy()))
+            train_outputs.append((task.values(y_cpu), task.activate(outputs.detach()).double().cpu().numpy()))
         if cuda:
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - t0
         n = sum(len(i) for i in batches)
         seen += n
         train_time += epoch_time
-        idx_all = np.concatenate([i for i, _ in train_outputs])
-        train_scores = task.score(y_train[idx_all], np.concatenate([p for _, p in train_outputs]))
+        train_scores = task.score(np.concatenate([t for t, _ in train_outputs]),
+                                  np.concatenate([p for _, p in train_outputs]))
         val_preds = predict(net, x_val, task, batch_size * 2, device, channels_last, amp)
         val_scores = task.score(y_val, val_preds)
         row = {"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / max(n, 1),

@@ -3,7 +3,8 @@
 A source is a module with
   - `read(root) -> Dataset`: validate the layout and list the images (errors name file and row);
   - `write_sample(root, **options)`: a small deterministic synthetic set in the same layout;
-  - `write_submission(ids, preds, classes, path)`: the file the competition accepts.
+  - `write_submission(ids, preds, dataset_meta, path)`: the file the competition accepts, where
+    `dataset_meta` is what preprocess recorded (classes, target names, the source's root).
 Adding a source means adding a module and one line in `SOURCES`; training never looks here.
 """
 from __future__ import annotations
@@ -12,24 +13,34 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
 import pandas as pd
 
 from foldwise.errors import InputError
 
 SOURCES = {
     "statefarm": "foldwise.sources.statefarm",
+    "dogscats": "foldwise.sources.dogscats",
+    "keypoints": "foldwise.sources.keypoints",
+    "folders": "foldwise.sources.folders",
 }
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """What a source found: images with labels and groups, test images, and task facts."""
+    """What a source found: images with labels or targets and groups, test images, task facts."""
 
-    train: pd.DataFrame  # columns: id, path, label (int index into classes), group
-    test: pd.DataFrame  # columns: id, path
-    classes: tuple[str, ...]
+    train: pd.DataFrame  # columns: id, group (None where there are none), path (image files),
+    #                      label (classification: int index into classes)
+    test: pd.DataFrame  # columns: id, path (image files)
+    classes: tuple[str, ...] = ()
     task: str = "classification"
     hflip_safe: bool = True  # False where a mirror image changes the label (left/right classes)
+    targets: np.ndarray | None = None  # regression: (N, T) float, NaN where a value is missing
+    target_names: tuple[str, ...] = ()
+    flip_pairs: tuple[tuple[int, int], ...] = ()  # target columns a mirror swaps (left <-> right)
+    images: dict | None = None  # {"train", "test"}: uint8 (N, H, W[, C]) when pixels ship in a table
+    image_size: tuple[int, int] | None = None  # (H, W) of the source images, for coordinate targets
 
 
 def get_source(name: str) -> ModuleType:

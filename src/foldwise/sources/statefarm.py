@@ -64,10 +64,10 @@ def read(root: str | Path) -> Dataset:
     return Dataset(train=train, test=test, classes=CLASSES, task="classification", hflip_safe=False)
 
 
-def write_submission(ids, probs: np.ndarray, classes, path: str | Path) -> None:
+def write_submission(ids, probs: np.ndarray, meta: dict, path: str | Path) -> None:
     """`img,c0,...,c9`, one row per test image; each row a probability distribution."""
     probs = np.asarray(probs, dtype=np.float64)
-    df = pd.DataFrame(probs, columns=list(classes))
+    df = pd.DataFrame(probs, columns=list(meta["classes"]))
     df.insert(0, "img", list(ids))
     write_csv(df, path, float_format="%.6g")
 
@@ -178,4 +178,5 @@ def write_sample(root: str | Path, drivers: int = 10, per_class: int = 8, test_d
                         rows.append((f"p{d + 2:03d}", classname, name))
         write_csv(pd.DataFrame(rows, columns=list(COLUMNS)), tmp / "driver_imgs_list.csv")
         uniform = np.full((len(test_names), len(CLASSES)), 0.1)
-        write_submission(sorted(test_names), uniform, CLASSES, tmp / "sample_submission.csv")
+        write_submission(sorted(test_names), uniform, {"classes": CLASSES},
+                         tmp / "sample_submission.csv")

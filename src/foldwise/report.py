@@ -1,0 +1,62 @@
+"""Out-of-fold evaluation: the summary, per-fold figures, and the worst-predicted images."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from foldwise.files import atomic_path
+
+
+def evaluate(task, oof: pd.DataFrame, truth: np.ndarray) -> tuple[dict, dict, pd.DataFrame]:
+    """`truth` is aligned with `oof` rows. Returns summary, per-fold scores, breakdown table."""
+    preds = oof[task.columns].to_numpy()
+    summary, breakdown = task.report(truth, preds)
+    per_fold = {}
+    for k, rows in oof.groupby("fold").indices.items():
+        per_fold[str(k)] = {**task.score(truth[rows], preds[rows]), "images": int(len(rows))}
+    return summary, per_fold, breakdown
+
+
+def confusion(task, oof: pd.DataFrame, truth: np.ndarray) -> pd.DataFrame:
+    """Actual and predicted class of each image (DVC's confusion template); empty for
+    regression."""
+    if task.kind != "classification":
+        return pd.DataFrame(columns=["actual", "predicted"])
+    preds = oof[task.columns].to_numpy().argmax(1)
+    return pd.DataFrame({"actual": [task.columns[i] for i in truth],
+                         "predicted": [task.columns[i] for i in preds]})
+
+
+def hardest(task, oof: pd.DataFrame, truth: np.ndarray, n: int) -> pd.DataFrame:
+    """The `n` training images with the largest out-of-fold loss, worst first: in practice a
+    list of mislabelled or ambiguous images."""
+    preds = oof[task.columns].to_numpy()
+    loss = task.item_loss(truth, preds)
+    order = np.argsort(-loss, kind="stable")[:n]
+    table = pd.DataFrame({"row": order, "id": oof["id"].to_numpy()[order], "fold": oof["fold"].to_numpy()[order],
+                          "loss": loss[order]})
+    if task.kind == "classification":
+        table["label"] = [task.columns[i] for i in truth[order]]
+        table["predicted"] = [task.columns[i] for i in preds[order].argmax(1)]
+        table["p_label"] = preds[order, truth[order]]
+    return table
+
+
+def contact_sheet(images: np.ndarray, table: pd.DataFrame, path, columns: int = 6, cell: int = 160) -> None:
+    """A PNG grid of the images listed in `table` (rows of `images`), each captioned."""
+    rows = max(1, -(-len(table) // columns))
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + 28)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, item in enumerate(table.itertuples(index=False)):
+        pixels = np.asarray(images[item.row])
+        im = Image.fromarray(pixels.squeeze()).convert("RGB")
+        im.thumbnail((cell, cell))
+        x, y = (i % columns) * cell, (i // columns) * (cell + 28)
+        sheet.paste(im, (x, y))
+        caption = f"{item.id} loss {item.loss:.2f}"
+        if hasattr(item, "label"):
+            caption += f"\n{item.label} -> {item.predicted}"
+        draw.text((x + 2, y + im.height + 1), caption, fill="black")
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
