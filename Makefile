@@ -4,8 +4,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
+# this checkout's code first, also when VENV is shared with another checkout
+export PYTHONPATH := $(CURDIR)/src
 
-.PHONY: repro test mlflow-ui clean-outputs
+.PHONY: repro test mlflow-ui task
 
 $(VENV)/.foldwise-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +20,9 @@ repro: $(VENV)/.foldwise-installed
 
 test: $(VENV)/.foldwise-installed
 	$(BIN)/python -m pytest -q
+
+task: $(VENV)/.foldwise-installed  # make task TASK=keypoints
+	$(BIN)/python -m foldwise.presets $(TASK)
 
 mlflow-ui: $(VENV)/.foldwise-installed
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000

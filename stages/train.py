@@ -120,7 +120,7 @@ def main():
         write_csv(result.history, history_csv)
     resume.unlink(missing_ok=True)
     print(f"fold {fold}: best epoch {result.best_epoch}, "
-          f"val logloss {best['val_' + task.monitor]:.4f}, "
+          f"val {task.monitor} {best['val_' + task.monitor]:.4f}, "
           f"{result.train_images_per_s:.0f} train images/s on {device}")
 
 

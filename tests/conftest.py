@@ -1,7 +1,11 @@
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -15,3 +19,34 @@ def statefarm_sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("statefarm") / "data"
     statefarm.write_sample(root, drivers=6, per_class=3, test_drivers=1, test_per_class=1, seed=1)
     return root
+
+
+def sh(cmd, cwd, check=True):
+    """Run a shell command with this venv's tools first on PATH; fail with its output."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(ROOT / "src"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = subprocess.run(cmd, cwd=cwd, shell=True, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def make_project(dst: Path, change_params=None, task: str | None = None) -> Path:
+    """A git repository holding a copy of this project (code and config, no outputs), switched
+    to `task` with the presets command, with `change_params(params)` applied and committed."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "export/")):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    if task:
+        sh(f"{sys.executable} -m foldwise.presets {task}", dst)
+    if change_params:
+        params = yaml.safe_load((dst / "params.yaml").read_text())
+        change_params(params)
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git init -q && git add -A && git commit -qm project", dst)
+    return dst

@@ -1,54 +1,33 @@
 """The real `dvc repro`, `dvc exp run` and queued experiments on a tiny sample, in a copy of
 the project; checks the outputs, the metrics against scikit-learn and the MLflow runs."""
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_project, sh
 from sklearn.metrics import log_loss
 
-ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 3
 EPOCHS = 2
-
-
-def sh(cmd, cwd, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(ROOT / "src"))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    res = subprocess.run(cmd, cwd=cwd, shell=True, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A git + DVC copy of this project with tiny params, after one `dvc repro`."""
-    dst = tmp_path_factory.mktemp("pipeline") / "project"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "export/")):
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["folds"] = list(range(FOLDS))
-    params["sample"]["statefarm"].update(drivers=5, per_class=2, test_drivers=1, test_per_class=2)
-    params["preprocess"].update(height=48, width=64)
-    params["train"].update(epochs=EPOCHS, batch_size=8, patience=EPOCHS)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git init -q && git add -A && git commit -qm tiny", dst)
+    def tiny(params):
+        params["folds"] = list(range(FOLDS))
+        params["sample"]["statefarm"].update(drivers=5, per_class=2, test_drivers=1, test_per_class=2)
+        params["preprocess"].update(height=48, width=64)
+        params["train"].update(epochs=EPOCHS, batch_size=8, patience=EPOCHS)
+
+    dst = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny)
     out = sh("dvc repro", dst)
-    return dst, params, out.stdout
+    return dst, yaml.safe_load((dst / "params.yaml").read_text()), out.stdout
 
 
 def runs(project_dir):

@@ -145,7 +145,7 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
         if val_scores[task.monitor] < best:
             best, best_epoch, stale = val_scores[task.monitor], epoch, 0
             best_state = copy.deepcopy(net.state_dict())
-        else:
+        elif epoch >= int(cfg["warmup_epochs"]):  # a loss spike while warming up is no signal
             stale += 1
         if resume:
             _save_resume(resume, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),

@@ -1,0 +1,79 @@
+"""Each reference task through the real `dvc repro`, switched to with the presets command, on
+its embedded synthetic sample: the submission's exact format and a metric clearly better than
+the trivial baseline."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_project, sh
+
+from foldwise.sources import keypoints as kp
+
+FOLDS = [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def keypoints_project(tmp_path_factory):
+    dst = make_project(tmp_path_factory.mktemp("kp") / "project",
+                       lambda p: p.update(folds=FOLDS), task="keypoints")
+    sh("dvc repro", dst)
+    return dst
+
+
+def metrics(dst):
+    return json.loads((dst / "metrics/metrics.json").read_text())["oof"]
+
+
+def test_keypoints_beat_predicting_the_mean_clearly(keypoints_project):
+    m = metrics(keypoints_project)
+    assert m["rmse"] < 0.6 * m["mean_baseline_rmse"], m
+    per_point = pd.read_csv(keypoints_project / "metrics/breakdown.csv")
+    assert list(per_point["keypoint"]) == list(kp.POINTS)
+
+
+def test_keypoints_submission_follows_the_lookup_table(keypoints_project):
+    dst = keypoints_project
+    lookup = pd.read_csv(dst / "data/sample/keypoints/IdLookupTable.csv")
+    sub = pd.read_csv(dst / "export/submission.csv")
+    assert (dst / "export/submission.csv").read_text().splitlines()[0] == "RowId,Location"
+    assert list(sub["RowId"]) == list(lookup["RowId"])
+    assert sub["Location"].between(0, 95).all()
+
+
+def test_keypoints_course_variant_writes_30_coordinates_per_image(keypoints_project):
+    dst = keypoints_project
+    sh("dvc exp run -S sample.keypoints.variant=course -S train.epochs=3", dst)
+    sub = pd.read_csv(dst / "export/submission.csv")
+    assert list(sub.columns) == ["ImageId"] + list(kp.COLUMNS)
+    assert len(sub) == 40 and sub[list(kp.COLUMNS)].notna().all().all()
+    assert not (dst / "data/sample/keypoints/IdLookupTable.csv").exists()
+
+
+def test_dogs_vs_cats_beats_the_prior_and_clips_as_chosen(tmp_path_factory):
+    dst = make_project(tmp_path_factory.mktemp("dc") / "project",
+                       lambda p: p.update(folds=FOLDS), task="dogscats")
+    sh("dvc repro", dst)
+    m = metrics(dst)
+    assert m["logloss"] < 0.6 * m["prior_logloss"], m
+    assert "clip" in m and m["logloss_clipped"] <= m["logloss"] + 1e-12
+    sub = pd.read_csv(dst / "export/submission.csv")
+    assert list(sub.columns) == ["id", "label"] and list(sub["id"]) == list(range(1, 31))
+    c = m["clip"]
+    assert sub["label"].between(c - 1e-9, 1 - c + 1e-9).all()
+    hardest = pd.read_csv(dst / "metrics/hardest.csv")
+    assert hardest["loss"].is_monotonic_decreasing and (dst / "metrics/hardest.png").stat().st_size > 0
+
+
+def test_image_folders_report_top5_and_export_label_and_probabilities(tmp_path_factory):
+    dst = make_project(tmp_path_factory.mktemp("fd") / "project",
+                       lambda p: p.update(folds=FOLDS), task="folders")
+    sh("dvc repro", dst)
+    m = metrics(dst)
+    assert m["logloss"] < m["prior_logloss"] - 0.5, m
+    assert m["top5_accuracy"] > m["accuracy"]
+    sub = pd.read_csv(dst / "export/submission.csv")
+    classes = [f"species_{k:02d}" for k in range(12)]
+    assert list(sub.columns) == ["image", "label"] + classes
+    np.testing.assert_allclose(sub[classes].sum(axis=1), 1.0, atol=1e-5)
+    assert (sub["label"] == sub[classes].idxmax(axis=1)).all()
