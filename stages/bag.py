@@ -3,6 +3,7 @@
 usage: python stages/bag.py MODELS_DIR PROCESSED_DIR OUT_DIR
 writes OUT_DIR/{oof.csv, test.csv}
 """
+import json
 import sys
 from pathlib import Path
 
@@ -11,12 +12,17 @@ import pandas as pd
 
 from foldwise import params as P, stage
 from foldwise.bagging import assemble_oof, bag_test
+from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
 
 
 def main():
     models, processed, out = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     params = P.load()
+    meta = json.loads((processed / "meta.json").read_text())
+    if meta["task"] != "classification" and P.get(params, "bag.mean") != "arithmetic":
+        raise InputError(f"params.yaml: bag.mean={P.get(params, 'bag.mean')!r} applies to "
+                         f"probabilities; {meta['task']} predictions are averaged arithmetically")
     dirs = [models / f"fold_{k}" for k in P.get(params, "folds")]
     ids = pd.read_csv(processed / "train.csv", dtype={"id": str})["id"]
     oof = assemble_oof([pd.read_csv(d / "oof.csv", dtype={"id": str, "group": str}) for d in dirs], ids)
