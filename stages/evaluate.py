@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from foldwise import params as P, report, stage, tracking
+from foldwise.cache import load_truth
 from foldwise.files import write_csv, write_json
 from foldwise.tasks import create_task
 
@@ -26,8 +27,7 @@ def main():
     meta = json.loads((processed / "meta.json").read_text())
     task = create_task(meta, params)
     oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})
-    targets_file = processed / "targets.npy"
-    truth = np.load(targets_file).astype(np.float64) if targets_file.exists() else oof["label"].to_numpy()
+    truth = load_truth(processed)  # the OOF table is in training order too
 
     summary, per_fold, breakdown = report.evaluate(task, oof, truth)
     write_json({"oof": summary, "folds": per_fold, "images": len(oof)}, out / "metrics.json")

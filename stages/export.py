@@ -32,10 +32,7 @@ def main():
     clip = json.loads(metrics_json.read_text())["oof"].get("clip", 0.0)  # chosen on OOF by evaluate
     nets = [load_checkpoint(models / f"fold_{k}" / "model.pt") for k in P.get(params, "folds")]
     test_images = np.load(processed / "test.npy", mmap_mode="r")
-    half = getattr(task, "half", None)
-    bag = export.Bagged(nets, task.activation, mean,
-                        scale=None if half is None else half.tolist(),
-                        offset=None if half is None else (half - 0.5).tolist())
+    bag = export.Bagged(nets, task.activation, mean, *task.output_affine())
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
                 {**{k: meta[k] for k in TASK_KEYS}, "bag_mean": mean, "folds": len(nets), "clip": clip,

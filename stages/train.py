@@ -16,24 +16,12 @@ import pandas as pd
 import torch
 
 from foldwise import augment, params as P, stage, tracking
+from foldwise.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, project_root, write_csv
 from foldwise.models import Normalised, create_backbone, input_normalisation
 from foldwise.tasks import create_task
-from foldwise.training import train_fold
-
-
-class Rows:
-    """Rows `index` of a (memory-mapped) array, indexable like an array of its own."""
-
-    def __init__(self, array, index):
-        self.array, self.index = array, np.asarray(index)
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        return self.array[self.index[i]]
+from foldwise.training import Rows, train_fold
 
 
 def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
@@ -59,8 +47,7 @@ def main():
         raise InputError(f"{folds_csv}: no fold {fold}; params.yaml folds and the split disagree")
     images = np.load(processed / "train.npy", mmap_mode="r")
     test_images = np.load(processed / "test.npy", mmap_mode="r")
-    targets_file = processed / "targets.npy"  # regression targets; else class labels
-    labels = np.load(targets_file) if targets_file.exists() else train_table["label"].to_numpy()
+    labels = load_truth(processed)
     is_val = folds["fold"].to_numpy() == fold
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
 

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 import torch
 
-from foldwise.augment import random_affine
 from foldwise.errors import InputError
 from foldwise.metrics import masked_rmse
 from foldwise.sources import keypoints as kp

@@ -12,6 +12,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from foldwise.errors import InputError
@@ -37,6 +38,16 @@ def load_image(path: str | Path, height: int, width: int, crop=FULL_FRAME,
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise InputError(f"{path}: cannot decode image ({err})") from err
     return arr if arr.ndim == 3 else arr[:, :, None]
+
+
+def load_truth(processed: str | Path) -> np.ndarray:
+    """What the training images are labelled with, in training order: regression targets
+    (`targets.npy`, NaN where missing) or class indices (`train.csv`'s label column)."""
+    processed = Path(processed)
+    targets = processed / "targets.npy"
+    if targets.exists():
+        return np.load(targets).astype(np.float64)
+    return pd.read_csv(processed / "train.csv", usecols=["label"])["label"].to_numpy()
 
 
 def resize_array(pixels: np.ndarray, height: int, width: int, crop=FULL_FRAME,

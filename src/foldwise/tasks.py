@@ -66,6 +66,9 @@ class Classification:
             summary.update(clip=float(CLIP_GRID[best]), logloss_clipped=float(losses[best]))
         return summary, pd.DataFrame(metrics.per_class(targets, preds, self.classes))
 
+    def output_affine(self):
+        return None, None  # softmax probabilities need no rescaling
+
     def postprocess(self, preds: np.ndarray, clip: float = 0.0) -> np.ndarray:
         if not clip:
             return preds
@@ -141,6 +144,10 @@ class Keypoints:
                  "rmse": metrics.masked_rmse(targets[:, 2 * k:2 * k + 2], preds[:, 2 * k:2 * k + 2])}
                 for k, name in enumerate(names)]
         return summary, pd.DataFrame(rows)
+
+    def output_affine(self):
+        """Scale and offset from the network's [-1, 1] outputs to pixels (as `activate`)."""
+        return self.half.tolist(), (self.half - 0.5).tolist()
 
     def postprocess(self, preds: np.ndarray, clip: float = 0.0) -> np.ndarray:
         """Predictions clipped to the image."""

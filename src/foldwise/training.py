@@ -9,7 +9,7 @@ import copy
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +33,19 @@ class FoldResult:
     val_preds: np.ndarray
     test_preds: np.ndarray
     train_images_per_s: float
-    extra: dict = field(default_factory=dict)
+
+
+class Rows:
+    """Rows `index` of a (memory-mapped) array, indexable like an array of its own."""
+
+    def __init__(self, array, index):
+        self.array, self.index = array, np.asarray(index)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return self.array[self.index[i]]
 
 
 def to_batch(images: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:

@@ -43,6 +43,19 @@ class Dataset:
     image_size: tuple[int, int] | None = None  # (H, W) of the source images, for coordinate targets
 
 
+def read_table(path, columns, layout: str) -> pd.DataFrame:
+    """A competition CSV as strings (empty cells stay ""), with its columns and rows checked."""
+    if not path.is_file():
+        raise InputError(f"{path}: not found (expected the {layout} layout)")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing[:5]}; expected {', '.join(columns)[:200]}")
+    if table.empty:
+        raise InputError(f"{path}: no rows")
+    return table
+
+
 def get_source(name: str) -> ModuleType:
     if name not in SOURCES:
         raise InputError(f"params.yaml: data.source={name!r} is not one of {sorted(SOURCES)}")

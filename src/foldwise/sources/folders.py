@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset
+from foldwise.sources import Dataset, read_table
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -26,12 +26,7 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _from_csv(root: Path, csv: Path) -> pd.DataFrame:
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    for col in ("image", "label"):
-        if col not in table.columns:
-            raise InputError(f"{csv}: missing column {col!r}; expected header image,label[,group]")
-    if table.empty:
-        raise InputError(f"{csv}: no rows")
+    table = read_table(csv, ("image", "label"), "image,label[,group] CSV")
     for i, row in enumerate(table.itertuples(index=False)):
         if not row.label:
             raise InputError(f"{csv}, line {i + 2}: empty label (image {row.image!r})")

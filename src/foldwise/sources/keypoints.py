@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset
+from foldwise.sources import Dataset, read_table
 
 POINTS = ("left_eye_center", "right_eye_center", "left_eye_inner_corner", "left_eye_outer_corner",
           "right_eye_inner_corner", "right_eye_outer_corner", "left_eyebrow_inner_end",
@@ -24,6 +24,7 @@ POINTS = ("left_eye_center", "right_eye_center", "left_eye_inner_corner", "left_
           "mouth_left_corner", "mouth_right_corner", "mouth_center_top_lip", "mouth_center_bottom_lip")
 COLUMNS = tuple(f"{p}_{axis}" for p in POINTS for axis in ("x", "y"))
 SIDE = 96
+LAYOUT = "facial keypoints"
 
 
 def _flip_pairs() -> tuple:
@@ -54,22 +55,10 @@ def _pixels(csv: Path, table: pd.DataFrame) -> np.ndarray:
     return images
 
 
-def _read_csv(path: Path, columns) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{path}: not found (expected the facial keypoints layout)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {missing[:5]}")
-    if table.empty:
-        raise InputError(f"{path}: no rows")
-    return table
-
-
 def read(root: str | Path) -> Dataset:
     root = Path(root)
     train_csv, test_csv = root / "training.csv", root / "test.csv"
-    table = _read_csv(train_csv, COLUMNS + ("Image",))
+    table = read_table(train_csv, COLUMNS + ("Image",), LAYOUT)
     targets = np.full((len(table), len(COLUMNS)), np.nan)
     for j, col in enumerate(COLUMNS):
         for i, cell in enumerate(table[col]):
@@ -80,10 +69,10 @@ def read(root: str | Path) -> Dataset:
             except ValueError:
                 raise InputError(f"{train_csv}, line {i + 2}, column {col}: {cell!r} is not a number") \
                     from None
-    test = _read_csv(test_csv, ("ImageId", "Image"))
+    test = read_table(test_csv, ("ImageId", "Image"), LAYOUT)
     lookup = root / "IdLookupTable.csv"
     if lookup.exists():
-        ids = _read_csv(lookup, ("RowId", "ImageId", "FeatureName"))
+        ids = read_table(lookup, ("RowId", "ImageId", "FeatureName"), LAYOUT)
         unknown = ids.loc[~ids["FeatureName"].isin(COLUMNS), "FeatureName"]
         if len(unknown):
             raise InputError(f"{lookup}, line {unknown.index[0] + 2}: unknown FeatureName {unknown.iloc[0]!r}")

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset
+from foldwise.sources import Dataset, read_table
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 COLUMNS = ("subject", "classname", "img")
@@ -26,14 +26,7 @@ def read(root: str | Path) -> Dataset:
     """List and check every training and test image; raise InputError naming what is wrong."""
     root = Path(root)
     csv = root / "driver_imgs_list.csv"
-    if not csv.is_file():
-        raise InputError(f"{csv}: not found (expected the State Farm layout under {root})")
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    missing_cols = [c for c in COLUMNS if c not in table.columns]
-    if missing_cols:
-        raise InputError(f"{csv}: missing column(s) {missing_cols}; expected header {','.join(COLUMNS)}")
-    if table.empty:
-        raise InputError(f"{csv}: no rows")
+    table = read_table(csv, COLUMNS, "State Farm")
     for i, row in enumerate(table.itertuples(index=False)):
         line = i + 2  # 1-based, after the header
         if row.classname not in CLASSES:
