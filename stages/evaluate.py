@@ -2,7 +2,7 @@
 keypoint, and the worst-predicted training images.
 
 usage: python stages/evaluate.py BAGGED_DIR PROCESSED_DIR MODELS_DIR METRICS_DIR
-writes METRICS_DIR/{metrics.json, breakdown.csv, confusion.csv, hardest.csv, hardest.png};
+writes METRICS_DIR/{metrics.json, baseline.json, breakdown.csv, confusion.csv, hardest.csv, hardest.png};
 logs the bagged metrics to the pipeline's MLflow parent run and finishes it.
 """
 import json
@@ -30,19 +30,28 @@ def main():
     truth = load_truth(processed)  # the OOF table is in training order too
 
     summary, per_fold, breakdown = report.evaluate(task, oof, truth)
-    write_json({"oof": summary, "folds": per_fold, "images": len(oof)}, out / "metrics.json")
+    runs = [json.loads((models / f"fold_{k}" / "run.json").read_text()) for k in P.get(params, "folds")]
+    # what stays the same across experiments goes beside the metrics, not among them
+    baseline = {"images": len(oof), **{k: summary.pop(k) for k in task.baselines if k in summary},
+                "fold_images": {k: f.pop("images") for k, f in per_fold.items()}}
+    for k, run in zip(P.get(params, "folds"), runs):
+        per_fold[str(k)].update(best_epoch=run["best_epoch"],
+                                train_images_per_s=round(run["train_images_per_s"], 1))
+    write_json({"oof": summary, "folds": per_fold}, out / "metrics.json")
+    write_json(baseline, out / "baseline.json")
     write_csv(breakdown, out / "breakdown.csv", float_format="%.6g")
     write_csv(report.confusion(task, oof, truth), out / "confusion.csv")
     worst = report.hardest(task, oof, truth, HARDEST)
     write_csv(worst, out / "hardest.csv", float_format="%.6g")
     report.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")
 
-    runs = [json.loads((models / f"fold_{k}" / "run.json").read_text()) for k in P.get(params, "folds")]
-    tracking.open_experiment(P.get(params, "mlflow"))
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
     flat = {f"oof_{k}": v for k, v in summary.items()}
-    flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items() if m != "images"})
-    tracking.finish_parent(runs[-1]["experiment_id"], runs[-1]["parent_run_id"], flat,
-                           [out / "metrics.json", out / "breakdown.csv", out / "hardest.csv",
+    flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items()})
+    flat.update({k: v for k, v in baseline.items() if k in task.baselines})
+    parent = tracking.parent_for_evaluation(experiment, runs, params)
+    tracking.finish_parent(experiment, parent, flat,
+                           [out / "metrics.json", out / "baseline.json", out / "breakdown.csv", out / "hardest.csv",
                             out / "hardest.png"])
     print("out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
 

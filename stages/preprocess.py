@@ -11,8 +11,10 @@ from pathlib import Path
 import _src  # noqa: F401
 import numpy as np
 
+from tqdm import tqdm
+
 from foldwise import params as P, stage
-from foldwise.cache import build_cache, check_crop
+from foldwise.cache import build_cache, check_crop, decode_scale
 from foldwise.files import atomic_dir, write_csv, write_json
 from foldwise.sources import get_source
 
@@ -27,12 +29,17 @@ def main():
                 mode=cfg["mode"], workers=int(cfg["workers"]))
     train_items = data.images["train"] if data.images else data.train["path"]
     test_items = data.images["test"] if data.images else data.test["path"]
-    with atomic_dir(out) as tmp:
+    if not data.images:
+        scale = decode_scale(train_items.iloc[0], size["height"], size["width"], size["crop"])
+        print(f"preprocess: JPEG decoded at {scale:g} of full size"
+              + ("" if scale < 1 else ": the target size needs more than half of the crop's "
+                 "source pixels, so reduced-size decoding cannot apply"))
+    n = len(data.train) + len(data.test)
+    with atomic_dir(out) as tmp, tqdm(total=n, desc="preprocess", unit="img", disable=None) as bar:
         t0 = time.perf_counter()
-        stats = build_cache(train_items, tmp / "train.npy", **size)
-        build_cache(test_items, tmp / "test.npy", **size)
+        stats = build_cache(train_items, tmp / "train.npy", **size, progress=bar.update)
+        build_cache(test_items, tmp / "test.npy", **size, stats=False, progress=bar.update)
         seconds = time.perf_counter() - t0
-        n = len(data.train) + len(data.test)
         write_csv(data.train.drop(columns="path", errors="ignore"), tmp / "train.csv")
         write_csv(data.test.drop(columns="path", errors="ignore"), tmp / "test.csv")
         if data.targets is not None:

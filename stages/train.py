@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldwise import augment, params as P, stage, tracking
+from foldwise import augment, checkpoints, params as P, stage, tracking
 from foldwise.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, project_root, write_csv
+from foldwise.loader import Rows, open_cache
 from foldwise.models import Normalised, create_backbone, input_normalisation
 from foldwise.tasks import create_task
-from foldwise.training import Rows, train_fold
+from foldwise.training import train_fold
 
 
 def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
@@ -45,8 +46,8 @@ def main():
                          "rerun split and preprocess")
     if fold not in set(folds["fold"]):
         raise InputError(f"{folds_csv}: no fold {fold}; params.yaml folds and the split disagree")
-    images = np.load(processed / "train.npy", mmap_mode="r")
-    test_images = np.load(processed / "test.npy", mmap_mode="r")
+    images = open_cache(processed / "train.npy")
+    test_images = open_cache(processed / "test.npy")
     labels = load_truth(processed)
     is_val = folds["fold"].to_numpy() == fold
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
@@ -55,7 +56,8 @@ def main():
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta, params)
     backbone, weights = create_backbone(cfg["model"], task.num_outputs, images.shape[-1],
-                                        cfg["pretrained"], cfg["weights_file"])
+                                        cfg["pretrained"], cfg["weights_file"], cfg["weights_match"],
+                                        cfg["pretrained_fallback"])
     mean, std = input_normalisation(backbone, weights, meta["mean"], meta["std"])
     net = Normalised(backbone, mean, std)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,6 +80,7 @@ def main():
                 {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
             resume=resume)
         best = result.history.iloc[result.best_epoch]
+        amp = bool(cfg["amp"]) and device.type == "cuda"
         summary = {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
                    **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")}}
         mlflow.log_metrics(summary)
@@ -92,12 +95,15 @@ def main():
         spec = {"model": cfg["model"], "num_outputs": task.num_outputs, "in_chans": images.shape[-1],
                 "mean": mean, "std": std}
         with atomic_dir(out) as tmp:
-            torch.save({"spec": spec, "state_dict": result.state_dict, "fold": fold}, tmp / "model.pt")
+            checkpoints.save({"spec": spec, "state_dict": result.state_dict, "fold": fold},
+                             tmp / "model.pt")
             write_csv(oof, tmp / "oof.csv", float_format="%.8g")
             write_csv(test, tmp / "test.csv", float_format="%.8g")
             (tmp / "run.json").write_text(json.dumps(
                 {"run_id": run.info.run_id, "parent_run_id": parent, "experiment_id": experiment,
-                 "weights": weights, **summary}, indent=2) + "\n")
+                 "pipeline_key": key,
+                 "weights": weights, "device": device.type,
+                 "precision": "bfloat16" if amp else "float32", **summary}, indent=2) + "\n")
             with tempfile.TemporaryDirectory() as art:
                 result.history.to_csv(Path(art) / "history.csv", index=False)
                 tracking.learning_curve_png(result.history, Path(art) / "learning_curve.png",

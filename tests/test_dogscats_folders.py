@@ -16,7 +16,7 @@ def test_dogscats_labels_come_from_file_names_and_test_ids_sort_numerically(tmp_
 
 
 def test_dogscats_rejects_a_file_name_that_fits_no_pattern(tmp_path):
-    dogscats.write_sample(tmp_path / "d", per_class=2, test=2)
+    dogscats.write_sample(tmp_path / "d", per_class=2, test=2, seed=0)
     (tmp_path / "d/train/cat.0.jpg").rename(tmp_path / "d/train/kitten.0.jpg")
     with pytest.raises(InputError, match=r"train/kitten.0.jpg: file name fits neither"):
         dogscats.read(tmp_path / "d")
@@ -44,15 +44,15 @@ def test_clip_bound_is_chosen_on_out_of_fold_predictions():
 
 
 def test_folders_read_both_layouts_with_the_same_classes(tmp_path):
-    folders.write_sample(tmp_path / "f", classes=5, per_class=3, test=2, layout="folders")
-    folders.write_sample(tmp_path / "c", classes=5, per_class=3, test=2, layout="csv")
+    folders.write_sample(tmp_path / "f", classes=5, per_class=3, test=2, layout="folders", seed=0)
+    folders.write_sample(tmp_path / "c", classes=5, per_class=3, test=2, layout="csv", seed=0)
     a, b = folders.read(tmp_path / "f"), folders.read(tmp_path / "c")
     assert a.classes == b.classes and len(a.classes) == 5 and len(a.train) == len(b.train) == 15
     assert a.train["group"].isna().all() and b.train["group"].nunique() == 3
 
 
 def test_folders_reject_an_empty_class_folder_and_a_missing_listed_image(tmp_path):
-    folders.write_sample(tmp_path / "f", classes=3, per_class=2, test=1, layout="csv")
+    folders.write_sample(tmp_path / "f", classes=3, per_class=2, test=1, layout="csv", seed=0)
     (tmp_path / "f/labels.csv").rename(tmp_path / "f/labels.bak")
     (tmp_path / "f/train/species_03").mkdir()
     with pytest.raises(InputError, match=r"train/species_03: class folder holds no images"):

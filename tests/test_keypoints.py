@@ -77,20 +77,26 @@ def test_points_follow_a_shift_and_leave_the_frame_as_missing():
     np.testing.assert_allclose(moved[2:4], [78.0, 50.0], atol=1e-4)
 
 
-def test_random_warps_keep_points_on_the_drawn_features():
-    """Warp a real sample image and its points together: the dark eye stays under the point."""
+@pytest.mark.parametrize("height,width", [(96, 96), (64, 160)])
+def test_random_warps_keep_points_on_the_drawn_features(height, width):
+    """Warp an image and its points together: the dark blob stays under the point, also on a
+    non-square image with strong rotations (a rotation in normalised coordinates would shear
+    it and move the blob off the point)."""
     rng = np.random.default_rng(0)
-    img = np.full((1, 1, 96, 96), 0.8, dtype=np.float32)
+    img = np.full((1, 1, height, width), 0.8, dtype=np.float32)
     img[0, 0, 40:44, 60:64] = 0.0  # a dark 4x4 blob centred at (61.5, 41.5)
-    t = task()
+    t = Keypoints(kp.COLUMNS, (height, width), kp.FLIP_PAIRS)
     pixels = np.full((1, 30), np.nan)
     pixels[0, :2] = [61.5, 41.5]
     from foldwise.augment import augment
     gen = torch.Generator().manual_seed(int(rng.integers(1000)))
-    for _ in range(5):
-        cfg = {"shift": 0.1, "scale": 0.1, "rotate": 15, "hflip": False}
+    cfg = {"shift": 0.05, "scale": 0.1, "rotate": 30, "hflip": False, "crop_area": 1.0,
+           "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+    for _ in range(8):
         warped, theta = augment(torch.from_numpy(img), cfg, gen)
         x, y = t.values(t.augment_targets(t.targets(pixels), theta))[0, :2]
+        if np.isnan(x):
+            continue  # pushed out of the frame
         assert warped[0, 0, int(round(y)), int(round(x))] < 0.3
 
 

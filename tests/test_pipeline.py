@@ -168,3 +168,26 @@ def test_bad_input_stops_before_training_with_the_row_named(project, tmp_path):
     assert f"error: {csv}, line 6: unknown class 'c42'" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "folds.csv").exists()
+
+
+def test_bagging_unchanged_folds_again_gets_its_own_parent_run(project):
+    """Only bag.mean changes: DVC keeps the trained folds, whose MLflow parent is finished with
+    the first run's metrics. The new evaluation must not overwrite them: it gets a new parent
+    that names the fold runs it bags."""
+    dst, _, _ = project
+    client, before = runs(dst)
+    first = client.get_run(json.loads((dst / "models/fold_0/run.json").read_text())["parent_run_id"])
+    assert first.info.status == "FINISHED"
+    out = sh("dvc exp run -S bag.mean=geometric", dst).stdout
+    assert "Running stage 'train@0'" not in out and "Running stage 'evaluate'" in out
+    _, after = runs(dst)
+    new = [r for r in after if r.data.tags.get("foldwise.role") == "parent"
+           and r.info.run_id not in {b.info.run_id for b in before}]
+    assert len(new) == 1 and new[0].info.status == "FINISHED"
+    assert new[0].data.tags["foldwise.folds_restored"] == "true"
+    fold_runs = json.loads((dst / "models/fold_0/run.json").read_text())
+    assert fold_runs["run_id"] in new[0].data.tags["foldwise.fold_runs"].split(",")
+    m = json.loads((dst / "metrics/metrics.json").read_text())
+    assert new[0].data.metrics["oof_logloss"] == pytest.approx(m["oof"]["logloss"])
+    assert client.get_run(first.info.run_id).data.metrics["oof_logloss"] == \
+        pytest.approx(first.data.metrics["oof_logloss"])

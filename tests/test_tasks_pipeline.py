@@ -22,7 +22,9 @@ def keypoints_project(tmp_path_factory):
 
 
 def metrics(dst):
-    return json.loads((dst / "metrics/metrics.json").read_text())["oof"]
+    """The out-of-fold metrics with the data's baseline figures beside them."""
+    return {**json.loads((dst / "metrics/metrics.json").read_text())["oof"],
+            **json.loads((dst / "metrics/baseline.json").read_text())}
 
 
 def test_keypoints_beat_predicting_the_mean_clearly(keypoints_project):

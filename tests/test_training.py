@@ -10,10 +10,13 @@ from foldwise.tasks import Classification
 from foldwise.training import train_fold
 
 CFG = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.0,
-       "scheduler": "cosine", "warmup_epochs": 0, "label_smoothing": 0.0, "patience": 10,
-       "channels_last": True, "amp": True,
+       "scheduler": "cosine", "warmup_epochs": 0, "warmup_lr": 0.1, "min_lr": 0.01,
+       "decay_epochs": 2, "decay_rate": 0.1, "label_smoothing": 0.0, "patience": 10,
+       "channels_last": True, "amp": True, "compile": False,
        "augment": {"hflip": False, "shift": 0.05, "scale": 0.05, "rotate": 3,
-                   "brightness": 0.1, "contrast": 0.1}}
+                   "brightness": 0.1, "contrast": 0.1, "saturation": 0.0, "crop_area": 1.0}}
+NO_AUGMENT = {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0, "contrast": 0,
+              "saturation": 0, "crop_area": 1.0}
 
 
 def toy_data(n=48, seed=0):
@@ -79,7 +82,7 @@ def test_horizontal_flip_is_refused_where_it_changes_labels():
 def test_augment_without_settings_is_the_identity_and_flip_mirrors():
     x = torch.rand(2, 3, 8, 10)
     gen = torch.Generator().manual_seed(0)
-    none = {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0, "contrast": 0}
+    none = NO_AUGMENT
     out, _ = augment(x, none, gen)
     torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
     flips = [augment(x, {**none, "hflip": True}, gen)[0] for _ in range(8)]
@@ -113,3 +116,50 @@ def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path):
     assert [r["epoch"] for r in seen] == [0, 1, 2, 3]  # restored rows are reported again
     np.testing.assert_array_equal(resumed.val_preds, whole.val_preds)
     assert resumed.best_epoch == whole.best_epoch
+
+
+def test_rotation_is_a_rotation_in_pixels_on_non_square_images():
+    """grid_sample's frame stretches x by 2/W and y by 2/H: the warp, taken back to pixels,
+    must be orthogonal (no shear), whatever the aspect ratio."""
+    from foldwise.augment import random_affine
+    gen = torch.Generator().manual_seed(0)
+    cfg = {**NO_AUGMENT, "rotate": 40}
+    height, width = 96, 128
+    theta = random_affine(16, cfg, gen, aspect=width / height)
+    s = torch.diag(torch.tensor([width, height], dtype=torch.float32))
+    pixel = s @ theta[:, :, :2] @ torch.linalg.inv(s)
+    eye = torch.eye(2).expand(16, 2, 2)
+    torch.testing.assert_close(pixel @ pixel.transpose(1, 2), eye, atol=1e-5, rtol=0)
+    assert theta[:, 0, 1].abs().max() > 0.1  # it did rotate
+    sheared = random_affine(16, cfg, torch.Generator().manual_seed(0), aspect=1.0)
+    p2 = s @ sheared[:, :, :2] @ torch.linalg.inv(s)
+    assert not torch.allclose(p2 @ p2.transpose(1, 2), eye, atol=1e-3)
+
+
+@pytest.mark.parametrize("sched", ["step", "plateau"])
+def test_step_and_plateau_schedules_decay_the_learning_rate(sched):
+    """params.yaml's decay_epochs and decay_rate reach timm's scheduler; plateau is fed the
+    validation loss (WorseningTask's grows every epoch, so it must decay)."""
+    torch.manual_seed(0)
+    net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+    x, y = toy_data()
+    cfg = {**CFG, "scheduler": sched, "epochs": 6, "decay_epochs": 2, "decay_rate": 0.1,
+           "patience": 10}
+    result = train_fold(net, WorseningTask(["a", "b"]), 1e-2, cfg, 0, x[:32], y[:32], x[32:],
+                        y[32:], x[:5], torch.device("cpu"))
+    lrs = list(result.history["lr"])
+    assert lrs[0] == pytest.approx(1e-2)
+    assert min(lrs) <= 1e-3 + 1e-12, lrs
+
+
+def test_a_fold_whose_loss_is_never_finite_stops_with_a_clear_error():
+    class NanTask(Classification):
+        def score(self, targets, preds):
+            return {"logloss": float("nan"), "accuracy": 0.0}
+
+    torch.manual_seed(0)
+    net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+    x, y = toy_data()
+    with pytest.raises(InputError, match="training diverged: validation logloss was never finite"):
+        train_fold(net, NanTask(["a", "b"]), 1e-3, {**CFG, "epochs": 3, "patience": 2}, 0,
+                   x[:32], y[:32], x[32:], y[32:], x[:5], torch.device("cpu"))

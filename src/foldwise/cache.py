@@ -7,7 +7,9 @@ predict time see identical pixels.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from foldwise.errors import InputError
 from foldwise.files import atomic_path
 
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
+log = logging.getLogger(__name__)
 
 
 def load_image(path: str | Path, height: int, width: int, crop=FULL_FRAME,
@@ -62,9 +65,47 @@ def resize_array(pixels: np.ndarray, height: int, width: int, crop=FULL_FRAME,
 
 
 def _load_chunk(args):
-    items, height, width, crop, mode = args
+    items, height, width, crop, mode, stats = args
     load = resize_array if len(items) and isinstance(items[0], np.ndarray) else load_image
-    return np.stack([load(p, height, width, crop, mode) for p in items])
+    block = np.stack([load(p, height, width, crop, mode) for p in items])
+    if not stats:
+        return block, None
+    # exact integer sums, in the worker: the main process only copies blocks into the map
+    pixels = block.reshape(-1, block.shape[-1])
+    return block, (pixels.sum(0, dtype=np.uint64), np.square(pixels, dtype=np.uint32).sum(0, dtype=np.uint64))
+
+
+def decode_scale(path, height: int, width: int, crop=FULL_FRAME) -> float:
+    """The JPEG reduced-size decode `load_image` gets for this image (1, 1/2, 1/4 or 1/8)."""
+    left, top, right, bottom = crop
+    with Image.open(path) as im:
+        full = im.size[0]
+        im.draft(im.mode, (math.ceil(width / (right - left)), math.ceil(height / (bottom - top))))
+        return im.size[0] / full
+
+
+def decode_chunks(paths, size: dict, workers: int = 2, chunk: int = 512):
+    """Decoded uint8 blocks of `chunk` images, in order, decoded by `workers` processes ahead
+    of the consumer (which predicts meanwhile)."""
+    jobs = [(paths[i:i + chunk], size["height"], size["width"], tuple(size["crop"]), size["mode"],
+             False) for i in range(0, len(paths), chunk)]
+    with Pool(max(1, workers)) as pool:
+        for block, _ in pool.imap(_load_chunk, jobs):
+            yield block
+
+
+def _allocate(path: Path, nbytes: int) -> None:
+    """Reserve the whole file now: running out of disk is then an error naming the file,
+    not a SIGBUS when a page of the memory map is first written."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as err:
+        raise InputError(f"{path}: cannot reserve {nbytes / 2**30:.2f} GiB for the cache "
+                         f"({os.strerror(err.errno)}); free disk space or lower "
+                         "preprocess.height/width") from None
+    finally:
+        os.close(fd)
 
 
 def check_crop(crop) -> tuple:
@@ -76,32 +117,39 @@ def check_crop(crop) -> tuple:
 
 
 def build_cache(paths, out: str | Path, height: int, width: int, crop=FULL_FRAME,
-                mode: str = "RGB", workers: int = 2, chunk: int = 32) -> dict:
+                mode: str = "RGB", workers: int = 2, chunk: int = 32, stats: bool = True,
+                progress=None) -> dict:
     """Decode `paths` (image files, or pixel arrays) into an (N, H, W, C) uint8 .npy at `out`;
-    return per-channel mean/std.
+    return per-channel mean/std (of pixel values scaled to [0, 1]) when `stats`.
 
-    The array is written under a temporary name and renamed when complete. Statistics are of
-    pixel values scaled to [0, 1].
+    The array is written under a temporary name, block by block through a memory map (never
+    whole in memory), and renamed when complete. `progress(n)` is called per decoded block.
     """
     paths = list(paths) if isinstance(paths, np.ndarray) else [str(p) for p in paths]
     channels = 1 if mode == "L" else 3
-    jobs = [(paths[i:i + chunk], height, width, crop, mode) for i in range(0, len(paths), chunk)]
-    total = np.zeros(channels)
-    total_sq = np.zeros(channels)
+    jobs = [(paths[i:i + chunk], height, width, crop, mode, stats)
+            for i in range(0, len(paths), chunk)]
+    total = np.zeros(channels, dtype=np.uint64)
+    total_sq = np.zeros(channels, dtype=np.uint64)
     with atomic_path(out) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                           shape=(len(paths), height, width, channels))
+        _allocate(tmp, array.offset + array.nbytes)
         with Pool(max(1, workers)) as pool:
             start = 0
-            for block in pool.imap(_load_chunk, jobs):
+            for block, sums in pool.imap(_load_chunk, jobs):
                 array[start:start + len(block)] = block
-                pixels = block.reshape(-1, channels).astype(np.float64) / 255.0
-                total += pixels.sum(0)
-                total_sq += (pixels ** 2).sum(0)
+                if sums is not None:
+                    total += sums[0]
+                    total_sq += sums[1]
                 start += len(block)
+                if progress:
+                    progress(len(block))
         array.flush()
         del array
+    if not stats:
+        return {"count": len(paths)}
     count = max(1, len(paths) * height * width)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    mean = total.astype(np.float64) / 255.0 / count
+    std = np.sqrt(np.maximum(total_sq.astype(np.float64) / 255.0 ** 2 / count - mean ** 2, 1e-12))
     return {"mean": mean.tolist(), "std": std.tolist(), "count": len(paths)}

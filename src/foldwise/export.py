@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from torch.export.passes import move_to_device_pass
 
 from foldwise.files import atomic_dir
+from foldwise.loader import predict_array
 
 MODEL_FILE = "bagged.pt2"
 META_FILE = "meta.json"
@@ -55,16 +58,23 @@ def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load(model_dir: str | Path):
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(model_dir: str | Path, device: torch.device | None = None):
+    """The exported bag as a callable module on `device` (the GPU when there is one)."""
     model_dir = Path(model_dir)
-    model = torch.export.load(str(model_dir / MODEL_FILE)).module()
+    program = torch.export.load(str(model_dir / MODEL_FILE))
+    device = device or default_device()
+    if device.type != "cpu":  # exported on the CPU; torch's own pass moves it
+        program = move_to_device_pass(program, device)
     meta = json.loads((model_dir / META_FILE).read_text())
-    return model, meta
+    return program.module(), meta
 
 
-@torch.no_grad()
-def run_model(model, images, batch_size: int = 64):
-    """Predictions as float64 numpy for a uint8 (N, H, W, C) array."""
-    out = [model(torch.from_numpy(images[i:i + batch_size].copy())).double()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
+def run_model(model, images, batch_size: int = 64, device: torch.device | None = None,
+              desc: str = "predict") -> np.ndarray:
+    """Predictions as float64 numpy for a uint8 (N, H, W, C) array, through the one
+    inference loop (batches gathered ahead, outputs read once)."""
+    return predict_array(model, images, batch_size, device or default_device(), desc)

@@ -29,33 +29,50 @@ class Normalised(nn.Module):
 
 
 def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool = False,
-                    weights_file: str = "") -> tuple[nn.Module, str]:
-    """A timm model; weights from `weights_file` if given, else the hub if `pretrained` and
-    reachable, else random. Returns the model and where its weights came from."""
+                    weights_file: str = "", weights_match: str = "name",
+                    pretrained_fallback: bool = False) -> tuple[nn.Module, str]:
+    """A timm model; weights from `weights_file` if given, else the hub if `pretrained`, else
+    random. Returns the model and where its weights came from.
+
+    Hub weights that cannot be had are an error unless `pretrained_fallback` allows training
+    from random init (a silent fallback would cost a user a day of worse results)."""
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise InputError(f"params.yaml: train.model={name!r} is not a timm model name")
     kwargs = dict(num_classes=num_outputs, in_chans=in_chans)
     if weights_file:
         model = timm.create_model(name, pretrained=False, **kwargs)
-        load_weights_file(model, weights_file)
+        load_weights_file(model, weights_file, weights_match)
         return model, f"file:{weights_file}"
     if pretrained:
         try:
             return timm.create_model(name, pretrained=True, **kwargs), "hub"
         except Exception as err:  # no network, or no weights published for this name
+            if not pretrained_fallback:
+                raise InputError(f"params.yaml: train.pretrained is true, but the weights of {name} "
+                                 f"cannot be had ({type(err).__name__}: {str(err)[:200]}); give "
+                                 "train.weights_file, or set train.pretrained_fallback: true to "
+                                 "train from random init") from None
             log.warning("pretrained weights for %s unavailable (%s); training from random init",
                         name, err)
             return timm.create_model(name, pretrained=False, **kwargs), "random (hub unreachable)"
     return timm.create_model(name, pretrained=False, **kwargs), "random"
 
 
-def load_weights_file(model: nn.Module, path: str | Path) -> None:
+BN_PARTS = ("weight", "bias", "running_mean", "running_var")
+
+
+def load_weights_file(model: nn.Module, path: str | Path, match: str = "name") -> None:
     """Load pretrained weights from a local file into every tensor but the classifier.
 
-    Tensors are matched by name when the file uses timm's names, else tensor by tensor in order
-    (files saved by another implementation of the same network name them differently); shapes
-    must agree either way. A classifier of another size than the model's is left at random.
+    `match: name` needs timm's tensor names. `match: order` (params.yaml
+    `train.weights_match`, an explicit opt-in) pairs tensors one by one in order, for files
+    saved by another implementation of the same network under other names; shapes must agree
+    and so must the kind of each tensor where its name tells it (a BatchNorm's weight, bias,
+    running mean and variance share one shape, so a reordered file would otherwise load
+    silently into the wrong slots). A classifier of another size than the model's stays random.
     """
+    if match not in ("name", "order"):
+        raise InputError(f"params.yaml: train.weights_match={match!r} must be 'name' or 'order'")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"params.yaml: train.weights_file={str(path)!r} does not exist")
@@ -70,6 +87,11 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
     body = [k for k in own if not k.startswith(head + ".") and not k.endswith("num_batches_tracked")]
     if all(k in source for k in body):
         pairs = [(k, k) for k in body]
+    elif match == "name":
+        missing = [k for k in body if k not in source]
+        raise InputError(f"{path}: {len(missing)} of the model's tensors are not in the file by "
+                         f"name (e.g. {missing[0]!r}); if it is the same network saved under "
+                         "other names, set train.weights_match: order")
     else:
         ordered = [k for k in source if not k.endswith("num_batches_tracked")]
         if len(ordered) < len(body):
@@ -81,6 +103,10 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
         if own[mine].shape != source[theirs].shape:
             raise InputError(f"{path}: tensor {theirs!r} has shape {tuple(source[theirs].shape)}, "
                              f"but the model's {mine!r} needs {tuple(own[mine].shape)}")
+        kinds = [n.rsplit(".", 1)[-1] for n in (mine, theirs)]
+        if kinds[0] in BN_PARTS and kinds[1] in BN_PARTS and kinds[0] != kinds[1]:
+            raise InputError(f"{path}: tensor {theirs!r} would load into the model's {mine!r}: "
+                             "the file's tensors are not in the model's order")
         loaded[mine] = source[theirs]
     # the file's classifier, when it fits (same number of outputs), follows the body tensors
     rest = [k for k in source if k not in {t for _, t in pairs} and not k.endswith("num_batches_tracked")]
@@ -106,7 +132,7 @@ def input_normalisation(model: nn.Module, weights: str, dataset_mean, dataset_st
 
 def load_checkpoint(path: str | Path) -> nn.Module:
     """Rebuild a fold's network from its checkpoint (architecture spec + weights)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     spec = ckpt["spec"]
     backbone = timm.create_model(spec["model"], pretrained=False, num_classes=spec["num_outputs"],
                                  in_chans=spec["in_chans"])

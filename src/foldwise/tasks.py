@@ -19,6 +19,7 @@ class Classification:
     kind = "classification"
     activation = "softmax"  # applied to outputs at predict time, also inside the exported model
     monitor = "logloss"  # the validation figure that picks the kept epoch (lower is better)
+    baselines = ("prior_logloss",)  # report() figures of the data, not of the model
 
     def __init__(self, classes, label_smoothing: float = 0.0):
         self.classes = tuple(classes)
@@ -83,6 +84,7 @@ class Keypoints:
     kind = "keypoints"
     activation = "coordinates"
     monitor = "rmse"
+    baselines = ("mean_baseline_rmse",)
 
     def __init__(self, names, image_size, flip_pairs=()):
         self.columns = list(names)

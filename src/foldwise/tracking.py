@@ -86,15 +86,39 @@ def parent_for_fold(experiment_id: str, key: str, fold: int, params: dict) -> st
                               " and attributes.status = 'FINISHED'", max_results=1)
             if not done:
                 return parent
-        tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent"}
-        if os.environ.get("DVC_EXP_NAME"):
-            tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
-        name = os.environ.get("DVC_EXP_NAME") or f"pipeline {key[:8]}"
-        run = client.create_run(experiment_id, run_name=name, tags=tags)
-        for batch in _chunks(sorted(flatten(params).items()), 100):
-            client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
-                                                      for k, v in batch])
-        return run.info.run_id
+        return _create_parent(client, experiment_id, key, params)
+
+
+def _create_parent(client, experiment_id: str, key: str, params: dict, tags=None) -> str:
+    tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent", **(tags or {})}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    name = os.environ.get("DVC_EXP_NAME") or f"pipeline {key[:8]}"
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    for batch in _chunks(sorted(flatten(params).items()), 100):
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
+                                                  for k, v in batch])
+    return run.info.run_id
+
+
+def parent_for_evaluation(experiment_id: str, fold_runs: list[dict], params: dict) -> str:
+    """The parent run that receives the bagged metrics: the folds' own, while it is open.
+
+    Folds that DVC restored from its run-cache (or trained under several parents) point at
+    parents that are already finished, with other results: then this pipeline run gets a new
+    parent, tagged with the fold runs it bags (`foldwise.fold_runs`)."""
+    client = MlflowClient()
+    parents = {r["parent_run_id"] for r in fold_runs}
+    if len(parents) == 1:
+        try:
+            if client.get_run(next(iter(parents))).info.status != "FINISHED":
+                return next(iter(parents))
+        except mlflow.exceptions.MlflowException:
+            pass  # not in this store (deleted, or tracked elsewhere)
+    with _lock():
+        return _create_parent(client, experiment_id, fold_runs[0].get("pipeline_key", ""), params,
+                              {"foldwise.fold_runs": ",".join(r["run_id"] for r in fold_runs),
+                               "foldwise.folds_restored": "true"})
 
 
 def _chunks(items, size):

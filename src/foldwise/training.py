@@ -1,13 +1,15 @@
 """Training one fold: the loop, early stopping and the kept checkpoint chosen on validation loss.
 
 Data arrive as uint8 arrays (N, H, W, C), usually memory-mapped from the preprocess cache;
-batches are gathered by index, so nothing is decoded here.
+`loader.device_batches` gathers them ahead of the step, so the loop only computes. Losses and
+training outputs stay on the device until the epoch ends: nothing in the step waits for the
+device, except a progress-bar refresh about once a second.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import os
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,11 @@ import timm.optim
 import timm.scheduler
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from foldwise.augment import augment
+from foldwise import augment, checkpoints
+from foldwise.errors import InputError
+from foldwise.loader import Rows, device_batches, predict_array, to_float
 
 log = logging.getLogger(__name__)
 
@@ -35,44 +40,75 @@ class FoldResult:
     train_images_per_s: float
 
 
-class Rows:
-    """Rows `index` of a (memory-mapped) array, indexable like an array of its own."""
-
-    def __init__(self, array, index):
-        self.array, self.index = array, np.asarray(index)
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        return self.array[self.index[i]]
-
-
-def to_batch(images: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1] on `device`."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+def create_scheduler(optimizer, cfg: dict, lr: float):
+    """timm's scheduler by name; the warm-up start, floor, decay step and rate come from
+    params.yaml as fractions of `lr` or epochs. `plateau` decays when the validation loss
+    (lower is better) has not improved for `decay_epochs`."""
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched=cfg["scheduler"], num_epochs=int(cfg["epochs"]),
+        warmup_epochs=int(cfg["warmup_epochs"]), warmup_lr=lr * float(cfg["warmup_lr"]),
+        min_lr=lr * float(cfg["min_lr"]), decay_epochs=float(cfg["decay_epochs"]),
+        decay_rate=float(cfg["decay_rate"]), patience_epochs=int(cfg["decay_epochs"]),
+        plateau_mode="min")
+    return scheduler
 
 
-@torch.no_grad()
-def predict(net: nn.Module, images: np.ndarray, task, batch_size: int, device: torch.device,
-            channels_last: bool = False, amp: bool = False) -> np.ndarray:
+def forward_fn(net: nn.Module, task, channels_last: bool, amp: bool):
+    """uint8 device batch -> activated outputs: the one forward pass of every prediction."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            return task.activate(net(to_float(x, channels_last)))
+    return forward
+
+
+def predict(net: nn.Module, images, task, batch_size: int, device: torch.device,
+            channels_last: bool = False, amp: bool = False, desc: str = "predict") -> np.ndarray:
     """Activated outputs (probabilities for classification) as float64, in input order."""
     net.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_batch(images[start:start + batch_size], device, channels_last)
+    out = predict_array(forward_fn(net, task, channels_last, amp), images, batch_size, device, desc)
+    return out if len(out) else np.zeros((0, task.num_outputs))
+
+
+def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channels_last, amp,
+                desc: str):
+    """One pass over the training rows in a random order. Returns (summed loss, image count,
+    targets, activated outputs), the last three on the device until the caller reads them."""
+    net.train()
+    order = torch.randperm(len(x_train), generator=gen).numpy()
+    size = int(cfg["batch_size"])
+    # sorted within a batch: sequential reads from the memory map; a batch of one cannot
+    # train BatchNorm, so a last batch of one is dropped
+    batches = [np.sort(order[i:i + size]) for i in range(0, len(order), size)
+               if len(order[i:i + size]) > 1]
+    aspect = x_train.shape[2] / x_train.shape[1]
+    loss_sum, seen_y, seen_p = torch.zeros((), device=device), [], []
+    bar = tqdm(total=sum(len(b) for b in batches), desc=desc, unit="img", disable=None, leave=False)
+    shown = time.perf_counter()
+    for idx, images in zip(batches, device_batches(x_train, batches, device)):
+        draw = augment.draw(len(idx), cfg["augment"], gen, aspect)
+        x = augment.apply(to_float(images, channels_last), draw.to(device), cfg["augment"])
+        y = task.augment_targets(targets[idx], draw.theta)
+        y = (y.pin_memory() if device.type == "cuda" else y).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out.append(task.activate(net(x)).double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, task.num_outputs))
+            outputs = net(x)
+        loss = task.loss(outputs.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        seen_y.append(y)
+        seen_p.append(task.activate(outputs.detach()))
+        bar.update(len(idx))
+        if not bar.disable and time.perf_counter() - shown > 1.0:  # the only read in the loop
+            bar.set_postfix(loss=f"{loss_sum.item() / bar.n:.4f}", refresh=False)
+            shown = time.perf_counter()
+    bar.close()
+    return loss_sum, sum(len(b) for b in batches), seen_y, seen_p
 
 
 def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
-               x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-               x_test: np.ndarray, device: torch.device,
+               x_train, y_train: np.ndarray, x_val, y_val: np.ndarray,
+               x_test, device: torch.device,
                on_epoch: Callable[[dict], None] = lambda row: None,
                resume: str | Path | None = None) -> FoldResult:
     """Train `net` on one fold; keep the epoch with the lowest validation `task.monitor`.
@@ -83,106 +119,75 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    cuda = device.type == "cuda"
-    amp = bool(cfg["amp"]) and cuda
+    amp = bool(cfg["amp"]) and device.type == "cuda"
     channels_last = bool(cfg["channels_last"])
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    model = torch.compile(net) if cfg["compile"] else net  # shares net's parameters
     optimizer = timm.optim.create_optimizer_v2(net, opt=cfg["optimizer"], lr=lr,
                                                weight_decay=cfg["weight_decay"],
                                                momentum=cfg["momentum"])
-    scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=cfg["scheduler"], num_epochs=cfg["epochs"],
-        warmup_epochs=cfg["warmup_epochs"], warmup_lr=lr * 0.1, min_lr=lr * 0.01)
-    batch_size = int(cfg["batch_size"])
+    scheduler = create_scheduler(optimizer, cfg, lr)
+    batch, epochs, patience = int(cfg["batch_size"]), int(cfg["epochs"]), int(cfg["patience"])
     targets = task.targets(y_train)
-    best, best_epoch, best_state, stale = float("inf"), -1, None, 0
-    history, seen, train_time, start = [], 0, 0.0, 0
-    if resume and Path(resume).is_file():
-        state = torch.load(resume, map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        best, best_epoch, best_state, stale = state["best"], state["best_epoch"], state["best_state"], state["stale"]
-        history, start = state["history"], len(state["history"])
-        scheduler.step(start)
-        for row in history:
-            on_epoch(row)
-        log.info("resumed from %s after epoch %d", resume, start - 1)
-        if stale >= int(cfg["patience"]):
-            start = int(cfg["epochs"])  # it had already stopped early
+    s = checkpoints.load_resume(resume, net, optimizer, gen) if resume else None
+    s = s or {"best": float("inf"), "best_epoch": -1, "best_state": None, "best_val": None,
+              "stale": 0, "history": [], "seen": 0, "train_time": 0.0}
+    for row in s["history"]:  # the schedule replays the finished epochs, the rows are re-reported
+        scheduler.step(row["epoch"] + 1, metric=row[f"val_{task.monitor}"])
+        on_epoch(row)
+    if "optimizer" in s:
+        optimizer.load_state_dict(s.pop("optimizer"))  # after the replay: the saved lr wins
+    last = epochs if s["stale"] < patience else len(s["history"])  # it may have stopped early
 
-    for epoch in range(start, int(cfg["epochs"])):
-        net.train()
+    for epoch in range(len(s["history"]), last):
         lr_now = optimizer.param_groups[0]["lr"]
-        order = torch.randperm(len(x_train), generator=gen).numpy()
-        # drop a last batch of one: BatchNorm cannot train on it
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)
-                   if len(order[i:i + batch_size]) > 1]
-        t0, loss_sum, train_outputs = time.perf_counter(), 0.0, []
-        for idx in batches:
-            idx = np.sort(idx)  # sequential reads from the memory map
-            x = to_batch(x_train[idx], device, channels_last)
-            x, theta = augment(x, cfg["augment"], gen)
-            y_cpu = task.augment_targets(targets[idx], theta.cpu())
-            y = y_cpu.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                outputs = net(x)
-                loss = task.loss(outputs.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
-            train_outputs.append((task.values(y_cpu), task.activate(outputs.detach()).double().cpu().numpy()))
-        if cuda:
-            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss_sum, n, seen_y, seen_p = train_epoch(model, optimizer, task, cfg, x_train, targets, gen,
+                                                  device, channels_last, amp, f"epoch {epoch}")
+        train_loss = loss_sum.item() / max(n, 1)  # the epoch's one wait for the device
         epoch_time = time.perf_counter() - t0
-        n = sum(len(i) for i in batches)
-        seen += n
-        train_time += epoch_time
-        train_scores = task.score(np.concatenate([t for t, _ in train_outputs]),
-                                  np.concatenate([p for _, p in train_outputs]))
-        val_preds = predict(net, x_val, task, batch_size * 2, device, channels_last, amp)
+        s["seen"], s["train_time"] = s["seen"] + n, s["train_time"] + epoch_time
+        train_scores = task.score(task.values(torch.cat(seen_y)),
+                                  torch.cat(seen_p).double().cpu().numpy())
+        val_preds = predict(model, x_val, task, batch * 2, device, channels_last, amp, "validate")
         val_scores = task.score(y_val, val_preds)
-        row = {"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / max(n, 1),
-               **{f"train_{k}": v for k, v in train_scores.items()},
-               **{f"val_{k}": v for k, v in val_scores.items()},
+        row = {"epoch": epoch, "lr": lr_now, "train_loss": train_loss,
+               **{f"train_{k}": float(v) for k, v in train_scores.items()},
+               **{f"val_{k}": float(v) for k, v in val_scores.items()},
+               "val_metric": float(val_scores[task.monitor]),  # one column name for every task
                "images_per_s": n / max(epoch_time, 1e-9)}
-        history.append(row)
+        s["history"].append(row)
         on_epoch(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-        scheduler.step(epoch + 1)
-        if val_scores[task.monitor] < best:
-            best, best_epoch, stale = val_scores[task.monitor], epoch, 0
-            best_state = copy.deepcopy(net.state_dict())
-        elif epoch >= int(cfg["warmup_epochs"]):  # a loss spike while warming up is no signal
-            stale += 1
+        monitored = val_scores[task.monitor]
+        scheduler.step(epoch + 1, metric=monitored)
+        if math.isfinite(monitored) and monitored < s["best"]:
+            s.update(best=monitored, best_epoch=epoch, stale=0, best_val=val_preds,
+                     best_state=copy.deepcopy(net.state_dict()))
+        elif epoch >= int(cfg["warmup_epochs"]) or not math.isfinite(train_loss):
+            s["stale"] += 1  # a loss spike while warming up is no signal
+        if not math.isfinite(train_loss):
+            log.warning("epoch %d: training loss is %s; stopping this fold", epoch, train_loss)
+            s["stale"] = patience
         if resume:
-            _save_resume(resume, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                                  "best": best, "best_epoch": best_epoch, "best_state": best_state,
-                                  "stale": stale, "history": history})
-        if stale >= int(cfg["patience"]):
-            log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+            checkpoints.save_resume(resume, net, optimizer, gen, s)
+        if s["stale"] >= patience:
+            log.info("stopped after epoch %d (best %d)", epoch, s["best_epoch"])
             break
 
-    net.load_state_dict(best_state)
-    state = {k: v.detach().cpu().contiguous() for k, v in best_state.items()}
+    if s["best_state"] is None:
+        raise InputError(f"training diverged: validation {task.monitor} was never finite in "
+                         f"{len(s['history'])} epoch(s) (last training loss "
+                         f"{s['history'][-1]['train_loss'] if s['history'] else float('nan'):.4g}); "
+                         "lower lr in params.yaml, or check the data")
+    net.load_state_dict(s["best_state"])
     return FoldResult(
-        state_dict=state,
-        history=pd.DataFrame(history),
-        best_epoch=best_epoch,
-        val_preds=predict(net, x_val, task, batch_size * 2, device, channels_last, amp),
-        test_preds=predict(net, x_test, task, batch_size * 2, device, channels_last, amp),
-        train_images_per_s=seen / max(train_time, 1e-9) if seen else float("nan"),
+        state_dict={k: v.detach().cpu().contiguous() for k, v in s["best_state"].items()},
+        history=pd.DataFrame(s["history"]),
+        best_epoch=s["best_epoch"],
+        val_preds=np.asarray(s["best_val"]),  # kept from the best epoch: no second pass
+        test_preds=predict(model, x_test, task, batch * 2, device, channels_last, amp, "test"),
+        train_images_per_s=s["seen"] / max(s["train_time"], 1e-9) if s["seen"] else float("nan"),
     )
-
-
-def _save_resume(path, state: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)

@@ -94,7 +94,7 @@ def _render(kind: str, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def write_sample(root: str | Path, per_class: int = 40, test: int = 20, seed: int = 0) -> None:
+def write_sample(root: str | Path, *, per_class: int, test: int, seed: int) -> None:
     """A deterministic synthetic set in the dogs-vs-cats layout at `root` (replaced whole)."""
     rng = np.random.default_rng(seed)
     with atomic_dir(root) as tmp:

@@ -107,8 +107,8 @@ def _bird(label: int, rng: np.random.Generator, size: int = 160) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def write_sample(root: str | Path, classes: int = 12, per_class: int = 12, test: int = 24,
-                 layout: str = "folders", seed: int = 0) -> None:
+def write_sample(root: str | Path, *, classes: int, per_class: int, test: int, layout: str,
+                 seed: int) -> None:
     """A deterministic synthetic set at `root`: `layout: folders` (train/<class>/) or `csv`
     (labels.csv with a group column: the 'site' each image was taken at)."""
     if layout not in ("folders", "csv"):

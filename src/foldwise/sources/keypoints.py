@@ -150,8 +150,8 @@ def _image_text(pixels: np.ndarray) -> str:
     return " ".join(map(str, pixels.reshape(-1).tolist()))
 
 
-def write_sample(root: str | Path, train: int = 300, test: int = 40, variant: str = "kaggle",
-                 sparse_fraction: float = 0.6, seed: int = 0) -> None:
+def write_sample(root: str | Path, *, train: int, test: int, variant: str,
+                 sparse_fraction: float, seed: int) -> None:
     """A deterministic synthetic set at `root`. `variant: kaggle` leaves only 4 of the 15 points
     on `sparse_fraction` of the rows (empty cells) and writes IdLookupTable.csv; `course` has
     every point and no lookup table."""

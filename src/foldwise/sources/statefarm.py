@@ -147,8 +147,8 @@ def _render(style: dict, classname: str, rng: np.random.Generator) -> Image.Imag
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def write_sample(root: str | Path, drivers: int = 10, per_class: int = 8, test_drivers: int = 2,
-                 test_per_class: int = 5, seed: int = 0) -> None:
+def write_sample(root: str | Path, *, drivers: int, per_class: int, test_drivers: int,
+                 test_per_class: int, seed: int) -> None:
     """Write a deterministic synthetic set in the State Farm layout to `root` (replaced whole)."""
     rng = np.random.default_rng(seed)
     n_train, n_test = drivers * per_class * len(CLASSES), test_drivers * test_per_class * len(CLASSES)

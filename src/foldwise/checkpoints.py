@@ -1,0 +1,63 @@
+"""Files that hold tensors: a fold's model checkpoint and its resume state.
+
+Both hold tensors and plain data only and are read with `torch.load(weights_only=True)`, so a
+file received from someone else cannot run code. Both are written atomically and fsynced: a
+power loss leaves the previous file or the new one, never a truncated one; a resume file that
+cannot be read anyway (an older format, a damaged disk) is reported and ignored, since it only
+saves time.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from foldwise.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def save(obj, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+
+def load(path: str | Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_resume(path, net, optimizer, gen: torch.Generator, state: dict) -> None:
+    """Everything a killed fold needs to continue as if it never stopped."""
+    best_val = state["best_val"]
+    save({**state, "best_val": None if best_val is None else torch.from_numpy(np.asarray(best_val)),
+          "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
+
+
+def load_resume(path, net, optimizer, gen: torch.Generator) -> dict | None:
+    """Restore the network, generator and RNG states saved by `save_resume`; return the loop's
+    state with the optimizer's under "optimizer" (the caller loads it once its scheduler has
+    replayed the finished epochs). None when there is nothing (usable) to resume from."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = load(path)  # on the CPU: RNG states must be CPU tensors, the rest follows net
+        net.load_state_dict(state.pop("net"))
+    except Exception as err:  # noqa: BLE001 - any unreadable resume file means: start over
+        log.warning("ignoring resume file %s (%s: %s); training this fold from the start",
+                    path, type(err).__name__, err)
+        return None
+    gen.set_state(state.pop("generator"))
+    torch.set_rng_state(state.pop("torch_rng"))
+    cuda_rng = state.pop("cuda_rng")
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
+    if state["best_val"] is not None:
+        state["best_val"] = state["best_val"].numpy()
+    log.info("resumed from %s after epoch %d", path, len(state["history"]) - 1)
+    return state

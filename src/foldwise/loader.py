@@ -1,0 +1,131 @@
+"""Device batches from the uint8 cache, gathered ahead of the step that needs them.
+
+A background thread gathers each batch's rows from the memory-mapped array (`np.take`, which
+releases the GIL) and, on CUDA, into one of a ring of reusable pinned buffers whose copy to the
+device is issued on a side stream, as timm's `PrefetchLoader` does. Batches travel as uint8 (a
+quarter of float32's bytes) and are converted and normalised on the device (`to_float`). The
+consumer never waits on the host unless the loader has fallen behind; on the CPU a batch is the
+gathered array itself. The order of batches, and so every result, is the order of `batches`.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+_DONE = object()
+
+
+def open_cache(path) -> np.ndarray:
+    """Memory-map a cache array. Copy-on-write: torch may wrap it without warning that it is
+    read-only, pages are still shared with every other reader, and nothing is ever written."""
+    return np.load(path, mmap_mode="c")
+
+
+def to_float(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1], on x's device."""
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def sequential(n: int, batch_size: int) -> list[np.ndarray]:
+    """Index batches 0..n-1 in order (prediction)."""
+    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def device_batches(array: np.ndarray, batches: Iterable[np.ndarray], device: torch.device,
+                   prefetch: int = 3) -> Iterator[torch.Tensor]:
+    """Yield `array[idx]` for each index batch as a uint8 tensor on `device`, `prefetch` ahead."""
+    batches = list(batches)
+    if not batches:
+        return
+    if isinstance(array, Rows):  # gather straight from the underlying array
+        array, batches = array.array, [array.index[b] for b in batches]
+    cuda = device.type == "cuda"
+    biggest = max(len(b) for b in batches)
+    ring = [torch.empty((biggest, *array.shape[1:]), dtype=torch.uint8, pin_memory=True)
+            for _ in range(prefetch + 2)] if cuda else None
+    stream = torch.cuda.Stream(device) if cuda else None
+    events = [None] * (prefetch + 2)
+    out: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for j, idx in enumerate(batches):
+                if stop.is_set():
+                    return
+                if not cuda:
+                    out.put((np.take(array, idx, axis=0), None))
+                    continue
+                slot = j % len(ring)
+                if events[slot] is not None:
+                    events[slot].synchronize()  # its previous copy to the device has finished
+                host = ring[slot][:len(idx)]
+                np.take(array, idx, axis=0, out=host.numpy())
+                with torch.cuda.stream(stream):
+                    dev = host.to(device, non_blocking=True)
+                    events[slot] = torch.cuda.Event()
+                    events[slot].record(stream)
+                out.put((dev, events[slot]))
+        except BaseException as err:  # handed to the consumer, raised there
+            out.put((err, None))
+        finally:
+            out.put((_DONE, None))
+
+    thread = threading.Thread(target=work, name="foldwise-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, event = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if cuda:
+                torch.cuda.current_stream(device).wait_event(event)
+                item.record_stream(torch.cuda.current_stream(device))
+                yield item
+            else:
+                yield torch.from_numpy(item)
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                out.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+class Rows:
+    """Rows `index` of a (memory-mapped) array, indexable like an array of its own; the loader
+    gathers from the underlying array directly."""
+
+    def __init__(self, array, index):
+        self.array, self.index = array, np.asarray(index)
+        self.shape = (len(self.index), *array.shape[1:])
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return self.array[self.index[i]]
+
+
+@torch.no_grad()
+def predict_array(forward, images, batch_size: int, device: torch.device,
+                  desc: str = "predict") -> np.ndarray:
+    """The one inference loop (validation, test, export, foldwise-predict): `forward` maps a
+    uint8 (n, H, W, C) device batch to outputs; they stay on the device until the end."""
+    batches = sequential(len(images), batch_size)
+    out = []
+    with tqdm(total=len(images), desc=desc, unit="img", disable=None, leave=False) as bar:
+        for x in device_batches(images, batches, device):
+            out.append(forward(x))
+            bar.update(len(x))
+    return torch.cat(out).double().cpu().numpy() if out else np.zeros((0, 0))
