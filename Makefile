@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 # this checkout's code first, also when VENV is shared with another checkout
 export PYTHONPATH := $(CURDIR)/src
 
-.PHONY: repro test mlflow-ui task
+.PHONY: repro test bench mlflow-ui task
 
 $(VENV)/.foldwise-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ repro: $(VENV)/.foldwise-installed
 
 test: $(VENV)/.foldwise-installed
 	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.foldwise-installed  # make bench ARGS="--scale 1.0"
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 task: $(VENV)/.foldwise-installed  # make task TASK=keypoints
 	$(BIN)/python -m foldwise.presets $(TASK)

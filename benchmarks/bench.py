@@ -252,6 +252,16 @@ def bench_noop_repro(workdir: Path) -> float:
     return seconds
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -275,7 +285,7 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.amp and device.type == "cuda"
     cl = args.channels_last
-    res = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+    res = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "scale": args.scale,
            "model": args.model, "size": [args.height, args.width], "batch": args.batch,
            "amp": amp, "channels_last": cl}

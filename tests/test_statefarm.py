@@ -1,3 +1,4 @@
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -115,3 +116,26 @@ def test_ignoring_drivers_flatters_the_score(statefarm_sample, tmp_path):
     grouped = one_nn_accuracy(x, y, assign_folds(y, data.train["group"], 3, seed=0))
     mixed = one_nn_accuracy(x, y, assign_folds(y, None, 3, seed=0))
     assert mixed > grouped + 0.3, (mixed, grouped)
+
+
+def test_no_room_for_the_cache_is_an_error_naming_the_file_not_a_crash(statefarm_sample, tmp_path):
+    """The cache file is reserved whole before the memory map is written: with no room (here a
+    file-size limit standing in for a full disk) preprocess stops with the file and the size
+    it needed, and leaves no partial file behind, instead of dying of SIGBUS mid-write."""
+    import subprocess
+    import sys
+    paths = [str(p) for p in statefarm.read(statefarm_sample).train["path"][:8]]
+    code = ("import resource, signal, sys; sys.path.insert(0, %r)\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+            "from foldwise.cache import build_cache\n"
+            "from foldwise.errors import InputError\n"
+            "try:\n"
+            "    build_cache(%r, %r, 96, 128, workers=1)\n"
+            "except InputError as err:\n"
+            "    print(err)\n") % (str(Path(__file__).parents[1] / "src"), paths, str(tmp_path / "train.npy"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "cannot reserve 0.3 MiB for the cache (File too large)" in out.stdout, out.stdout
+    assert str(tmp_path) in out.stdout
+    assert list(tmp_path.iterdir()) == []

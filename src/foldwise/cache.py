@@ -94,26 +94,22 @@ def decode_chunks(paths, size: dict, workers: int = 2, chunk: int = 512):
             yield block
 
 
-def _allocate(path: Path, nbytes: int) -> None:
-    """Reserve the whole file now: running out of disk is then an error naming the file,
-    not a SIGBUS when a page of the memory map is first written."""
-    fd = os.open(path, os.O_RDWR)
+def _reserve_map(path: Path, shape: tuple) -> np.memmap:
+    """The cache's memory map, with its whole file reserved now: running out of disk is then
+    an error naming the file, not a SIGBUS when a page of the map is first written."""
+    nbytes = int(np.prod(shape))
     try:
-        os.posix_fallocate(fd, 0, nbytes)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, array.offset + nbytes)
+        finally:
+            os.close(fd)
     except OSError as err:
-        raise InputError(f"{path}: cannot reserve {nbytes / 2**30:.2f} GiB for the cache "
-                         f"({os.strerror(err.errno)}); free disk space or lower "
-                         "preprocess.height/width") from None
-    finally:
-        os.close(fd)
-
-
-def check_crop(crop) -> tuple:
-    crop = tuple(float(v) for v in (crop or FULL_FRAME))
-    if len(crop) != 4 or not (0 <= crop[0] < crop[2] <= 1 and 0 <= crop[1] < crop[3] <= 1):
-        raise InputError(f"params.yaml: preprocess.crop={list(crop)} must be [left, top, right, "
-                         f"bottom] fractions with 0 <= left < right <= 1 and 0 <= top < bottom <= 1")
-    return crop
+        size = f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+        raise InputError(f"{path}: cannot reserve {size} for the cache ({os.strerror(err.errno)}); "
+                         "free disk space or lower preprocess.height/width") from None
+    return array
 
 
 def build_cache(paths, out: str | Path, height: int, width: int, crop=FULL_FRAME,
@@ -132,9 +128,7 @@ def build_cache(paths, out: str | Path, height: int, width: int, crop=FULL_FRAME
     total = np.zeros(channels, dtype=np.uint64)
     total_sq = np.zeros(channels, dtype=np.uint64)
     with atomic_path(out) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                          shape=(len(paths), height, width, channels))
-        _allocate(tmp, array.offset + array.nbytes)
+        array = _reserve_map(tmp, (len(paths), height, width, channels))
         with Pool(max(1, workers)) as pool:
             start = 0
             for block, sums in pool.imap(_load_chunk, jobs):
