@@ -241,8 +241,11 @@ def bench_noop_repro(workdir: Path) -> float:
                GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("MLFLOW_TRACKING_URI", None)
-    run = lambda cmd: subprocess.run(cmd, cwd=workdir, shell=True, env=env, check=True,  # noqa: E731
-                                     capture_output=True, text=True)
+    def run(cmd):
+        res = subprocess.run(cmd, cwd=workdir, shell=True, env=env, capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        return res
     run("git init -q && git add -A && git commit -qm bench && dvc repro")
     t0 = time.perf_counter()
     out = run("dvc repro").stdout
@@ -289,6 +292,17 @@ def main(argv=None) -> dict:
            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "scale": args.scale,
            "model": args.model, "size": [args.height, args.width], "batch": args.batch,
            "amp": amp, "channels_last": cl}
+    out = Path(args.out or ROOT / "benchmarks" / f"bench-{device.type}.json")
+    try:
+        measure(args, res, device, amp, cl)
+    finally:  # what was measured is kept, also when a later phase fails
+        out.write_text(json.dumps(res, indent=2) + "\n")
+    print_table(res)
+    print(f"written to {out}")
+    return res
+
+
+def measure(args, res: dict, device, amp: bool, cl: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="foldwise-bench-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -324,11 +338,6 @@ def main(argv=None) -> dict:
             work = tmp / "project"
             work.mkdir()
             res["noop_repro_s"] = bench_noop_repro(work)
-    out = Path(args.out or ROOT / "benchmarks" / f"bench-{device.type}.json")
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print_table(res)
-    print(f"written to {out}")
-    return res
 
 
 def print_table(r: dict) -> None:

@@ -66,10 +66,13 @@ def main():
     experiment = tracking.open_experiment(P.get(params, "mlflow"))
     key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
     parent = tracking.parent_for_fold(experiment, key, fold, params)
+    killed = tracking.close_killed_attempts(experiment, parent, fold)
     # survives a crash mid-fold; keyed by everything that shapes the result
     resume = project_root() / ".foldwise" / "resume" / f"{key}-fold{fold}.pt"
     tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
             "foldwise.weights": weights, "foldwise.device": str(device)}
+    if killed:
+        tags["foldwise.resumes"] = ",".join(killed)
     with mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
                           tags=tags) as run:
         tracking.log_params({**params, "fold": fold, "train_images": len(tr), "val_images": len(va)})

@@ -21,13 +21,18 @@ def statefarm_sample(tmp_path_factory):
     return root
 
 
-def sh(cmd, cwd, check=True):
-    """Run a shell command with this venv's tools first on PATH; fail with its output."""
+def project_env() -> dict:
+    """The environment of a command in a project copy: this venv's tools first on PATH."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(ROOT / "src"))
     env.pop("MLFLOW_TRACKING_URI", None)
-    res = subprocess.run(cmd, cwd=cwd, shell=True, env=env, capture_output=True, text=True)
+    return env
+
+
+def sh(cmd, cwd, check=True):
+    """Run a shell command with this venv's tools first on PATH; fail with its output."""
+    res = subprocess.run(cmd, cwd=cwd, shell=True, env=project_env(), capture_output=True, text=True)
     if check and res.returncode != 0:
         raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res

@@ -21,6 +21,7 @@ from foldwise.errors import InputError
 from foldwise.files import atomic_path
 
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
+MAX_PIXELS = 100_000_000  # a 10,000 x 10,000 photo; a file claiming more is refused unread
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +32,9 @@ def load_image(path: str | Path, height: int, width: int, crop=FULL_FRAME,
     try:
         with Image.open(path) as im:
             full_w, full_h = im.size
+            if full_w * full_h > MAX_PIXELS:  # a decompression bomb: a tiny file, gigapixels
+                raise InputError(f"{path}: image claims {full_w} x {full_h} = {full_w * full_h:,} "
+                                 f"pixels, more than {MAX_PIXELS:,}; refused before decoding")
             # the smallest decode that still covers the target inside the crop box
             need = (math.ceil(width / (right - left)), math.ceil(height / (bottom - top)))
             im.draft(mode, need)
@@ -38,8 +42,8 @@ def load_image(path: str | Path, height: int, width: int, crop=FULL_FRAME,
             box = (left * full_w * sx, top * full_h * sy, right * full_w * sx, bottom * full_h * sy)
             out = im.convert(mode).resize((width, height), Image.BILINEAR, box=box)
             arr = np.asarray(out, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise InputError(f"{path}: cannot decode image ({err})") from err
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
+        raise InputError(f"{path}: cannot decode image ({err})") from None
     return arr if arr.ndim == 3 else arr[:, :, None]
 
 
@@ -92,6 +96,14 @@ def decode_chunks(paths, size: dict, workers: int = 2, chunk: int = 512):
     with Pool(max(1, workers)) as pool:
         for block, _ in pool.imap(_load_chunk, jobs):
             yield block
+
+
+def check_crop(crop) -> tuple:
+    crop = tuple(float(v) for v in (crop or FULL_FRAME))
+    if len(crop) != 4 or not (0 <= crop[0] < crop[2] <= 1 and 0 <= crop[1] < crop[3] <= 1):
+        raise InputError(f"params.yaml: preprocess.crop={list(crop)} must be [left, top, right, "
+                         f"bottom] fractions with 0 <= left < right <= 1 and 0 <= top < bottom <= 1")
+    return crop
 
 
 def _reserve_map(path: Path, shape: tuple) -> np.memmap:

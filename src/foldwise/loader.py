@@ -122,10 +122,13 @@ def predict_array(forward, images, batch_size: int, device: torch.device,
                   desc: str = "predict") -> np.ndarray:
     """The one inference loop (validation, test, export, foldwise-predict): `forward` maps a
     uint8 (n, H, W, C) device batch to outputs; they stay on the device until the end."""
-    batches = sequential(len(images), batch_size)
-    out = []
+    out, at = None, 0  # one tensor filled in place (small tensors kept per batch fragment the heap)
     with tqdm(total=len(images), desc=desc, unit="img", disable=None, leave=False) as bar:
-        for x in device_batches(images, batches, device):
-            out.append(forward(x))
+        for x in device_batches(images, sequential(len(images), batch_size), device):
+            y = forward(x)
+            if out is None:
+                out = torch.empty((len(images), *y.shape[1:]), dtype=torch.float64, device=y.device)
+            out[at:at + len(y)] = y
+            at += len(y)
             bar.update(len(x))
-    return torch.cat(out).double().cpu().numpy() if out else np.zeros((0, 0))
+    return out.cpu().numpy() if out is not None else np.zeros((0, 0))

@@ -63,7 +63,12 @@ def open_experiment(cfg: dict) -> str:
 
 
 def pipeline_key(params: dict, *fingerprint_files) -> str:
+    """Names one pipeline run: what shapes its results, and the DVC experiment it belongs to.
+    Two queued experiments with the same training params run at once in separate copies;
+    with the experiment's name in the key they never share a parent run or a resume file. A
+    killed experiment resumes when it is run again under the same name (`dvc exp run -n`)."""
     payload = {k: params.get(k) for k in RESULT_KEYS}
+    payload["dvc_experiment"] = os.environ.get("DVC_EXP_NAME", "")
     h = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode())
     for path in fingerprint_files:
         h.update(Path(path).read_bytes())
@@ -87,6 +92,20 @@ def parent_for_fold(experiment_id: str, key: str, fold: int, params: dict) -> st
             if not done:
                 return parent
         return _create_parent(client, experiment_id, key, params)
+
+
+def close_killed_attempts(experiment_id: str, parent_id: str, fold: int) -> list[str]:
+    """Mark this fold's runs that are still RUNNING under `parent_id` as KILLED: they are
+    attempts whose process died (a fold is trained by one process at a time), and the
+    attempt starting now resumes their work under a run of its own."""
+    client = MlflowClient()
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`foldwise.fold` = '{fold}'"
+                      " and attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [r.info.run_id for r in stale]
 
 
 def _create_parent(client, experiment_id: str, key: str, params: dict, tags=None) -> str:

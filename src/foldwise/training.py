@@ -80,10 +80,13 @@ def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channe
     # train BatchNorm, so a last batch of one is dropped
     batches = [np.sort(order[i:i + size]) for i in range(0, len(order), size)
                if len(order[i:i + size]) > 1]
+    total = sum(len(b) for b in batches)
     aspect = x_train.shape[2] / x_train.shape[1]
-    loss_sum, seen_y, seen_p = torch.zeros((), device=device), [], []
-    bar = tqdm(total=sum(len(b) for b in batches), desc=desc, unit="img", disable=None, leave=False)
-    shown = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    seen_y = seen_p = None  # filled in place: thousands of small tensors kept for an epoch
+    #                         fragment the heap (measured: +3.6 GB over State Farm's 22,424)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=None, leave=False)
+    shown, at = time.perf_counter(), 0
     for idx, images in zip(batches, device_batches(x_train, batches, device)):
         draw = augment.draw(len(idx), cfg["augment"], gen, aspect)
         x = augment.apply(to_float(images, channels_last), draw.to(device), cfg["augment"])
@@ -96,14 +99,19 @@ def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channe
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(idx)
-        seen_y.append(y)
-        seen_p.append(task.activate(outputs.detach()))
+        p = task.activate(outputs.detach())
+        if seen_p is None:
+            seen_y = torch.empty((total, *y.shape[1:]), dtype=y.dtype, device=device)
+            seen_p = torch.empty((total, *p.shape[1:]), dtype=p.dtype, device=device)
+        seen_y[at:at + len(idx)] = y
+        seen_p[at:at + len(idx)] = p
+        at += len(idx)
         bar.update(len(idx))
         if not bar.disable and time.perf_counter() - shown > 1.0:  # the only read in the loop
             bar.set_postfix(loss=f"{loss_sum.item() / bar.n:.4f}", refresh=False)
             shown = time.perf_counter()
     bar.close()
-    return loss_sum, sum(len(b) for b in batches), seen_y, seen_p
+    return loss_sum, total, seen_y, seen_p
 
 
 def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
@@ -149,8 +157,7 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
         train_loss = loss_sum.item() / max(n, 1)  # the epoch's one wait for the device
         epoch_time = time.perf_counter() - t0
         s["seen"], s["train_time"] = s["seen"] + n, s["train_time"] + epoch_time
-        train_scores = task.score(task.values(torch.cat(seen_y)),
-                                  torch.cat(seen_p).double().cpu().numpy())
+        train_scores = task.score(task.values(seen_y), seen_p.double().cpu().numpy())
         val_preds = predict(model, x_val, task, batch * 2, device, channels_last, amp, "validate")
         val_scores = task.score(y_val, val_preds)
         row = {"epoch": epoch, "lr": lr_now, "train_loss": train_loss,

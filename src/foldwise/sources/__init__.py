@@ -10,7 +10,9 @@ Adding a source means adding a module and one line in `SOURCES`; training never 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -54,6 +56,31 @@ def read_table(path, columns, layout: str) -> pd.DataFrame:
     if table.empty:
         raise InputError(f"{path}: no rows")
     return table
+
+
+DVC_CACHE_FILE = re.compile(r"/files/md5/[0-9a-f]{2}/[0-9a-f]{30,}$")
+
+
+def inside(root: Path, relative: str, where: str) -> Path:
+    """`root / relative`, refused unless it stays inside `root`: an absolute path, a `..` that
+    climbs out, or a symlink pointing outside the data set would let a labels file read any
+    file on the machine. `where` names the file and row (or the listed file) at fault. The one
+    outside target allowed is a file of a DVC cache (DVC links tracked data to its cache, by
+    symlink where the cache is on another filesystem)."""
+    if Path(relative).is_absolute():
+        raise InputError(f"{where}: image path {relative!r} is absolute; paths must be relative "
+                         f"to the data root {root}")
+    path = root / relative
+    base, real = root.resolve(), path.resolve()
+    if real != base and base not in real.parents and not DVC_CACHE_FILE.search(str(real)):
+        raise InputError(f"{where}: image path {relative!r} leads to {real}, outside the data "
+                         f"root {base}")
+    return path
+
+
+def listed_inside(root: Path, files) -> list[Path]:
+    """Files found by listing a folder of `root`, each checked with `inside` (symlinks)."""
+    return [inside(root, str(p.relative_to(root)), str(p)) for p in files]
 
 
 def get_source(name: str) -> ModuleType:

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset
+from foldwise.sources import Dataset, listed_inside
 
 CLASSES = ("cat", "dog")
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpg$")
@@ -27,7 +27,7 @@ def read(root: str | Path) -> Dataset:
     train_dir, test_dir = root / "train", root / "test"
     if not train_dir.is_dir():
         raise InputError(f"{train_dir}: not found (expected the dogs-vs-cats layout under {root})")
-    train_files = sorted(p for p in train_dir.iterdir() if p.is_file())
+    train_files = listed_inside(root, sorted(p for p in train_dir.iterdir() if p.is_file()))
     if not train_files:
         raise InputError(f"{train_dir}: no training images")
     labels = []
@@ -36,8 +36,8 @@ def read(root: str | Path) -> Dataset:
         if not m:
             raise InputError(f"{p}: file name fits neither cat.<n>.jpg nor dog.<n>.jpg")
         labels.append(CLASSES.index(m.group(1)))
-    test_files = sorted((p for p in test_dir.iterdir() if p.is_file()), key=lambda p: p.name) \
-        if test_dir.is_dir() else []
+    test_files = listed_inside(root, sorted((p for p in test_dir.iterdir() if p.is_file()),
+                                            key=lambda p: p.name)) if test_dir.is_dir() else []
     if not test_files:
         raise InputError(f"{test_dir}: no test images found")
     for p in test_files:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset, read_table
+from foldwise.sources import Dataset, inside, listed_inside, read_table
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -30,8 +30,12 @@ def _from_csv(root: Path, csv: Path) -> pd.DataFrame:
     for i, row in enumerate(table.itertuples(index=False)):
         if not row.label:
             raise InputError(f"{csv}, line {i + 2}: empty label (image {row.image!r})")
-        if not (root / row.image).is_file():
+        if not inside(root, row.image, f"{csv}, line {i + 2}").is_file():
             raise InputError(f"{csv}, line {i + 2}: image {root / row.image} is listed but missing")
+    dup = table["image"].duplicated(keep=False)
+    if dup.any():
+        lines = [int(i) + 2 for i in np.flatnonzero(dup.to_numpy())][:5]
+        raise InputError(f"{csv}, lines {lines}: image {table['image'][dup].iloc[0]!r} listed twice")
     return pd.DataFrame({"id": table["image"], "path": [str(root / i) for i in table["image"]],
                          "label": table["label"],
                          "group": table["group"] if "group" in table.columns else None})
@@ -43,7 +47,7 @@ def _from_folders(train_dir: Path) -> pd.DataFrame:
     if not folders:
         raise InputError(f"{train_dir}: no class folders")
     for folder in folders:
-        files = _images(folder)
+        files = listed_inside(train_dir.parent, _images(folder))
         if not files:
             raise InputError(f"{folder}: class folder holds no images ({', '.join(sorted(SUFFIXES))})")
         rows += [(f"{folder.name}/{f.name}", str(f), folder.name) for f in files]
@@ -63,7 +67,7 @@ def read(root: str | Path) -> Dataset:
         raise InputError(f"{root}: neither labels.csv nor train/<class>/ folders found")
     classes = tuple(sorted(train["label"].unique()))
     train["label"] = [classes.index(c) for c in train["label"]]
-    test_files = _images(test_dir) if test_dir.is_dir() else []
+    test_files = listed_inside(root, _images(test_dir)) if test_dir.is_dir() else []
     if not test_files:
         raise InputError(f"{test_dir}: no test images found")
     test = pd.DataFrame({"id": [p.name for p in test_files], "path": [str(p) for p in test_files]})

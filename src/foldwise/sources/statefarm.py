@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset, read_table
+from foldwise.sources import Dataset, inside, listed_inside, read_table
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 COLUMNS = ("subject", "classname", "img")
@@ -34,16 +34,20 @@ def read(root: str | Path) -> Dataset:
                              f"expected one of c0..c9")
         if not row.subject:
             raise InputError(f"{csv}, line {line}: empty subject (img {row.img!r})")
-        path = root / "imgs" / "train" / row.classname / row.img
+        if not row.img or row.img in (".", "..") or Path(row.img).name != row.img:
+            raise InputError(f"{csv}, line {line}: img {row.img!r} is not a plain file name "
+                             "(the layout lists names like img_44733.jpg)")
+        path = inside(root, f"imgs/train/{row.classname}/{row.img}", f"{csv}, line {line}")
         if not path.is_file():
             raise InputError(f"{csv}, line {line}: image {path} is listed but missing")
     dup = table["img"].duplicated(keep=False)
     if dup.any():
-        lines = [i + 2 for i in np.flatnonzero(dup.to_numpy())][:5]
+        lines = [int(i) + 2 for i in np.flatnonzero(dup.to_numpy())][:5]
         raise InputError(f"{csv}, lines {lines}: image name {table['img'][dup].iloc[0]!r} listed twice")
 
     test_dir = root / "imgs" / "test"
-    test_files = sorted(p.name for p in test_dir.glob("*.jpg")) if test_dir.is_dir() else []
+    test_files = sorted(p.name for p in listed_inside(root, test_dir.glob("*.jpg"))) \
+        if test_dir.is_dir() else []
     if not test_files:
         raise InputError(f"{test_dir}: no test images (*.jpg) found")
 

@@ -1,0 +1,87 @@
+"""Three queued experiments, two at a time (`dvc queue start -j 2`): all complete, every parent
+and fold run is in MLflow with its metrics, the SQLite store passes its integrity check, and
+two experiments with the same training params never share a parent run or a resume file."""
+import sqlite3
+import time
+
+import pytest
+from conftest import make_project, sh
+
+FOLDS = 2
+EXPERIMENTS = {  # a and b train identically (only bagging differs): the case that could collide
+    "exp-a": "-S lr=0.001 -S bag.mean=geometric",
+    "exp-b": "-S lr=0.001",
+    "exp-c": "-S lr=0.003",
+}
+
+
+def tiny(params):
+    params["folds"] = list(range(FOLDS))
+    params["sample"]["statefarm"].update(drivers=4, per_class=2, test_drivers=1, test_per_class=1)
+    params["preprocess"].update(height=32, width=48)
+    params["train"].update(epochs=2, batch_size=8, patience=2)
+
+
+@pytest.fixture(scope="module")
+def queued(tmp_path_factory):
+    dst = make_project(tmp_path_factory.mktemp("queue") / "project", tiny)
+    sh("dvc repro", dst)  # the shared upstream stages (and the store) exist before the queue
+    for name, args in EXPERIMENTS.items():
+        sh(f"dvc exp run --queue -n {name} {args}", dst)
+    sh("dvc queue start -j 2", dst)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = sh("dvc queue status", dst).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    return dst, status
+
+
+def test_all_three_experiments_succeed(queued):
+    dst, status = queued
+    assert status.count("Success") == 3, status
+    show = sh("dvc exp show --no-pager --csv", dst).stdout
+    for name in EXPERIMENTS:
+        assert name in show
+
+
+def test_every_experiment_has_a_finished_parent_with_its_folds_and_metrics(queued):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    dst, _ = queued
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("foldwise")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_id = {r.info.run_id: r for r in runs}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    keys = set()
+    for name in EXPERIMENTS:
+        parents = [r for r in runs if r.data.tags.get("foldwise.role") == "parent"
+                   and r.data.tags.get("dvc.experiment") == name]
+        assert len(parents) == 1, (name, len(parents))
+        parent = parents[0]
+        assert parent.info.status == "FINISHED" and "oof_logloss" in parent.data.metrics
+        if "foldwise.fold_runs" in parent.data.tags:  # folds restored from DVC's run-cache
+            folds = [by_id[i] for i in parent.data.tags["foldwise.fold_runs"].split(",")]
+        else:
+            folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                     and r.info.status == "FINISHED"]
+            keys.add(parent.data.tags["foldwise.pipeline_key"])
+        assert sorted(f.data.tags["foldwise.fold"] for f in folds) == [str(k) for k in range(FOLDS)]
+        for f in folds:
+            assert f.info.status == "FINISHED"
+            assert len(client.get_metric_history(f.info.run_id, "val_logloss")) == 2
+    # experiments that trained their own folds did so under keys of their own
+    trained = [p for p in runs if p.data.tags.get("foldwise.role") == "parent"
+               and p.data.tags.get("dvc.experiment") in EXPERIMENTS
+               and "foldwise.fold_runs" not in p.data.tags]
+    assert len(keys) == len(trained)
+
+
+def test_the_sqlite_store_is_intact_and_no_resume_state_is_left(queued):
+    dst, _ = queued
+    with sqlite3.connect(dst / "mlflow.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert not list((dst / ".foldwise" / "resume").glob("*.pt"))
