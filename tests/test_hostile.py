@@ -134,7 +134,7 @@ def test_a_stage_refuses_a_hostile_row_in_one_line_without_traceback(sf, tmp_pat
     table.to_csv(csv, index=False)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(sf), "folds.csv"],
+    res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(sf), "folds.csv", "d.csv", "d.png"],
                          cwd=tmp_path, env=env, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr == f"error: {csv}, line 2: img '/etc/hostname' is not a plain file name " \

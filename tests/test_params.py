@@ -50,7 +50,7 @@ def test_a_missing_key_and_a_wrong_type_are_named(tmp_path):
 
 def test_a_stage_reports_the_bad_key_in_one_line(tmp_path):
     path = write(tmp_path, lambda p: p["train"].update(schedular="cosine"))
-    res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), "x", "y"], cwd=tmp_path,
+    res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), "x", "y", "z", "w"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip() == (f"error: {path.name}: unknown key(s) 'train.schedular' (misspelt? "

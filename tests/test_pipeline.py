@@ -163,7 +163,7 @@ def test_bad_input_stops_before_training_with_the_row_named(project, tmp_path):
     table = pd.read_csv(csv)
     table.loc[4, "classname"] = "c42"
     table.to_csv(csv, index=False)
-    res = sh(f"{sys.executable} stages/split.py {bad} {tmp_path / 'folds.csv'}", dst, check=False)
+    res = sh(f"{sys.executable} stages/split.py {bad} {tmp_path / 'folds.csv'} {tmp_path / 'd.csv'} {tmp_path / 'd.png'}", dst, check=False)
     assert res.returncode == 2
     assert f"error: {csv}, line 6: unknown class 'c42'" in res.stderr
     assert "Traceback" not in res.stderr

@@ -20,6 +20,7 @@ SCHEMA = {
     "lr": NUMBER,
     "folds": list,
     "data": {"source": str, "root": str},
+    "split": {"dedupe": bool, "hash_distance": int},
     "sample": {
         "statefarm": {"drivers": int, "per_class": int, "test_drivers": int, "test_per_class": int},
         "keypoints": {"train": int, "test": int, "variant": str, "sparse_fraction": NUMBER},
