@@ -1,10 +1,10 @@
 """bag: average the folds' test predictions and gather the out-of-fold table.
 
 usage: python stages/bag.py MODELS_DIR PROCESSED_DIR OUT_DIR
+params: folds (which fold_k folders), bag.mean (arithmetic | geometric)
 writes OUT_DIR/{oof.csv, test.csv}
 """
 import json
-import sys
 from pathlib import Path
 
 import _src  # noqa: F401
@@ -17,7 +17,11 @@ from foldwise.files import atomic_dir, write_csv
 
 
 def main():
-    models, processed, out = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    models, processed, out = stage.arguments(
+        __doc__, ("models_dir", "folder of the fold_k outputs of train"),
+        ("processed_dir", "the preprocess cache (train.csv, meta.json)"),
+        ("out_dir", "where oof.csv and test.csv go"))
+    models, processed = Path(models), Path(processed)
     params = P.load()
     meta = json.loads((processed / "meta.json").read_text())
     if meta["task"] != "classification" and P.get(params, "bag.mean") != "arithmetic":

@@ -2,11 +2,11 @@
 keypoint, and the worst-predicted training images.
 
 usage: python stages/evaluate.py BAGGED_DIR PROCESSED_DIR MODELS_DIR METRICS_DIR
+params: folds; train.label_smoothing (the task's settings); mlflow (where the parent run is)
 writes METRICS_DIR/{metrics.json, baseline.json, breakdown.csv, confusion.csv, hardest.csv, hardest.png};
 logs the bagged metrics to the pipeline's MLflow parent run and finishes it.
 """
 import json
-import sys
 from pathlib import Path
 
 import _src  # noqa: F401
@@ -22,7 +22,11 @@ HARDEST = 24
 
 
 def main():
-    bagged, processed, models, out = (Path(a) for a in sys.argv[1:5])
+    bagged, processed, models, out = (Path(a) for a in stage.arguments(
+        __doc__, ("bagged_dir", "bag's output (oof.csv)"),
+        ("processed_dir", "the preprocess cache (train.npy, labels, meta.json)"),
+        ("models_dir", "folder of the fold_k outputs (run.json)"),
+        ("metrics_dir", "where the metrics and reports go")))
     params = P.load()
     meta = json.loads((processed / "meta.json").read_text())
     task = create_task(meta, params)

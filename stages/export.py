@@ -2,9 +2,9 @@
 
 usage: python stages/export.py DATA_ROOT MODELS_DIR PROCESSED_DIR BAGGED_DIR METRICS_JSON
                                SUBMISSION_CSV MODEL_DIR
+params: folds, bag.mean; the clip bound comes from METRICS_JSON (chosen on OOF by evaluate)
 """
 import json
-import sys
 from pathlib import Path
 
 import _src  # noqa: F401
@@ -24,9 +24,12 @@ TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pa
 
 
 def main():
-    root = sys.argv[1]
-    models, processed, bagged, metrics_json = (Path(a) for a in sys.argv[2:6])
-    submission, model_dir = sys.argv[6], sys.argv[7]
+    root, models, processed, bagged, metrics_json, submission, model_dir = stage.arguments(
+        __doc__, ("data_root", "the data set (some submissions follow its lookup table)"),
+        ("models_dir", "folder of the fold_k checkpoints"), ("processed_dir", "the preprocess cache"),
+        ("bagged_dir", "bag's output (test.csv)"), ("metrics_json", "evaluate's metrics.json"),
+        ("submission_csv", "the competition file to write"), ("model_dir", "the exported bag's folder"))
+    models, processed, bagged, metrics_json = (Path(a) for a in (models, processed, bagged, metrics_json))
     params = P.load()
     meta = json.loads((processed / "meta.json").read_text())
     task = create_task(meta, params)

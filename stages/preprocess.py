@@ -1,10 +1,10 @@
 """preprocess: decode every train and test image once into memory-mappable uint8 arrays.
 
 usage: python stages/preprocess.py DATA_ROOT OUT_DIR
+params: data.source; preprocess.height, width, crop, mode, workers
 writes OUT_DIR/{train.npy, test.npy, train.csv, test.csv, meta.json} and, for regression
 tasks, OUT_DIR/targets.npy (NaN where a value is missing)
 """
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +20,9 @@ from foldwise.sources import get_source
 
 
 def main():
-    root, out = sys.argv[1], Path(sys.argv[2])
+    root, out = stage.arguments(__doc__, ("data_root", "the data set, in data.source's layout"),
+                                ("out_dir", "where the cache goes"))
+    out = Path(out)
     params = P.load()
     cfg = P.get(params, "preprocess")
     source = P.get(params, "data.source")

@@ -1,8 +1,8 @@
 """sample: write the embedded synthetic data set in the configured source's layout.
 
 usage: python stages/sample.py OUT_DIR
+params: seed, data.source, sample.<source> (the sample's size and variant)
 """
-import sys
 
 import _src  # noqa: F401
 
@@ -11,7 +11,7 @@ from foldwise.sources import get_source
 
 
 def main():
-    out = sys.argv[1]
+    out, = stage.arguments(__doc__, ("out_dir", "where the sample goes (replaced whole)"))
     params = P.load()
     source = P.get(params, "data.source")
     options = P.get(params, f"sample.{source}")

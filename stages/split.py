@@ -7,7 +7,6 @@ writes OUT_CSV (id, group, label, fold), DUPLICATES_CSV (the near-duplicate clus
 largest first; empty when dedupe is off) and DUPLICATES_PNG (a contact sheet of the largest)
 """
 import os
-import sys
 
 import _src  # noqa: F401
 import numpy as np
@@ -21,7 +20,10 @@ from foldwise.sources import get_source
 
 
 def main():
-    root, out, dup_csv, dup_png = sys.argv[1:5]
+    root, out, dup_csv, dup_png = stage.arguments(
+        __doc__, ("data_root", "the data set, in data.source's layout"),
+        ("out_csv", "the fold table to write"), ("duplicates_csv", "near-duplicate clusters found"),
+        ("duplicates_png", "contact sheet of the largest clusters"))
     params = P.load()
     folds = list(P.get(params, "folds"))
     if folds != list(range(len(folds))):

@@ -1,11 +1,12 @@
 """train: one fold. Trains on the other folds, keeps the epoch with the best validation loss.
 
 usage: python stages/train.py FOLD FOLDS_CSV PROCESSED_DIR OUT_DIR HISTORY_CSV
+params: seed, lr, train.* (model, weights, optimiser, schedule, epochs, augmentation, ...),
+        mlflow (where the fold's run is logged)
 writes OUT_DIR/{model.pt, oof.csv, test.csv, run.json} and the per-epoch HISTORY_CSV;
 logs the fold as a child run in MLflow.
 """
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -33,8 +34,11 @@ def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
 
 
 def main():
-    fold = int(sys.argv[1])
-    folds_csv, processed, out, history_csv = sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+    fold, folds_csv, processed, out, history_csv = stage.arguments(
+        __doc__, ("fold", "which fold to validate on (0..k-1)"), ("folds_csv", "split's fold table"),
+        ("processed_dir", "the preprocess cache"), ("out_dir", "the fold's outputs"),
+        ("history_csv", "per-epoch history (DVC plots it)"))
+    fold, processed = int(fold), Path(processed)
     params = P.load()
     cfg = P.get(params, "train")
     meta = json.loads((processed / "meta.json").read_text())
