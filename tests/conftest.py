@@ -55,3 +55,14 @@ def make_project(dst: Path, change_params=None, task: str | None = None) -> Path
         (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git init -q && git add -A && git commit -qm project", dst)
     return dst
+
+
+def wait_for_queue(dst, timeout=900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    import time
+    deadline = time.time() + timeout
+    while True:
+        status = sh("dvc queue status", dst).stdout
+        if ("Queued" not in status and "Running" not in status) or time.time() > deadline:
+            return status
+        time.sleep(3)

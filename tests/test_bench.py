@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_at_a_tiny_scale_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench.py"), "--scale", "0.002",
-                          "--steps", "3", "--out", str(out)], capture_output=True, text=True,
+                          "--steps", "3", "--repeats", "1", "--out", str(out)], capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     r = json.loads(out.read_text())

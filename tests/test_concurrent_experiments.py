@@ -2,10 +2,9 @@
 and fold run is in MLflow with its metrics, the SQLite store passes its integrity check, and
 two experiments with the same training params never share a parent run or a resume file."""
 import sqlite3
-import time
 
 import pytest
-from conftest import make_project, sh
+from conftest import make_project, sh, wait_for_queue
 
 FOLDS = 2
 EXPERIMENTS = {  # a and b train identically (only bagging differs): the case that could collide
@@ -29,13 +28,7 @@ def queued(tmp_path_factory):
     for name, args in EXPERIMENTS.items():
         sh(f"dvc exp run --queue -n {name} {args}", dst)
     sh("dvc queue start -j 2", dst)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = sh("dvc queue status", dst).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    return dst, status
+    return dst, wait_for_queue(dst)
 
 
 def test_all_three_experiments_succeed(queued):

@@ -118,20 +118,25 @@ def test_with_dedupe_no_cluster_spans_two_folds_and_the_score_stops_flattering(p
     assert abs(honest - truly_unseen) < abs(flattering - truly_unseen), (flattering, honest, truly_unseen)
 
 
-def test_the_split_stage_reports_clusters_and_keeps_them_in_one_fold(planted, tmp_path):
-    root, twins, _ = planted
+def run_split(tmp_path, data_root, folds):
+    """The split stage with dedupe on, over `data_root` (image folders), in `tmp_path`."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(source="folders", root=str(root))
+    params["data"].update(source="folders", root=str(data_root))
     params["split"].update(dedupe=True, hash_distance=8)
-    params["folds"] = [0, 1, 2, 3]
+    params["folds"] = list(range(folds))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(root), "folds.csv",
+    res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(data_root), "folds.csv",
                           "duplicates.csv", "duplicates.png"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "images have near-duplicates" in res.stdout and "0 pairs across folds" in res.stdout
-    folds = pd.read_csv(tmp_path / "folds.csv").set_index("id")["fold"]
+    return res.stdout, pd.read_csv(tmp_path / "folds.csv").set_index("id")["fold"]
+
+
+def test_the_split_stage_reports_clusters_and_keeps_them_in_one_fold(planted, tmp_path):
+    root, twins, _ = planted
+    out, folds = run_split(tmp_path, root, 4)
+    assert "images have near-duplicates" in out and "0 pairs across folds" in out
     assert all(folds[a] == folds[b] for a, b in twins)
     clusters = pd.read_csv(tmp_path / "duplicates.csv")
     assert list(clusters.columns) == ["cluster", "size", "id", "hash"]
@@ -154,16 +159,6 @@ def test_a_subject_column_that_splits_near_duplicates_is_warned_about_and_merged
     pd.DataFrame({"image": [f"train/{p.parent.name}/{p.name}" for p in files],
                   "label": [p.parent.name for p in files],
                   "group": subject}).to_csv(data / "labels.csv", index=False)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(source="folders", root=str(data))
-    params["split"].update(dedupe=True, hash_distance=8)
-    params["folds"] = [0, 1, 2]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(data), "folds.csv",
-                          "duplicates.csv", "duplicates.png"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "warning: grouped by subject alone" in res.stdout, res.stdout
-    folds = pd.read_csv(tmp_path / "folds.csv").set_index("id")["fold"]
+    out, folds = run_split(tmp_path, data, 3)
+    assert "warning: grouped by subject alone" in out, out
     assert all(folds[f"train/{a}"] == folds[f"train/{b}"] for a, b in twins)

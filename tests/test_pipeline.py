@@ -3,13 +3,12 @@ the project; checks the outputs, the metrics against scikit-learn and the MLflow
 import json
 import shutil
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_project, sh
+from conftest import make_project, sh, wait_for_queue
 from sklearn.metrics import log_loss
 
 FOLDS = 3
@@ -139,12 +138,7 @@ def test_queued_experiment_logs_to_the_project_store(project):
     dst, _, _ = project
     sh("dvc exp run --queue -S lr=5e-4", dst)
     sh("dvc queue start", dst)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = sh("dvc queue status", dst).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
+    status = wait_for_queue(dst)
     assert "Success" in status, status + sh("dvc queue logs $(dvc queue status | awk 'NR==2{print $1}')",
                                              dst, check=False).stdout
     _, all_runs = runs(dst)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from foldwise import augment, checkpoints
 from foldwise.errors import InputError
-from foldwise.loader import Rows, device_batches, predict_array, to_float
+from foldwise.loader import device_batches, predict_array, to_float
 
 log = logging.getLogger(__name__)
 
