@@ -33,6 +33,47 @@ def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
     return df
 
 
+def fold_rows(folds_csv, processed: Path, fold: int):
+    """The training table and this fold's train and validation rows, checked against the split."""
+    folds = pd.read_csv(folds_csv, dtype={"id": str, "group": str})
+    train_table = pd.read_csv(processed / "train.csv", dtype={"id": str, "group": str})
+    if not folds["id"].equals(train_table["id"]):
+        raise InputError(f"{folds_csv} and {processed / 'train.csv'} list different images: "
+                         "rerun split and preprocess")
+    if fold not in set(folds["fold"]):
+        raise InputError(f"{folds_csv}: no fold {fold}; params.yaml folds and the split disagree")
+    is_val = folds["fold"].to_numpy() == fold
+    return train_table, np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def build_net(cfg: dict, task, meta: dict, in_chans: int):
+    """timm's model with its input normalisation inside; also where its weights came from and
+    the normalisation, for the checkpoint's spec."""
+    backbone, weights = create_backbone(cfg["model"], task.num_outputs, in_chans,
+                                        cfg["pretrained"], cfg["weights_file"], cfg["weights_match"],
+                                        cfg["pretrained_fallback"])
+    mean, std = input_normalisation(backbone, weights, meta["mean"], meta["std"])
+    return Normalised(backbone, mean, std), weights, {"model": cfg["model"], "mean": mean, "std": std,
+                                                      "num_outputs": task.num_outputs,
+                                                      "in_chans": in_chans}
+
+
+def write_outputs(out, fold, result, spec, oof, test, run_info: dict, title: str) -> None:
+    """The fold's folder (checkpoint, predictions, run.json) in one atomic write; the history,
+    learning curve and checkpoint as artifacts of the active MLflow run."""
+    with atomic_dir(out) as tmp:
+        checkpoints.save({"spec": spec, "state_dict": result.state_dict, "fold": fold},
+                         tmp / "model.pt")
+        write_csv(oof, tmp / "oof.csv", float_format="%.8g")
+        write_csv(test, tmp / "test.csv", float_format="%.8g")
+        (tmp / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+        with tempfile.TemporaryDirectory() as art:
+            result.history.to_csv(Path(art) / "history.csv", index=False)
+            tracking.learning_curve_png(result.history, Path(art) / "learning_curve.png", title)
+            mlflow.log_artifacts(art)
+        mlflow.log_artifact(str(tmp / "model.pt"))
+
+
 def main():
     fold, folds_csv, processed, out, history_csv = stage.arguments(
         __doc__, ("fold", "which fold to validate on (0..k-1)"), ("folds_csv", "split's fold table"),
@@ -43,27 +84,15 @@ def main():
     cfg = P.get(params, "train")
     meta = json.loads((processed / "meta.json").read_text())
     augment.check(cfg["augment"], meta["hflip_safe"])
-    folds = pd.read_csv(folds_csv, dtype={"id": str, "group": str})
-    train_table = pd.read_csv(processed / "train.csv", dtype={"id": str, "group": str})
-    if not folds["id"].equals(train_table["id"]):
-        raise InputError(f"{folds_csv} and {processed / 'train.csv'} list different images: "
-                         "rerun split and preprocess")
-    if fold not in set(folds["fold"]):
-        raise InputError(f"{folds_csv}: no fold {fold}; params.yaml folds and the split disagree")
+    train_table, tr, va = fold_rows(folds_csv, processed, fold)
     images = open_cache(processed / "train.npy")
     test_images = open_cache(processed / "test.npy")
     labels = load_truth(processed)
-    is_val = folds["fold"].to_numpy() == fold
-    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
     seed = int(P.get(params, "seed")) * 1000 + fold
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta, params)
-    backbone, weights = create_backbone(cfg["model"], task.num_outputs, images.shape[-1],
-                                        cfg["pretrained"], cfg["weights_file"], cfg["weights_match"],
-                                        cfg["pretrained_fallback"])
-    mean, std = input_normalisation(backbone, weights, meta["mean"], meta["std"])
-    net = Normalised(backbone, mean, std)
+    net, weights, spec = build_net(cfg, task, meta, images.shape[-1])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lr = float(P.get(params, "lr"))
 
@@ -87,36 +116,23 @@ def main():
                 {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
             resume=resume)
         best = result.history.iloc[result.best_epoch]
-        amp = bool(cfg["amp"]) and device.type == "cuda"
         summary = {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
                    **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")}}
         mlflow.log_metrics(summary)
 
-        columns = task.columns
         extra = {"group": train_table["group"].iloc[va], "fold": np.full(len(va), fold)}
         if labels.ndim == 1:
             extra["label"] = labels[va]
-        oof = prediction_table(train_table["id"].iloc[va], result.val_preds, columns, **extra)
+        oof = prediction_table(train_table["id"].iloc[va], result.val_preds, task.columns, **extra)
         test = prediction_table(pd.read_csv(processed / "test.csv", dtype={"id": str})["id"],
-                                result.test_preds, columns)
-        spec = {"model": cfg["model"], "num_outputs": task.num_outputs, "in_chans": images.shape[-1],
-                "mean": mean, "std": std}
-        with atomic_dir(out) as tmp:
-            checkpoints.save({"spec": spec, "state_dict": result.state_dict, "fold": fold},
-                             tmp / "model.pt")
-            write_csv(oof, tmp / "oof.csv", float_format="%.8g")
-            write_csv(test, tmp / "test.csv", float_format="%.8g")
-            (tmp / "run.json").write_text(json.dumps(
-                {"run_id": run.info.run_id, "parent_run_id": parent, "experiment_id": experiment,
-                 "pipeline_key": key,
-                 "weights": weights, "device": device.type,
-                 "precision": "bfloat16" if amp else "float32", **summary}, indent=2) + "\n")
-            with tempfile.TemporaryDirectory() as art:
-                result.history.to_csv(Path(art) / "history.csv", index=False)
-                tracking.learning_curve_png(result.history, Path(art) / "learning_curve.png",
-                                            f"fold {fold}: {cfg['model']}, lr {lr:g}")
-                mlflow.log_artifacts(art)
-            mlflow.log_artifact(str(tmp / "model.pt"))
+                                result.test_preds, task.columns)
+        amp = bool(cfg["amp"]) and device.type == "cuda"
+        write_outputs(out, fold, result, spec, oof, test,
+                      {"run_id": run.info.run_id, "parent_run_id": parent,
+                       "experiment_id": experiment, "pipeline_key": key, "weights": weights,
+                       "device": device.type, "precision": "bfloat16" if amp else "float32",
+                       **summary},
+                      f"fold {fold}: {cfg['model']}, lr {lr:g}")
         write_csv(result.history, history_csv)
     resume.unlink(missing_ok=True)
     print(f"fold {fold}: best epoch {result.best_epoch}, "

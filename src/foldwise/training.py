@@ -114,6 +114,42 @@ def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channe
     return loss_sum, total, seen_y, seen_p
 
 
+def prepare(net: nn.Module, cfg: dict, lr: float, device: torch.device):
+    """The network on `device` (channels_last if asked), the module the loop calls (compiled
+    if asked; it shares `net`'s parameters), timm's optimiser and scheduler."""
+    net = net.to(device)
+    if cfg["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+    model = torch.compile(net) if cfg["compile"] else net
+    optimizer = timm.optim.create_optimizer_v2(net, opt=cfg["optimizer"], lr=lr,
+                                               weight_decay=cfg["weight_decay"],
+                                               momentum=cfg["momentum"])
+    return net, model, optimizer, create_scheduler(optimizer, cfg, lr)
+
+
+def history_row(epoch, lr_now, train_loss, train_scores, val_scores, monitor, n, seconds) -> dict:
+    return {"epoch": epoch, "lr": lr_now, "train_loss": train_loss,
+            **{f"train_{k}": float(v) for k, v in train_scores.items()},
+            **{f"val_{k}": float(v) for k, v in val_scores.items()},
+            "val_metric": float(val_scores[monitor]),  # one column name for every task
+            "images_per_s": n / max(seconds, 1e-9)}
+
+
+def keep_best(s: dict, epoch: int, monitored: float, train_loss: float, val_preds, net,
+              cfg: dict) -> None:
+    """Early-stopping bookkeeping in the loop state `s`: a better (finite) validation figure
+    keeps this epoch's weights and predictions; otherwise the epoch counts as stale (past the
+    warm-up, whose loss spikes are no signal); a non-finite training loss stops the fold."""
+    if math.isfinite(monitored) and monitored < s["best"]:
+        s.update(best=monitored, best_epoch=epoch, stale=0, best_val=val_preds,
+                 best_state=copy.deepcopy(net.state_dict()))
+    elif epoch >= int(cfg["warmup_epochs"]) or not math.isfinite(train_loss):
+        s["stale"] += 1
+    if not math.isfinite(train_loss):
+        log.warning("epoch %d: training loss is %s; stopping this fold", epoch, train_loss)
+        s["stale"] = int(cfg["patience"])
+
+
 def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
                x_train, y_train: np.ndarray, x_val, y_val: np.ndarray,
                x_test, device: torch.device,
@@ -127,16 +163,8 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    amp = bool(cfg["amp"]) and device.type == "cuda"
-    channels_last = bool(cfg["channels_last"])
-    net = net.to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    model = torch.compile(net) if cfg["compile"] else net  # shares net's parameters
-    optimizer = timm.optim.create_optimizer_v2(net, opt=cfg["optimizer"], lr=lr,
-                                               weight_decay=cfg["weight_decay"],
-                                               momentum=cfg["momentum"])
-    scheduler = create_scheduler(optimizer, cfg, lr)
+    amp, channels_last = bool(cfg["amp"]) and device.type == "cuda", bool(cfg["channels_last"])
+    net, model, optimizer, scheduler = prepare(net, cfg, lr, device)
     batch, epochs, patience = int(cfg["batch_size"]), int(cfg["epochs"]), int(cfg["patience"])
     targets = task.targets(y_train)
     s = checkpoints.load_resume(resume, net, optimizer, gen) if resume else None
@@ -150,8 +178,7 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
     last = epochs if s["stale"] < patience else len(s["history"])  # it may have stopped early
 
     for epoch in range(len(s["history"]), last):
-        lr_now = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
+        lr_now, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
         loss_sum, n, seen_y, seen_p = train_epoch(model, optimizer, task, cfg, x_train, targets, gen,
                                                   device, channels_last, amp, f"epoch {epoch}")
         train_loss = loss_sum.item() / max(n, 1)  # the epoch's one wait for the device
@@ -160,24 +187,13 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
         train_scores = task.score(task.values(seen_y), seen_p.double().cpu().numpy())
         val_preds = predict(model, x_val, task, batch * 2, device, channels_last, amp, "validate")
         val_scores = task.score(y_val, val_preds)
-        row = {"epoch": epoch, "lr": lr_now, "train_loss": train_loss,
-               **{f"train_{k}": float(v) for k, v in train_scores.items()},
-               **{f"val_{k}": float(v) for k, v in val_scores.items()},
-               "val_metric": float(val_scores[task.monitor]),  # one column name for every task
-               "images_per_s": n / max(epoch_time, 1e-9)}
+        row = history_row(epoch, lr_now, train_loss, train_scores, val_scores, task.monitor, n,
+                          epoch_time)
         s["history"].append(row)
         on_epoch(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-        monitored = val_scores[task.monitor]
-        scheduler.step(epoch + 1, metric=monitored)
-        if math.isfinite(monitored) and monitored < s["best"]:
-            s.update(best=monitored, best_epoch=epoch, stale=0, best_val=val_preds,
-                     best_state=copy.deepcopy(net.state_dict()))
-        elif epoch >= int(cfg["warmup_epochs"]) or not math.isfinite(train_loss):
-            s["stale"] += 1  # a loss spike while warming up is no signal
-        if not math.isfinite(train_loss):
-            log.warning("epoch %d: training loss is %s; stopping this fold", epoch, train_loss)
-            s["stale"] = patience
+        scheduler.step(epoch + 1, metric=val_scores[task.monitor])
+        keep_best(s, epoch, val_scores[task.monitor], train_loss, val_preds, net, cfg)
         if resume:
             checkpoints.save_resume(resume, net, optimizer, gen, s)
         if s["stale"] >= patience:
@@ -185,9 +201,9 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
             break
 
     if s["best_state"] is None:
+        last_loss = s["history"][-1]["train_loss"] if s["history"] else float("nan")
         raise InputError(f"training diverged: validation {task.monitor} was never finite in "
-                         f"{len(s['history'])} epoch(s) (last training loss "
-                         f"{s['history'][-1]['train_loss'] if s['history'] else float('nan'):.4g}); "
+                         f"{len(s['history'])} epoch(s) (last training loss {last_loss:.4g}); "
                          "lower lr in params.yaml, or check the data")
     net.load_state_dict(s["best_state"])
     return FoldResult(
