@@ -47,9 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from foldwise.cache import build_cache  # noqa: E402
 from foldwise.loader import Rows, device_batches, open_cache, to_float  # noqa: E402
+from foldwise.recipe import Recipe  # noqa: E402
 from foldwise.sources import statefarm  # noqa: E402
 from foldwise.tasks import Classification  # noqa: E402
 from foldwise.training import predict, train_epoch  # noqa: E402
+
+import project  # noqa: E402  (benchmarks/project.py)
 
 FULL = (22_424, 79_726)
 NO_AUGMENT = {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0, "contrast": 0,
@@ -139,11 +142,12 @@ def ours_train(name, images, labels, batch, steps, channels_last, amp, device, a
     # one warm-up epoch of 2 batches, then the timed one, both over the memory map
     warm, timed = Rows(images, np.arange(2 * batch)), Rows(images, np.arange(steps * batch) % len(images))
     train_epoch(net, opt, task, cfg, warm, task.targets(labels[warm.index]),
-                torch.Generator().manual_seed(0), device, channels_last, amp, "warm-up")
+                torch.Generator().manual_seed(0), device, channels_last, amp, Recipe(), "warm-up")
     _sync(device)
     t0 = time.perf_counter()
     _, n, _, _ = train_epoch(net, opt, task, cfg, timed, task.targets(labels[timed.index]),
-                             torch.Generator().manual_seed(1), device, channels_last, amp, "bench")
+                             torch.Generator().manual_seed(1), device, channels_last, amp, Recipe(),
+                             "bench")
     _sync(device)
     return n / (time.perf_counter() - t0)
 
@@ -190,6 +194,7 @@ RSS_CHILD = """
 import sys, threading, time, numpy as np, torch
 sys.path.insert(0, {src!r}); sys.path.insert(0, {bench!r})
 from bench import model_and_optimizer, NO_AUGMENT
+from foldwise.recipe import Recipe
 from foldwise.loader import Rows, open_cache
 from foldwise.tasks import Classification
 from foldwise.training import train_epoch
@@ -208,7 +213,7 @@ net, opt = model_and_optimizer({model!r}, True, torch.device('cpu'))
 task = Classification([f"c{{i}}" for i in range(10)])
 train_epoch(net, opt, task, {{"batch_size": {batch}, "augment": NO_AUGMENT}}, rows,
             task.targets(labels), torch.Generator().manual_seed(0), torch.device('cpu'), True,
-            False, 'rss')
+            False, Recipe(), 'rss')
 time.sleep(0.1)
 print(peak[0], peak[1])
 """
@@ -226,31 +231,15 @@ def bench_rss(cache: Path, model, batch, fraction) -> tuple[float, float]:
 
 def bench_noop_repro(workdir: Path) -> float:
     """Seconds of `dvc repro` that finds nothing to do, in a tiny reproduced copy."""
-    import yaml
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "export/")):
-            (workdir / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, workdir / f)
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["folds"] = [0, 1]
-    params["sample"]["statefarm"].update(drivers=4, per_class=1, test_drivers=1, test_per_class=1)
-    params["preprocess"].update(height=32, width=48)
-    params["train"].update(epochs=1, batch_size=8)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b",
-               GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    def run(cmd):
-        res = subprocess.run(cmd, cwd=workdir, shell=True, env=env, capture_output=True, text=True)
-        if res.returncode:
-            raise RuntimeError(f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-        return res
-    run("git init -q && git add -A && git commit -qm bench && dvc repro")
+    def tiny(params):
+        params["folds"] = [0, 1]
+        params["sample"]["statefarm"].update(drivers=4, per_class=1, test_drivers=1, test_per_class=1)
+        params["preprocess"].update(height=32, width=48)
+        params["train"].update(epochs=1, batch_size=8)
+
+    project.run("dvc repro", project.copy(workdir, tiny))
     t0 = time.perf_counter()
-    out = run("dvc repro").stdout
+    out = project.run("dvc repro", workdir).stdout
     seconds = time.perf_counter() - t0
     if "Running stage" in out:
         raise RuntimeError(f"the second dvc repro was not a no-op:\n{out}")

@@ -2,7 +2,8 @@
 keypoint, and the worst-predicted training images.
 
 usage: python stages/evaluate.py BAGGED_DIR PROCESSED_DIR MODELS_DIR METRICS_DIR
-params: folds; train.label_smoothing (the task's settings); mlflow (where the parent run is)
+params: folds; train.label_smoothing (the task's settings); calibration.temperature (fit a
+        temperature out-of-fold); mlflow (where the parent run is)
 writes METRICS_DIR/{metrics.json, baseline.json, breakdown.csv, confusion.csv, hardest.csv, hardest.png};
 logs the bagged metrics to the pipeline's MLflow parent run and finishes it.
 """
@@ -13,12 +14,26 @@ import _src  # noqa: F401
 import numpy as np
 import pandas as pd
 
-from foldwise import params as P, report, stage, tracking
+from foldwise import calibration, params as P, report, stage, tracking
 from foldwise.cache import load_truth
 from foldwise.files import write_csv, write_json
 from foldwise.tasks import create_task
 
 HARDEST = 24
+
+
+def calibrate(task, oof, truth) -> dict:
+    """The temperature for the test set (fit on all OOF rows), the OOF log loss after
+    calibration (cross-fitted, so honest), and for two classes the clip bound chosen again on
+    the calibrated predictions, since export applies it after the temperature."""
+    preds = oof[task.columns].to_numpy()
+    tempered, per_fold = calibration.cross_fitted(preds, truth, oof["fold"].to_numpy())
+    after, _ = task.report(truth, tempered)
+    out = {"temperature": calibration.fit(preds, truth), "logloss_calibrated": after["logloss"]}
+    out.update({k: after[k] for k in ("clip", "logloss_clipped") if k in after})
+    print("temperature per fold (each fit on the other folds): "
+          + ", ".join(f"{k}: {t:.3f}" for k, t in per_fold.items()))
+    return out
 
 
 def main():
@@ -34,6 +49,8 @@ def main():
     truth = load_truth(processed)  # the OOF table is in training order too
 
     summary, per_fold, breakdown = report.evaluate(task, oof, truth)
+    if P.get(params, "calibration.temperature") and task.kind == "classification":
+        summary.update(calibrate(task, oof, truth))
     runs = [json.loads((models / f"fold_{k}" / "run.json").read_text()) for k in P.get(params, "folds")]
     # what stays the same across experiments goes beside the metrics, not among them
     baseline = {"images": len(oof), **{k: summary.pop(k) for k in task.baselines if k in summary},

@@ -2,7 +2,8 @@
 
 usage: python stages/export.py DATA_ROOT MODELS_DIR PROCESSED_DIR BAGGED_DIR METRICS_JSON
                                SUBMISSION_CSV MODEL_DIR
-params: folds, bag.mean; the clip bound comes from METRICS_JSON (chosen on OOF by evaluate)
+params: folds, bag.mean, tta (views inside the model); the temperature and clip bound come
+        from METRICS_JSON (fit on OOF by evaluate)
 """
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldwise import export, params as P, stage
+from foldwise import calibration, export, params as P, stage, tta
 from foldwise.loader import open_cache
 from foldwise.models import load_checkpoint
 from foldwise.sources import get_source
@@ -34,13 +35,16 @@ def main():
     meta = json.loads((processed / "meta.json").read_text())
     task = create_task(meta, params)
     mean = P.get(params, "bag.mean")
-    clip = json.loads(metrics_json.read_text())["oof"].get("clip", 0.0)  # chosen on OOF by evaluate
-    nets = [load_checkpoint(models / f"fold_{k}" / "model.pt") for k in P.get(params, "folds")]
+    oof = json.loads(metrics_json.read_text())["oof"]  # fit on OOF by evaluate:
+    clip, temperature = oof.get("clip", 0.0), oof.get("temperature", 1.0)
+    nets = [tta.wrap(load_checkpoint(models / f"fold_{k}" / "model.pt"), P.get(params, "tta"), meta)
+            for k in P.get(params, "folds")]  # the folds' own test-time views, inside the program
     test_images = open_cache(processed / "test.npy")
-    bag = export.Bagged(nets, task.activation, mean, *task.output_affine())
+    bag = export.Bagged(nets, task.activation, mean, *task.output_affine(), temperature=temperature)
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
                 {**{k: meta[k] for k in TASK_KEYS}, "bag_mean": mean, "folds": len(nets), "clip": clip,
+                 "tta": P.get(params, "tta"), "temperature": temperature,
                  "preprocess": {k: meta[k] for k in ("height", "width", "crop", "mode")}},
                 model_dir)
 
@@ -49,6 +53,8 @@ def main():
     got = export.run_model(model, test_images, device=device, desc="exported")
     test = pd.read_csv(bagged / "test.csv", dtype={"id": str})
     bagged_preds = test[task.columns].to_numpy()
+    if temperature != 1.0:
+        bagged_preds = calibration.temper(bagged_preds, temperature)
     drift = float(np.abs(got - bagged_preds).max()) / max(1.0, float(np.abs(bagged_preds).max()))
     runs = [json.loads((models / f"fold_{k}" / "run.json").read_text()) for k in P.get(params, "folds")]
     like = all(r.get("precision") == "float32" and r.get("device") == device.type for r in runs)
@@ -68,7 +74,8 @@ def main():
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(got, clip),
                                                 {**meta, "root": root}, submission)
     print(f"exported {len(nets)} fold models; max |exported - {'bagged' if like else 'eager'}| = "
-          f"{worst:.2e}, vs the folds' predictions {drift:.2e}; clip {clip:g}")
+          f"{worst:.2e}, vs the folds' predictions {drift:.2e}; temperature {temperature:.4g}, "
+          f"clip {clip:g}")
 
 
 if __name__ == "__main__":

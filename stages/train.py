@@ -1,8 +1,9 @@
 """train: one fold. Trains on the other folds, keeps the epoch with the best validation loss.
 
 usage: python stages/train.py FOLD FOLDS_CSV PROCESSED_DIR OUT_DIR HISTORY_CSV
-params: seed, lr, train.* (model, weights, optimiser, schedule, epochs, augmentation, ...),
-        mlflow (where the fold's run is logged)
+params: seed, lr, train.* (model, weights, optimiser, schedule, epochs, augmentation, EMA,
+        mixup, ...), tta (test-time views of validation and test), mlflow (where the fold's
+        run is logged)
 writes OUT_DIR/{model.pt, oof.csv, test.csv, run.json} and the per-epoch HISTORY_CSV;
 logs the fold as a child run in MLflow.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldwise import augment, checkpoints, params as P, stage, tracking
+from foldwise import augment, checkpoints, params as P, stage, tracking, tta
 from foldwise.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, project_root, write_csv
@@ -84,6 +85,7 @@ def main():
     cfg = P.get(params, "train")
     meta = json.loads((processed / "meta.json").read_text())
     augment.check(cfg["augment"], meta["hflip_safe"])
+    tta.views(P.get(params, "tta"), meta["hflip_safe"])  # a refused view stops before training
     train_table, tr, va = fold_rows(folds_csv, processed, fold)
     images = open_cache(processed / "train.npy")
     test_images = open_cache(processed / "test.npy")
@@ -114,11 +116,14 @@ def main():
             test_images, device,
             on_epoch=lambda row: mlflow.log_metrics(
                 {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
-            resume=resume)
+            resume=resume, wrap=lambda n: tta.wrap(n, P.get(params, "tta"), meta))
         best = result.history.iloc[result.best_epoch]
         summary = {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
-                   **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")}}
+                   **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")},
+                   # what the OOF table holds: the kept weights, with test-time augmentation
+                   **{f"oof_{k}": float(v) for k, v in task.score(labels[va], result.val_preds).items()}}
         mlflow.log_metrics(summary)
+        mlflow.set_tag("foldwise.kept_weights", result.weights)
 
         extra = {"group": train_table["group"].iloc[va], "fold": np.full(len(va), fold)}
         if labels.ndim == 1:
@@ -131,6 +136,7 @@ def main():
                       {"run_id": run.info.run_id, "parent_run_id": parent,
                        "experiment_id": experiment, "pipeline_key": key, "weights": weights,
                        "device": device.type, "precision": "bfloat16" if amp else "float32",
+                       "kept_weights": result.weights,
                        **summary},
                       f"fold {fold}: {cfg['model']}, lr {lr:g}")
         write_csv(result.history, history_csv)

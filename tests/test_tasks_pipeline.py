@@ -13,10 +13,14 @@ from foldwise.sources import keypoints as kp
 FOLDS = [0, 1, 2]
 
 
+def keypoint_params(p):
+    """Test-time views that move points: the mirror (left and right swap) and shifts."""
+    p.update(folds=FOLDS, tta={"hflip": True, "shift": 0.04, "scale": 0.0})
+
+
 @pytest.fixture(scope="module")
 def keypoints_project(tmp_path_factory):
-    dst = make_project(tmp_path_factory.mktemp("kp") / "project",
-                       lambda p: p.update(folds=FOLDS), task="keypoints")
+    dst = make_project(tmp_path_factory.mktemp("kp") / "project", keypoint_params, task="keypoints")
     sh("dvc repro", dst)
     return dst
 
@@ -52,17 +56,30 @@ def test_keypoints_course_variant_writes_30_coordinates_per_image(keypoints_proj
     assert not (dst / "data/sample/keypoints/IdLookupTable.csv").exists()
 
 
-def test_dogs_vs_cats_beats_the_prior_and_clips_as_chosen(tmp_path_factory):
-    dst = make_project(tmp_path_factory.mktemp("dc") / "project",
-                       lambda p: p.update(folds=FOLDS), task="dogscats")
+def dogscats_params(p):
+    """Mirror and zoom views at test time, and a temperature fit out-of-fold."""
+    p.update(folds=FOLDS, tta={"hflip": True, "shift": 0.0, "scale": 0.1},
+             calibration={"temperature": True})
+
+
+def test_dogs_vs_cats_beats_the_prior_and_calibrates_then_clips_as_chosen(tmp_path_factory):
+    from foldwise import calibration
+    dst = make_project(tmp_path_factory.mktemp("dc") / "project", dogscats_params, task="dogscats")
     sh("dvc repro", dst)
     m = metrics(dst)
     assert m["logloss"] < 0.6 * m["prior_logloss"], m
-    assert "clip" in m and m["logloss_clipped"] <= m["logloss"] + 1e-12
+    assert 0.05 < m["temperature"] < 20 and "logloss_calibrated" in m
+    assert "clip" in m and m["logloss_clipped"] <= m["logloss_calibrated"] + 1e-12
     sub = pd.read_csv(dst / "export/submission.csv")
     assert list(sub.columns) == ["id", "label"] and list(sub["id"]) == list(range(1, 31))
     c = m["clip"]
     assert sub["label"].between(c - 1e-9, 1 - c + 1e-9).all()
+    # the submission is the bag, tempered, then clipped: exactly what the OOF figures describe
+    bagged = pd.read_csv(dst / "data/bagged/test.csv", dtype={"id": str})
+    bagged["n"] = [int(i.split(".")[0]) for i in bagged["id"]]
+    bagged = bagged.sort_values("n")
+    want = np.clip(calibration.temper(bagged[["cat", "dog"]].to_numpy(), m["temperature"])[:, 1], c, 1 - c)
+    np.testing.assert_allclose(sub["label"], want, atol=2e-4)
     hardest = pd.read_csv(dst / "metrics/hardest.csv")
     assert hardest["loss"].is_monotonic_decreasing and (dst / "metrics/hardest.png").stat().st_size > 0
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -12,7 +13,9 @@ from foldwise.training import train_fold
 CFG = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.0,
        "scheduler": "cosine", "warmup_epochs": 0, "warmup_lr": 0.1, "min_lr": 0.01,
        "decay_epochs": 2, "decay_rate": 0.1, "label_smoothing": 0.0, "patience": 10,
-       "channels_last": True, "amp": True, "compile": False,
+       "channels_last": True, "amp": True, "compile": False, "lr_per_step": False,
+       "clip_grad": 0.0, "clip_mode": "norm", "ema": {"decay": 0.0, "warmup": True},
+       "mixup": {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5},
        "augment": {"hflip": False, "shift": 0.05, "scale": 0.05, "rotate": 3,
                    "brightness": 0.1, "contrast": 0.1, "saturation": 0.0, "crop_area": 1.0}}
 NO_AUGMENT = {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0, "contrast": 0,
@@ -90,16 +93,22 @@ def test_augment_without_settings_is_the_identity_and_flip_mirrors():
     assert any(torch.allclose(f, x, atol=1e-6) for f in flips)
 
 
-def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path):
+FULL_RECIPE = {"lr_per_step": True, "clip_grad": 1.0, "ema": {"decay": 0.9, "warmup": True},
+               "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5}}
+
+
+@pytest.mark.parametrize("recipe", [{}, FULL_RECIPE], ids=["plain", "ema-mixup-clip-per-step"])
+def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path, recipe):
     x, y = toy_data()
     ckpt = tmp_path / "resume.pt"
+    cfg = {**CFG, **recipe}
 
     def fresh():
         torch.manual_seed(5)
         return Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
 
     def args(net):
-        return (net, Classification(["a", "b"]), 3e-3, CFG, 5, x[:32], y[:32], x[32:], y[32:], x[:5],
+        return (net, Classification(["a", "b"]), 3e-3, cfg, 5, x[:32], y[:32], x[32:], y[32:], x[:5],
                 torch.device("cpu"))
 
     whole = train_fold(*args(fresh()))
@@ -116,6 +125,8 @@ def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path):
     assert [r["epoch"] for r in seen] == [0, 1, 2, 3]  # restored rows are reported again
     np.testing.assert_array_equal(resumed.val_preds, whole.val_preds)
     assert resumed.best_epoch == whole.best_epoch
+    pd.testing.assert_frame_equal(resumed.history.drop(columns="images_per_s"),
+                                  whole.history.drop(columns="images_per_s"))
 
 
 def test_rotation_is_a_rotation_in_pixels_on_non_square_images():
@@ -174,3 +185,83 @@ def test_compiled_training_learns_the_same_as_eager_and_keeps_plain_weight_names
     assert not any("_orig_mod" in k for k in compiled.state_dict)
     assert np.abs(compiled.val_preds - eager.val_preds).max() < 0.05
     assert compiled.best_epoch == eager.best_epoch
+
+
+def test_ema_is_validated_beside_the_weights_and_the_better_one_is_kept():
+    """Every epoch validates the weights and timm's moving average of them; the kept epoch is
+    the best figure of either, and the kept state is the one that scored it: loaded into the
+    network, it predicts the kept validation predictions again."""
+    from foldwise.metrics import multiclass_logloss
+    from foldwise.training import predict
+    result = run(seed=2, ema={"decay": 0.8, "warmup": False}, epochs=5)
+    h = result.history
+    assert {"val_logloss", "ema_val_logloss", "val_is_ema"} <= set(h.columns)
+    both = np.minimum(h["val_logloss"], h["ema_val_logloss"])
+    np.testing.assert_allclose(h["val_metric"], both)
+    assert result.best_epoch == int(both.idxmin())
+    best = h.iloc[result.best_epoch]
+    assert result.weights == ("ema" if best["ema_val_logloss"] < best["val_logloss"] else "raw")
+    assert h["val_logloss"].ne(h["ema_val_logloss"]).all()  # two different sets of weights
+    _, y = toy_data()
+    assert multiclass_logloss(y[32:], result.val_preds) == pytest.approx(best["val_metric"], rel=1e-6)
+    net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+    net.load_state_dict(result.state_dict)
+    x, _ = toy_data()
+    again = predict(net, x[32:], Classification(["a", "b"]), 16, torch.device("cpu"))
+    np.testing.assert_allclose(again, result.val_preds, atol=1e-6)
+
+
+def test_the_recipe_off_changes_nothing():
+    """Each addition at its 'off' value trains exactly as without it: same draws, same weights."""
+    plain = run(seed=3, epochs=2)
+    off = run(seed=3, epochs=2, clip_grad=0.0, ema={"decay": 0.0, "warmup": False},
+              mixup={"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 0.0, "switch_prob": 0.5})
+    np.testing.assert_array_equal(plain.val_preds, off.val_preds)
+    assert list(plain.history.columns) == list(off.history.columns)
+
+
+def test_mixup_trains_reproducibly_with_an_odd_batch_size():
+    """timm's Mixup pairs a batch with its mirror (even sizes only): batches of 7 lose one image
+    each, and the NumPy draws it makes are seeded from the fold's seed."""
+    mixed = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5}
+    a, b = run(seed=4, epochs=2, batch_size=7, mixup=mixed), run(seed=4, epochs=2, batch_size=7, mixup=mixed)
+    np.testing.assert_array_equal(a.val_preds, b.val_preds)
+    plain = run(seed=4, epochs=2, batch_size=7)
+    assert not np.array_equal(a.val_preds, plain.val_preds)
+
+
+def test_the_learning_rate_moves_every_update_on_timms_cosine():
+    """lr_per_step: after u of U = epochs x updates_per_epoch updates, the lr is the cosine
+    curve at u / U, by hand: min + (lr - min) (1 + cos(pi u / U)) / 2."""
+    import math
+    from foldwise import recipe
+    from foldwise.training import create_scheduler
+    net = torch.nn.Linear(2, 2)
+    cfg = {**CFG, "lr_per_step": True, "epochs": 3, "warmup_epochs": 0, "min_lr": 0.01}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = create_scheduler(opt, cfg, 0.1, updates_per_epoch=5)
+    rec = recipe.create(net, cfg, Classification(["a", "b"]), sched)
+    assert rec.scheduler is sched
+    for u in range(1, 15):
+        rec.stepped(net)
+        want = 0.001 + (0.1 - 0.001) * (1 + math.cos(math.pi * u / 15)) / 2
+        assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-9), u
+    per_epoch = recipe.create(net, {**cfg, "lr_per_step": False}, Classification(["a", "b"]),
+                              create_scheduler(opt, {**cfg, "lr_per_step": False}, 0.1, 5))
+    assert per_epoch.scheduler is None
+
+
+def test_gradient_clipping_bounds_each_update():
+    """clip_grad bounds the gradient's norm before the optimiser sees it: with plain SGD
+    (no momentum) each update moves the weights by at most lr x clip_grad."""
+    torch.manual_seed(0)
+    net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+    before = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+    x, y = toy_data()
+    cfg = {**CFG, "optimizer": "momentum", "momentum": 0.0, "epochs": 1, "clip_grad": 1e-3,
+           "augment": NO_AUGMENT}
+    train_fold(net, Classification(["a", "b"]), 0.1, cfg, 0, x[:32], y[:32], x[32:], y[32:], x[:5],
+               torch.device("cpu"))
+    moved = torch.sqrt(sum(((net.state_dict()[k] - v) ** 2).sum() for k, v in before.items()
+                           if "running" not in k and "num_batches" not in k))
+    assert 0 < moved <= 4 * 0.1 * 1e-3 * (1 + 1e-4)  # 4 updates of 8 images

@@ -29,16 +29,18 @@ def load(path: str | Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def save_resume(path, net, optimizer, gen: torch.Generator, state: dict) -> None:
-    """Everything a killed fold needs to continue as if it never stopped."""
+def save_resume(path, net, optimizer, gen: torch.Generator, state: dict, ema=None) -> None:
+    """Everything a killed fold needs to continue as if it never stopped (with `ema`, timm's
+    moving average of the weights, too)."""
     best_val = state["best_val"]
     save({**state, "best_val": None if best_val is None else torch.from_numpy(np.asarray(best_val)),
           "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+          "ema": None if ema is None else ema.module.state_dict(),
           "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
 
 
-def load_resume(path, net, optimizer, gen: torch.Generator) -> dict | None:
+def load_resume(path, net, optimizer, gen: torch.Generator, ema=None) -> dict | None:
     """Restore the network, generator and RNG states saved by `save_resume`; return the loop's
     state with the optimizer's under "optimizer" (the caller loads it once its scheduler has
     replayed the finished epochs). None when there is nothing (usable) to resume from."""
@@ -48,6 +50,9 @@ def load_resume(path, net, optimizer, gen: torch.Generator) -> dict | None:
     try:
         state = load(path)  # on the CPU: RNG states must be CPU tensors, the rest follows net
         net.load_state_dict(state.pop("net"))
+        average = state.pop("ema")
+        if ema is not None:
+            ema.module.load_state_dict(average)
     except Exception as err:  # noqa: BLE001 - any unreadable resume file means: start over
         log.warning("ignoring resume file %s (%s: %s); training this fold from the start",
                     path, type(err).__name__, err)

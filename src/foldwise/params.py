@@ -34,12 +34,17 @@ SCHEMA = {
         "momentum": NUMBER, "weight_decay": NUMBER, "scheduler": str, "warmup_epochs": int,
         "warmup_lr": NUMBER, "min_lr": NUMBER, "decay_epochs": NUMBER, "decay_rate": NUMBER,
         "label_smoothing": NUMBER, "patience": int, "channels_last": bool, "amp": bool,
-        "compile": bool,
+        "compile": bool, "lr_per_step": bool, "clip_grad": NUMBER, "clip_mode": str,
+        "ema": {"decay": NUMBER, "warmup": bool},
+        "mixup": {"mixup_alpha": NUMBER, "cutmix_alpha": NUMBER, "prob": NUMBER,
+                  "switch_prob": NUMBER},
         "augment": {"hflip": bool, "shift": NUMBER, "scale": NUMBER, "rotate": NUMBER,
                     "brightness": NUMBER, "contrast": NUMBER, "saturation": NUMBER,
                     "crop_area": NUMBER},
     },
+    "tta": {"hflip": bool, "shift": NUMBER, "scale": NUMBER},
     "bag": {"mean": str},
+    "calibration": {"temperature": bool},
     "mlflow": {"experiment": str, "tracking_uri": str},
 }
 

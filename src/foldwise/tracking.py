@@ -28,7 +28,7 @@ from foldwise.files import project_root
 from foldwise.params import flatten
 
 # params that shape a fold's results; tracking settings themselves are not among them
-RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train")
+RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train", "tta")
 
 
 def tracking_uri(cfg: dict) -> str:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from foldwise import augment, checkpoints
+from foldwise import augment, checkpoints, recipe
 from foldwise.errors import InputError
 from foldwise.loader import device_batches, predict_array, to_float
 
@@ -35,21 +35,24 @@ class FoldResult:
     state_dict: dict
     history: pd.DataFrame
     best_epoch: int
+    weights: str  # "raw" or "ema": which of the two the kept state is
     val_preds: np.ndarray
     test_preds: np.ndarray
     train_images_per_s: float
 
 
-def create_scheduler(optimizer, cfg: dict, lr: float):
+def create_scheduler(optimizer, cfg: dict, lr: float, updates_per_epoch: int = 1):
     """timm's scheduler by name; the warm-up start, floor, decay step and rate come from
     params.yaml as fractions of `lr` or epochs. `plateau` decays when the validation loss
-    (lower is better) has not improved for `decay_epochs`."""
+    (lower is better) has not improved for `decay_epochs`; every other schedule moves the lr
+    after each optimiser update when `lr_per_step` is true (timm's `step_on_epochs=False`)."""
+    per_step = bool(cfg["lr_per_step"]) and cfg["scheduler"] != "plateau"
     scheduler, _ = timm.scheduler.create_scheduler_v2(
         optimizer, sched=cfg["scheduler"], num_epochs=int(cfg["epochs"]),
         warmup_epochs=int(cfg["warmup_epochs"]), warmup_lr=lr * float(cfg["warmup_lr"]),
         min_lr=lr * float(cfg["min_lr"]), decay_epochs=float(cfg["decay_epochs"]),
         decay_rate=float(cfg["decay_rate"]), patience_epochs=int(cfg["decay_epochs"]),
-        plateau_mode="min")
+        plateau_mode="min", step_on_epochs=not per_step, updates_per_epoch=updates_per_epoch)
     return scheduler
 
 
@@ -69,16 +72,22 @@ def predict(net: nn.Module, images, task, batch_size: int, device: torch.device,
     return out if len(out) else np.zeros((0, task.num_outputs))
 
 
+def batches_of(n: int, size: int) -> int:
+    """Optimiser updates in an epoch of `n` images (a last batch of one is dropped)."""
+    return n // size + (1 if n % size > 1 else 0)
+
+
 def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channels_last, amp,
-                desc: str):
+                rec: recipe.Recipe, desc: str):
     """One pass over the training rows in a random order. Returns (summed loss, image count,
     targets, activated outputs), the last three on the device until the caller reads them."""
     net.train()
     order = torch.randperm(len(x_train), generator=gen).numpy()
+    rec.start_epoch(gen)
     size = int(cfg["batch_size"])
     # sorted within a batch: sequential reads from the memory map; a batch of one cannot
     # train BatchNorm, so a last batch of one is dropped
-    batches = [np.sort(order[i:i + size]) for i in range(0, len(order), size)
+    batches = [rec.even(np.sort(order[i:i + size])) for i in range(0, len(order), size)
                if len(order[i:i + size]) > 1]
     total = sum(len(b) for b in batches)
     aspect = x_train.shape[2] / x_train.shape[1]
@@ -92,12 +101,15 @@ def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channe
         x = augment.apply(to_float(images, channels_last), draw.to(device), cfg["augment"])
         y = task.augment_targets(targets[idx], draw.theta)
         y = (y.pin_memory() if device.type == "cuda" else y).to(device, non_blocking=True)
+        x, y_loss = rec.mix(x, y)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = net(x)
-        loss = task.loss(outputs.float(), y)
+        loss = task.loss(outputs.float(), y_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        rec.clip(net)
         optimizer.step()
+        rec.stepped(net)
         loss_sum += loss.detach() * len(idx)
         p = task.activate(outputs.detach())
         if seen_p is None:
@@ -114,9 +126,10 @@ def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channe
     return loss_sum, total, seen_y, seen_p
 
 
-def prepare(net: nn.Module, cfg: dict, lr: float, device: torch.device):
+def prepare(net: nn.Module, cfg: dict, lr: float, device: torch.device, task, n_train: int):
     """The network on `device` (channels_last if asked), the module the loop calls (compiled
-    if asked; it shares `net`'s parameters), timm's optimiser and scheduler."""
+    if asked; it shares `net`'s parameters), timm's optimiser and scheduler, and the rest of
+    the recipe (mixup, clipping, EMA)."""
     net = net.to(device)
     if cfg["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
@@ -124,25 +137,48 @@ def prepare(net: nn.Module, cfg: dict, lr: float, device: torch.device):
     optimizer = timm.optim.create_optimizer_v2(net, opt=cfg["optimizer"], lr=lr,
                                                weight_decay=cfg["weight_decay"],
                                                momentum=cfg["momentum"])
-    return net, model, optimizer, create_scheduler(optimizer, cfg, lr)
+    scheduler = create_scheduler(optimizer, cfg, lr, batches_of(n_train, int(cfg["batch_size"])))
+    return net, model, optimizer, scheduler, recipe.create(net, cfg, task, scheduler)
 
 
-def history_row(epoch, lr_now, train_loss, train_scores, val_scores, monitor, n, seconds) -> dict:
-    return {"epoch": epoch, "lr": lr_now, "train_loss": train_loss,
-            **{f"train_{k}": float(v) for k, v in train_scores.items()},
-            **{f"val_{k}": float(v) for k, v in val_scores.items()},
-            "val_metric": float(val_scores[monitor]),  # one column name for every task
-            "images_per_s": n / max(seconds, 1e-9)}
+def validate(model, net, ema, task, x_val, y_val, batch, device, channels_last, amp):
+    """The epoch's validation: scores of the weights and, with an EMA, of their moving average
+    (history columns `val_*`, `ema_val_*`). The better of the two (lower `task.monitor`) is the
+    epoch's candidate: returns (columns, its figure, its predictions, the module holding its
+    weights, "raw" or "ema")."""
+    preds = predict(model, x_val, task, batch, device, channels_last, amp, "validate")
+    scores = task.score(y_val, preds)
+    columns = {f"val_{k}": float(v) for k, v in scores.items()}
+    best = (float(scores[task.monitor]), preds, net, "raw")
+    if ema is not None:
+        ema_preds = predict(ema.module, x_val, task, batch, device, channels_last, amp, "validate ema")
+        ema_scores = task.score(y_val, ema_preds)
+        columns.update({f"ema_val_{k}": float(v) for k, v in ema_scores.items()})
+        if ema_scores[task.monitor] < best[0]:
+            best = (float(ema_scores[task.monitor]), ema_preds, ema.module, "ema")
+    return columns, *best
 
 
-def keep_best(s: dict, epoch: int, monitored: float, train_loss: float, val_preds, net,
-              cfg: dict) -> None:
+def history_row(epoch, lr_now, train_loss, train_scores, val_columns, monitored, weights, n,
+                seconds) -> dict:
+    row = {"epoch": epoch, "lr": lr_now, "train_loss": train_loss,
+           **{f"train_{k}": float(v) for k, v in train_scores.items()}, **val_columns,
+           "val_metric": monitored,  # one column name for every task: the candidate's figure
+           "images_per_s": n / max(seconds, 1e-9)}
+    if any(k.startswith("ema_") for k in val_columns):
+        row["val_is_ema"] = float(weights == "ema")  # 1: the moving average validated better
+    return row
+
+
+def keep_best(s: dict, epoch: int, monitored: float, train_loss: float, val_preds, module,
+              weights: str, cfg: dict) -> None:
     """Early-stopping bookkeeping in the loop state `s`: a better (finite) validation figure
-    keeps this epoch's weights and predictions; otherwise the epoch counts as stale (past the
-    warm-up, whose loss spikes are no signal); a non-finite training loss stops the fold."""
+    keeps this epoch's weights (`module`'s: the network's or its moving average's) and
+    predictions; otherwise the epoch counts as stale (past the warm-up, whose loss spikes are
+    no signal); a non-finite training loss stops the fold."""
     if math.isfinite(monitored) and monitored < s["best"]:
-        s.update(best=monitored, best_epoch=epoch, stale=0, best_val=val_preds,
-                 best_state=copy.deepcopy(net.state_dict()))
+        s.update(best=monitored, best_epoch=epoch, stale=0, best_val=val_preds, weights=weights,
+                 best_state=copy.deepcopy(module.state_dict()))
     elif epoch >= int(cfg["warmup_epochs"]) or not math.isfinite(train_loss):
         s["stale"] += 1
     if not math.isfinite(train_loss):
@@ -154,24 +190,28 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
                x_train, y_train: np.ndarray, x_val, y_val: np.ndarray,
                x_test, device: torch.device,
                on_epoch: Callable[[dict], None] = lambda row: None,
-               resume: str | Path | None = None) -> FoldResult:
+               resume: str | Path | None = None,
+               wrap: Callable[[nn.Module], nn.Module] = lambda net: net) -> FoldResult:
     """Train `net` on one fold; keep the epoch with the lowest validation `task.monitor`.
 
     `cfg` is params.yaml's `train` section. `on_epoch` receives each epoch's history row
     (for tracking) as it completes. With `resume`, the complete training state is saved there
     after every epoch, and a run killed part-way continues from its last finished epoch.
+    The kept weights predict validation and test through `wrap(net)` (test-time augmentation,
+    `tta.wrap`); epochs are chosen on plain validation.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     amp, channels_last = bool(cfg["amp"]) and device.type == "cuda", bool(cfg["channels_last"])
-    net, model, optimizer, scheduler = prepare(net, cfg, lr, device)
+    net, model, optimizer, scheduler, rec = prepare(net, cfg, lr, device, task, len(x_train))
     batch, epochs, patience = int(cfg["batch_size"]), int(cfg["epochs"]), int(cfg["patience"])
     targets = task.targets(y_train)
-    s = checkpoints.load_resume(resume, net, optimizer, gen) if resume else None
+    s = checkpoints.load_resume(resume, net, optimizer, gen, rec.ema) if resume else None
     s = s or {"best": float("inf"), "best_epoch": -1, "best_state": None, "best_val": None,
-              "stale": 0, "history": [], "seen": 0, "train_time": 0.0}
+              "weights": None, "stale": 0, "history": [], "seen": 0, "train_time": 0.0, "step": 0}
+    rec.step = s["step"]
     for row in s["history"]:  # the schedule replays the finished epochs, the rows are re-reported
-        scheduler.step(row["epoch"] + 1, metric=row[f"val_{task.monitor}"])
+        scheduler.step(row["epoch"] + 1, metric=row["val_metric"])
         on_epoch(row)
     if "optimizer" in s:
         optimizer.load_state_dict(s.pop("optimizer"))  # after the replay: the saved lr wins
@@ -180,22 +220,23 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
     for epoch in range(len(s["history"]), last):
         lr_now, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
         loss_sum, n, seen_y, seen_p = train_epoch(model, optimizer, task, cfg, x_train, targets, gen,
-                                                  device, channels_last, amp, f"epoch {epoch}")
+                                                  device, channels_last, amp, rec, f"epoch {epoch}")
         train_loss = loss_sum.item() / max(n, 1)  # the epoch's one wait for the device
         epoch_time = time.perf_counter() - t0
         s["seen"], s["train_time"] = s["seen"] + n, s["train_time"] + epoch_time
+        s["step"] = rec.step
         train_scores = task.score(task.values(seen_y), seen_p.double().cpu().numpy())
-        val_preds = predict(model, x_val, task, batch * 2, device, channels_last, amp, "validate")
-        val_scores = task.score(y_val, val_preds)
-        row = history_row(epoch, lr_now, train_loss, train_scores, val_scores, task.monitor, n,
+        columns, monitored, val_preds, module, weights = validate(
+            model, net, rec.ema, task, x_val, y_val, batch * 2, device, channels_last, amp)
+        row = history_row(epoch, lr_now, train_loss, train_scores, columns, monitored, weights, n,
                           epoch_time)
         s["history"].append(row)
         on_epoch(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-        scheduler.step(epoch + 1, metric=val_scores[task.monitor])
-        keep_best(s, epoch, val_scores[task.monitor], train_loss, val_preds, net, cfg)
+        scheduler.step(epoch + 1, metric=monitored)
+        keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, cfg)
         if resume:
-            checkpoints.save_resume(resume, net, optimizer, gen, s)
+            checkpoints.save_resume(resume, net, optimizer, gen, s, rec.ema)
         if s["stale"] >= patience:
             log.info("stopped after epoch %d (best %d)", epoch, s["best_epoch"])
             break
@@ -206,11 +247,17 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
                          f"{len(s['history'])} epoch(s) (last training loss {last_loss:.4g}); "
                          "lower lr in params.yaml, or check the data")
     net.load_state_dict(s["best_state"])
+    final = wrap(net)
+    if final is net:  # no test-time views: the best epoch's predictions stand
+        final, val_preds = model, np.asarray(s["best_val"])
+    else:
+        val_preds = predict(final, x_val, task, batch * 2, device, channels_last, amp, "validate tta")
     return FoldResult(
         state_dict={k: v.detach().cpu().contiguous() for k, v in s["best_state"].items()},
         history=pd.DataFrame(s["history"]),
         best_epoch=s["best_epoch"],
-        val_preds=np.asarray(s["best_val"]),  # kept from the best epoch: no second pass
-        test_preds=predict(model, x_test, task, batch * 2, device, channels_last, amp, "test"),
+        weights=s["weights"],
+        val_preds=val_preds,
+        test_preds=predict(final, x_test, task, batch * 2, device, channels_last, amp, "test"),
         train_images_per_s=s["seen"] / max(s["train_time"], 1e-9) if s["seen"] else float("nan"),
     )

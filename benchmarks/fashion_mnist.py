@@ -1,0 +1,147 @@
+"""Recipe quality on real data: Fashion-MNIST through foldwise's own `dvc exp run`.
+
+  python benchmarks/fashion_mnist.py write DATA_DIR
+  python benchmarks/fashion_mnist.py run DATA_DIR WORK_DIR [--variants default,ema,...]
+                                     [--folds 5] [--epochs 4] [--out benchmarks/fashion-mnist.json]
+
+`write` lays out Debian's `dataset-fashion-mnist` (60,000 train + 10,000 test 28x28 greyscale
+images, MIT; `apt-get install dataset-fashion-mnist`) as foldwise's image-folders source:
+DATA_DIR/train/<class>/<n>.png and DATA_DIR/test/<n>.png, with the test labels beside them in
+DATA_DIR/test_labels.csv (which no stage reads).
+
+`run` copies this project into WORK_DIR, points it at DATA_DIR (resnet10t at 28x28, grey), and
+runs each variant as one `dvc exp run` with its `-S` overrides (split and preprocess are shared
+through DVC's run-cache). For each it reads the OOF figures from metrics.json, scores the
+exported submission against the test labels (accuracy and log loss, scikit-learn), and times
+the whole experiment. Prints a table and writes it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.metrics import log_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import project  # noqa: E402  (benchmarks/project.py)
+
+IDX = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+           "boot")
+VARIANTS = {  # name: `dvc exp run -S` overrides on top of the base params below
+    "default": [],
+    "ema": ["train.ema.decay=0.998"],
+    "mixup": ["train.mixup.mixup_alpha=0.2", "train.mixup.cutmix_alpha=1.0", "train.mixup.prob=0.5"],
+    "clip": ["train.clip_grad=1.0"],
+    "tta": ["tta.hflip=true", "tta.shift=0.04"],
+    "calibration": ["calibration.temperature=true"],
+    "ema+tta+calibration": ["train.ema.decay=0.998", "tta.hflip=true", "tta.shift=0.04",
+                            "calibration.temperature=true"],
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (big-endian; magic 0x0000 type ndim, then the sizes, then the data)."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write(out: Path) -> None:
+    if not IDX.is_dir():
+        sys.exit(f"{IDX}: not found; apt-get install dataset-fashion-mnist")
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(IDX / f"{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(IDX / f"{prefix}-labels-idx1-ubyte.gz")
+        for c in CLASSES:
+            if split == "train":
+                (out / "train" / c).mkdir(parents=True, exist_ok=True)
+        (out / "test").mkdir(parents=True, exist_ok=True)
+        names = []
+        for n, (img, label) in enumerate(zip(images, labels)):
+            name = f"{n:05d}.png"
+            folder = out / "train" / CLASSES[label] if split == "train" else out / "test"
+            Image.fromarray(img, mode="L").save(folder / name)
+            names.append(name)
+        if split == "test":
+            pd.DataFrame({"image": names, "label": [CLASSES[i] for i in labels]}).to_csv(
+                out / "test_labels.csv", index=False)
+    print(f"wrote {out}: 60,000 train images in {len(CLASSES)} class folders, 10,000 test")
+
+
+def base_params(data: Path, folds: int, epochs: int):
+    def change(p):
+        p["folds"] = list(range(folds))
+        p["data"].update(source="folders", root=str(data))
+        p["preprocess"].update(height=28, width=28, crop=[0.0, 0.0, 1.0, 1.0], mode="L")
+        p["train"].update(model="resnet10t", epochs=epochs, batch_size=64, warmup_epochs=1,
+                          patience=epochs)
+        p["train"]["augment"].update(hflip=True, shift=0.06, scale=0.06, rotate=5, crop_area=1.0,
+                                     saturation=0.0)
+    return change
+
+
+def test_scores(project_dir: Path, data: Path) -> dict:
+    sub = pd.read_csv(project_dir / "export" / "submission.csv")
+    truth = pd.read_csv(data / "test_labels.csv").set_index("image").loc[sub["image"], "label"]
+    classes = list(CLASSES)
+    probs = sub[sorted(classes)].to_numpy()
+    y = np.array([sorted(classes).index(c) for c in truth])
+    return {"test_accuracy": float((sub["label"].to_numpy() == truth.to_numpy()).mean()),
+            "test_logloss": float(log_loss(y, probs, labels=range(len(classes))))}
+
+
+def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: Path) -> None:
+    dst = work / "project"
+    if not (dst / ".git").is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+        project.copy(dst, base_params(data.resolve(), folds, epochs))
+    rows = []
+    for name in names:
+        sets = " ".join(f"-S {s}" for s in VARIANTS[name])
+        t0 = time.perf_counter()
+        project.run(f"dvc exp run -n {name}-{int(time.time())} {sets}", dst)
+        seconds = time.perf_counter() - t0
+        oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
+        row = {"variant": name, "oof_logloss": oof["logloss"], "oof_accuracy": oof["accuracy"],
+               "oof_logloss_calibrated": oof.get("logloss_calibrated"),
+               **test_scores(dst, data), "minutes": seconds / 60}
+        rows.append(row)
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                       if v is not None), flush=True)
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    out.write_text(json.dumps({"folds": folds, "epochs": epochs, "model": "resnet10t", "size": 28,
+                               "rows": rows}, indent=2) + "\n")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("write", help="image folders from the Debian package's IDX files")
+    w.add_argument("data_dir", type=Path)
+    r = sub.add_parser("run", help="train and score each variant with dvc exp run")
+    r.add_argument("data_dir", type=Path)
+    r.add_argument("work_dir", type=Path)
+    r.add_argument("--variants", default="default", help=f"comma-separated: {', '.join(VARIANTS)}")
+    r.add_argument("--folds", type=int, default=5)
+    r.add_argument("--epochs", type=int, default=4)
+    r.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist.json")
+    args = parser.parse_args(argv)
+    if args.command == "write":
+        write(args.data_dir)
+    else:
+        run(args.data_dir, args.work_dir, args.variants.split(","), args.folds, args.epochs, args.out)
+
+
+if __name__ == "__main__":
+    main()
