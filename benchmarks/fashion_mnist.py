@@ -70,7 +70,7 @@ def write(out: Path) -> None:
         for n, (img, label) in enumerate(zip(images, labels)):
             name = f"{n:05d}.png"
             folder = out / "train" / CLASSES[label] if split == "train" else out / "test"
-            Image.fromarray(img, mode="L").save(folder / name)
+            Image.fromarray(img).save(folder / name)
             names.append(name)
         if split == "test":
             pd.DataFrame({"image": names, "label": [CLASSES[i] for i in labels]}).to_csv(
@@ -95,6 +95,7 @@ def test_scores(project_dir: Path, data: Path) -> dict:
     truth = pd.read_csv(data / "test_labels.csv").set_index("image").loc[sub["image"], "label"]
     classes = list(CLASSES)
     probs = sub[sorted(classes)].to_numpy()
+    probs = probs / probs.sum(axis=1, keepdims=True)  # written to 6 significant digits
     y = np.array([sorted(classes).index(c) for c in truth])
     return {"test_accuracy": float((sub["label"].to_numpy() == truth.to_numpy()).mean()),
             "test_logloss": float(log_loss(y, probs, labels=range(len(classes))))}

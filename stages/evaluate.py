@@ -4,7 +4,8 @@ keypoint, and the worst-predicted training images.
 usage: python stages/evaluate.py BAGGED_DIR PROCESSED_DIR MODELS_DIR METRICS_DIR
 params: folds; train.label_smoothing (the task's settings); calibration.temperature (fit a
         temperature out-of-fold); mlflow (where the parent run is)
-writes METRICS_DIR/{metrics.json, baseline.json, breakdown.csv, confusion.csv, hardest.csv, hardest.png};
+writes METRICS_DIR/{metrics.json, baseline.json, breakdown.csv, confusion.csv, calibration.csv,
+curves.csv, hardest.csv, hardest.png};
 logs the bagged metrics to the pipeline's MLflow parent run and finishes it.
 """
 import json
@@ -40,7 +41,7 @@ def main():
     bagged, processed, models, out = (Path(a) for a in stage.arguments(
         __doc__, ("bagged_dir", "bag's output (oof.csv)"),
         ("processed_dir", "the preprocess cache (train.npy, labels, meta.json)"),
-        ("models_dir", "folder of the fold_k outputs (run.json)"),
+        ("models_dir", "folder of the fold_k outputs (run.json, history.csv)"),
         ("metrics_dir", "where the metrics and reports go")))
     params = P.load()
     meta = json.loads((processed / "meta.json").read_text())
@@ -62,6 +63,9 @@ def main():
     write_json(baseline, out / "baseline.json")
     write_csv(breakdown, out / "breakdown.csv", float_format="%.6g")
     write_csv(report.confusion(task, oof, truth), out / "confusion.csv")
+    write_csv(report.reliability(task, oof, truth), out / "calibration.csv", float_format="%.6g")
+    write_csv(report.curves({k: pd.read_csv(models / f"fold_{k}" / "history.csv")
+                             for k in P.get(params, "folds")}), out / "curves.csv", float_format="%.6g")
     worst = report.hardest(task, oof, truth, HARDEST)
     write_csv(worst, out / "hardest.csv", float_format="%.6g")
     report.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")

@@ -3,7 +3,8 @@
 usage: python stages/export.py DATA_ROOT MODELS_DIR PROCESSED_DIR BAGGED_DIR METRICS_JSON
                                SUBMISSION_CSV MODEL_DIR
 params: folds, bag.mean, tta (views inside the model); the temperature and clip bound come
-        from METRICS_JSON (fit on OOF by evaluate)
+        from METRICS_JSON (fit on OOF by evaluate); mlflow (the store of the pipeline's parent run)
+logs the exported bag as an MLflow model of the parent run that evaluate finished.
 """
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldwise import calibration, export, params as P, stage, tta
+from foldwise import calibration, export, mlmodel, params as P, stage, tracking, tta
 from foldwise.loader import open_cache
 from foldwise.models import load_checkpoint
 from foldwise.sources import get_source
@@ -22,6 +23,16 @@ from foldwise.tasks import create_task
 TOLERANCE = 1e-4  # the exported program against the same networks run eagerly, like for like
 DRIFT = 0.05  # vs fold predictions made in bfloat16 or on another device, relative to their scale
 TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
+
+
+def log_to_mlflow(params, runs, model_dir, example) -> str:
+    """The exported bag as an MLflow model of the pipeline's parent run (the one evaluate
+    finished), loadable with mlflow.pyfunc.load_model."""
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    parent = tracking.evaluated_parent(experiment, runs)
+    if parent is None:
+        raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
+    return mlmodel.log(model_dir, example, parent)
 
 
 def main():
@@ -73,9 +84,10 @@ def main():
     # the submission is what the shipped model predicts, so foldwise-predict reproduces it
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(got, clip),
                                                 {**meta, "root": root}, submission)
+    uri = log_to_mlflow(params, runs, model_dir, np.asarray(test_images[:2]))
     print(f"exported {len(nets)} fold models; max |exported - {'bagged' if like else 'eager'}| = "
           f"{worst:.2e}, vs the folds' predictions {drift:.2e}; temperature {temperature:.4g}, "
-          f"clip {clip:g}")
+          f"clip {clip:g}; MLflow model {uri}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ usage: python stages/train.py FOLD FOLDS_CSV PROCESSED_DIR OUT_DIR HISTORY_CSV
 params: seed, lr, train.* (model, weights, optimiser, schedule, epochs, augmentation, EMA,
         mixup, ...), tta (test-time views of validation and test), mlflow (where the fold's
         run is logged)
-writes OUT_DIR/{model.pt, oof.csv, test.csv, run.json} and the per-epoch HISTORY_CSV;
+writes OUT_DIR/{model.pt, oof.csv, test.csv, run.json, history.csv} and the per-epoch HISTORY_CSV;
 logs the fold as a child run in MLflow.
 """
 import json
@@ -68,6 +68,7 @@ def write_outputs(out, fold, result, spec, oof, test, run_info: dict, title: str
         write_csv(oof, tmp / "oof.csv", float_format="%.8g")
         write_csv(test, tmp / "test.csv", float_format="%.8g")
         (tmp / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+        write_csv(result.history, tmp / "history.csv")
         with tempfile.TemporaryDirectory() as art:
             result.history.to_csv(Path(art) / "history.csv", index=False)
             tracking.learning_curve_png(result.history, Path(art) / "learning_curve.png", title)
@@ -105,12 +106,16 @@ def main():
     # survives a crash mid-fold; keyed by everything that shapes the result
     resume = project_root() / ".foldwise" / "resume" / f"{key}-fold{fold}.pt"
     tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
-            "foldwise.weights": weights, "foldwise.device": str(device)}
+            "foldwise.weights": weights, "foldwise.device": str(device), **tracking.source_tags()}
     if killed:
         tags["foldwise.resumes"] = ",".join(killed)
+    mlflow.set_system_metrics_sampling_interval(5)
     with mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
-                          tags=tags) as run:
+                          tags=tags, log_system_metrics=True) as run:  # CPU, memory, GPU
         tracking.log_params({**params, "fold": fold, "train_images": len(tr), "val_images": len(va)})
+        tracking.log_fold_inputs(train_table, tr, va, [folds_csv, processed / "train.csv",
+                                                       processed / "meta.json"],
+                                 f"{meta['source']} fold {fold}", P.get(params, "data.root"))
         result = train_fold(
             net, task, lr, cfg, seed, Rows(images, tr), labels[tr], Rows(images, va), labels[va],
             test_images, device,

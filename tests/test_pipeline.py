@@ -2,7 +2,12 @@
 the project; checks the outputs, the metrics against scikit-learn and the MLflow runs."""
 import json
 import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -113,6 +118,55 @@ def test_predict_command_reproduces_the_bagged_test_predictions(project, tmp_pat
     assert np.abs(pred[cols].to_numpy() - bagged[cols].to_numpy()).max() < 1e-4
 
 
+def test_mlflow_reads_as_a_training_dashboard(project, tmp_path):
+    """The experiment opens on MLflow's model-training pages; the parent is named after model
+    and lr and carries the git commit; each fold names its training and validation data and
+    records system metrics; the bag is an MLflow model whose pyfunc predictions are
+    foldwise-predict's, file for file."""
+    import mlflow
+    dst, params, _ = project
+    client, all_runs = runs(dst)
+    exp = client.get_experiment_by_name("foldwise")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = next(r for r in all_runs if r.data.tags.get("foldwise.role") == "parent")
+    assert parent.info.run_name == f"resnet10t lr {params['lr']:g}"
+    commit = sh("git rev-parse HEAD", dst).stdout.strip()
+    assert parent.data.tags["mlflow.source.git.commit"] == commit
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    digests = set()
+    for child in children:
+        inputs = {d.tags[0].value: d.dataset for d in child.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation"}
+        fold = child.data.tags["foldwise.fold"]
+        assert inputs["training"].name == f"statefarm fold {fold} training"
+        digests |= {d.digest for d in inputs.values()}
+        assert child.data.tags["mlflow.source.git.commit"] == commit
+    assert len(digests) == 2 * FOLDS  # every fold's data told apart
+    assert any(k.startswith("system/") for c in children for k in c.data.metrics)
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    ours = [m for m in models if m.source_run_id == parent.info.run_id]
+    assert len(ours) == 1
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{ours[0].model_id}")
+    got = pyfunc.predict(np.load(dst / "data/processed/test.npy"))
+    out = tmp_path / "pred.csv"
+    sh(f"{sys.executable} -m foldwise.predict export/model data/sample/statefarm/imgs/test {out}", dst)
+    pred = pd.read_csv(out)
+    test_ids = pd.read_csv(dst / "data/processed/test.csv")["id"]
+    want = pred.set_index("img").loc[test_ids, [f"c{i}" for i in range(10)]].to_numpy()
+    assert np.abs(got - want).max() < 1e-5  # the submission's 6 significant digits
+
+
+def test_dvc_plots_draw_every_fold_on_one_chart_and_the_reliability(project):
+    dst, _, _ = project
+    shown = json.loads(sh("dvc plots show --json", dst).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    curves = shown["data"]["metrics/curves.csv"][0]["content"]
+    assert curves["encoding"]["color"]["field"] == "fold"
+    assert {v["fold"] for v in curves["data"]["values"]} == {str(k) for k in range(FOLDS)}
+    reliability = shown["data"]["metrics/calibration.csv"][0]["content"]["data"]["values"]
+    assert reliability and all(0 <= float(v["accuracy"]) <= 1 for v in reliability)
+
+
 def test_repro_again_does_nothing(project):
     dst, _, first = project
     assert "Running stage 'train@0'" in first
@@ -185,3 +239,69 @@ def test_bagging_unchanged_folds_again_gets_its_own_parent_run(project):
     assert new[0].data.metrics["oof_logloss"] == pytest.approx(m["oof"]["logloss"])
     assert client.get_run(first.info.run_id).data.metrics["oof_logloss"] == \
         pytest.approx(first.data.metrics["oof_logloss"])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NO_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")
+
+
+@pytest.fixture
+def mlflow_server(project):
+    dst, _, _ = project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{dst / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer on /health within 2 minutes")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@NO_CHROMIUM
+def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlflow_server, tmp_path):
+    """`mlflow server` on loopback over this pipeline's store, opened in headless Chromium
+    (Playwright): the parent by its name, its folds when expanded, and the oof_logloss column
+    with the parent's value; the screenshot stays in the test's temporary folder."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    dst, params, _ = project
+    client, all_runs = runs(dst)
+    parent = next(r for r in all_runs if r.data.tags.get("foldwise.role") == "parent")
+    experiment = parent.info.experiment_id
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 2400, "height": 1000})
+            page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs")
+            page.wait_for_selector(f"text={parent.info.run_name}", timeout=90_000)
+            for expand in page.locator('button[data-component-id*="runnamecellrenderer"]').all():
+                expand.click()  # a parent's folds are nested under it, collapsed
+            page.wait_for_selector("text=fold 0", timeout=30_000)
+            page.get_by_text("Columns", exact=True).click()
+            page.keyboard.type("oof_logloss")
+            page.get_by_text("oof_logloss", exact=True).last.click()
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(tmp_path / "mlflow-experiment.png"), full_page=True)
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert parent.info.run_name in text
+    assert all(f"fold {k}" in text for k in range(FOLDS))
+    headers = text[text.index("Run Name"):]
+    assert "oof_logloss" in headers
+    assert f"{parent.data.metrics['oof_logloss']:.4f}"[:5] in text
+    assert (tmp_path / "mlflow-experiment.png").stat().st_size > 10_000

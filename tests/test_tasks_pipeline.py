@@ -38,6 +38,12 @@ def test_keypoints_beat_predicting_the_mean_clearly(keypoints_project):
     assert list(per_point["keypoint"]) == list(kp.POINTS)
 
 
+def test_keypoints_plots_show_without_errors(keypoints_project):
+    shown = json.loads(sh("dvc plots show --json", keypoints_project).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    assert len({v["fold"] for v in shown["data"]["metrics/curves.csv"][0]["content"]["data"]["values"]}) == len(FOLDS)
+
+
 def test_keypoints_submission_follows_the_lookup_table(keypoints_project):
     dst = keypoints_project
     lookup = pd.read_csv(dst / "data/sample/keypoints/IdLookupTable.csv")

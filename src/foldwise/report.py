@@ -43,15 +43,41 @@ def hardest(task, oof: pd.DataFrame, truth: np.ndarray, n: int) -> pd.DataFrame:
     return table
 
 
+def reliability(task, oof: pd.DataFrame, truth: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """The OOF reliability table: images binned by the confidence of their top class, each
+    bin's mean confidence against how often the top class was right (`perfect` is the
+    diagonal a calibrated model follows); empty for regression."""
+    columns = ["confidence", "accuracy", "perfect", "images"]
+    if task.kind != "classification":
+        return pd.DataFrame(columns=columns)
+    preds = oof[task.columns].to_numpy()
+    conf, right = preds.max(1), preds.argmax(1) == truth
+    edges = np.linspace(1.0 / preds.shape[1], 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    rows = [(conf[which == b].mean(), right[which == b].mean(), conf[which == b].mean(),
+             int((which == b).sum())) for b in range(bins) if (which == b).any()]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def curves(histories: dict) -> pd.DataFrame:
+    """Every fold's per-epoch history in one long table (epoch, fold, ...), for one chart."""
+    return pd.concat([h.assign(fold=k)[["epoch", "fold", "val_metric", "train_loss", "lr"]]
+                      for k, h in histories.items()], ignore_index=True)
+
+
 def contact_sheet(images: np.ndarray, table: pd.DataFrame, path, columns: int = 6, cell: int = 160) -> None:
-    """A PNG grid of the images listed in `table` (rows of `images`), each captioned."""
+    """A PNG grid of the images listed in `table` (rows of `images`), each scaled to fill its
+    `cell` (small images are enlarged, by whole pixels when they fit twice or more) and
+    captioned with its id, loss, and for classes the true and the predicted class."""
     rows = max(1, -(-len(table) // columns))
     sheet = Image.new("RGB", (columns * cell, rows * (cell + 28)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, item in enumerate(table.itertuples(index=False)):
         pixels = np.asarray(images[item.row])
         im = Image.fromarray(pixels.squeeze()).convert("RGB")
-        im.thumbnail((cell, cell))
+        scale = min(cell / im.width, cell / im.height)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                       Image.NEAREST if scale >= 2 else Image.BILINEAR)
         x, y = (i % columns) * cell, (i // columns) * (cell + 28)
         sheet.paste(im, (x, y))
         caption = f"{item.id} loss {item.loss:.2f}"

@@ -29,6 +29,26 @@ from foldwise.params import flatten
 
 # params that shape a fold's results; tracking settings themselves are not among them
 RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train", "tta")
+# MLflow's own experiment tag for which UI an experiment opens in (training, not GenAI)
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def run_name(params: dict) -> str:
+    """What tells pipeline runs apart in the UI: the DVC experiment, else model and lr."""
+    return os.environ.get("DVC_EXP_NAME") or f"{params['train']['model']} lr {float(params['lr']):g}"
+
+
+def source_tags() -> dict:
+    """The code a run ran: the git commit (MLflow's Source column) and the DVC experiment."""
+    import subprocess
+    tags = {"mlflow.source.name": "dvc.yaml", "mlflow.source.type": "PROJECT"}
+    res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,
+                         text=True)
+    if res.returncode == 0:
+        tags["mlflow.source.git.commit"] = res.stdout.strip()
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -57,9 +77,12 @@ def open_experiment(cfg: dict) -> str:
     with _lock():
         mlflow.set_tracking_uri(tracking_uri(cfg))  # also exports MLFLOW_TRACKING_URI
         exp = mlflow.get_experiment_by_name(cfg["experiment"])
-        if exp is not None:
-            return exp.experiment_id
-        return mlflow.create_experiment(cfg["experiment"], artifact_location=artifacts)
+        if exp is None:
+            exp = mlflow.get_experiment(mlflow.create_experiment(cfg["experiment"],
+                                                                 artifact_location=artifacts))
+        if exp.tags.get(KIND_TAG) != MODEL_TRAINING:  # open on the model-training pages
+            MlflowClient().set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_TRAINING)
+        return exp.experiment_id
 
 
 def pipeline_key(params: dict, *fingerprint_files) -> str:
@@ -109,11 +132,8 @@ def close_killed_attempts(experiment_id: str, parent_id: str, fold: int) -> list
 
 
 def _create_parent(client, experiment_id: str, key: str, params: dict, tags=None) -> str:
-    tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent", **(tags or {})}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
-    name = os.environ.get("DVC_EXP_NAME") or f"pipeline {key[:8]}"
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent", **source_tags(), **(tags or {})}
+    run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
     for batch in _chunks(sorted(flatten(params).items()), 100):
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
                                                   for k, v in batch])
@@ -138,6 +158,39 @@ def parent_for_evaluation(experiment_id: str, fold_runs: list[dict], params: dic
         return _create_parent(client, experiment_id, fold_runs[0].get("pipeline_key", ""), params,
                               {"foldwise.fold_runs": ",".join(r["run_id"] for r in fold_runs),
                                "foldwise.folds_restored": "true"})
+
+
+def evaluated_parent(experiment_id: str, fold_runs: list[dict]) -> str | None:
+    """The parent run that `parent_for_evaluation` gave these fold runs: the newest one
+    tagged with exactly them, else their own parent when they share one."""
+    ids = ",".join(r["run_id"] for r in fold_runs)
+    found = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`foldwise.role` = 'parent' and "
+                                       f"tags.`foldwise.fold_runs` = '{ids}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        return found[0].info.run_id
+    parents = {r["parent_run_id"] for r in fold_runs}
+    return next(iter(parents)) if len(parents) == 1 else None
+
+
+def log_fold_inputs(table, train_rows, val_rows, fingerprint_files, name: str, source: str) -> None:
+    """The fold's training and validation images (ids, labels, groups) as MLflow dataset
+    inputs of the active run, so the UI's Dataset column names them. Each digest covers the
+    rows, the fold table and the preprocess cache's listing and statistics
+    (`fingerprint_files`)."""
+    import mlflow.data
+    base = hashlib.sha1()
+    for path in fingerprint_files:
+        base.update(Path(path).read_bytes())
+    for context, rows in (("training", train_rows), ("validation", val_rows)):
+        part = table.iloc[rows].reset_index(drop=True)
+        digest = base.copy()
+        digest.update(",".join(map(str, part["id"])).encode())
+        dataset = mlflow.data.from_pandas(part, source=source, name=f"{name} {context}",
+                                          targets="label" if "label" in part else None,
+                                          digest=digest.hexdigest()[:10])
+        mlflow.log_input(dataset, context=context)
 
 
 def _chunks(items, size):
