@@ -109,6 +109,7 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
     rows = []
     for name in names:
         sets = " ".join(f"-S {s}" for s in VARIANTS[name])
+        project.run("git checkout -- params.yaml", dst)  # an exp run leaves its -S values behind
         t0 = time.perf_counter()
         project.run(f"dvc exp run -n {name}-{int(time.time())} {sets}", dst)
         seconds = time.perf_counter() - t0

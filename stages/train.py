@@ -8,6 +8,7 @@ writes OUT_DIR/{model.pt, oof.csv, test.csv, run.json, history.csv} and the per-
 logs the fold as a child run in MLflow.
 """
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def main():
             "foldwise.weights": weights, "foldwise.device": str(device), **tracking.source_tags()}
     if killed:
         tags["foldwise.resumes"] = ",".join(killed)
-    mlflow.set_system_metrics_sampling_interval(5)
+    mlflow.set_system_metrics_sampling_interval(2)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines
     with mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
                           tags=tags, log_system_metrics=True) as run:  # CPU, memory, GPU
         tracking.log_params({**params, "fold": fold, "train_images": len(tr), "val_images": len(va)})

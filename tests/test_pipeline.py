@@ -163,7 +163,7 @@ def test_dvc_plots_draw_every_fold_on_one_chart_and_the_reliability(project):
     curves = shown["data"]["metrics/curves.csv"][0]["content"]
     assert curves["encoding"]["color"]["field"] == "fold"
     assert {v["fold"] for v in curves["data"]["values"]} == {str(k) for k in range(FOLDS)}
-    reliability = shown["data"]["metrics/calibration.csv"][0]["content"]["data"]["values"]
+    reliability = shown["data"]["reliability of the out-of-fold probabilities"][0]["content"]["data"]["values"]
     assert reliability and all(0 <= float(v["accuracy"]) <= 1 for v in reliability)
 
 

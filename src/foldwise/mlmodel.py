@@ -8,6 +8,7 @@ postprocessing (the clip bound chosen out-of-fold) as the submission does.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -45,7 +46,9 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
     loaded.model, loaded.meta = export.load(model_dir)
     loaded.task = create_task(loaded.meta)
     signature = infer_signature(example, loaded.predict(None, example))
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # the signature is given: MLflow's advice to infer it from type hints does not apply
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         info = mlflow.pyfunc.log_model(name=name, python_model=BaggedModel(),
                                        artifacts={"export": str(model_dir)}, signature=signature,
                                        input_example=example,

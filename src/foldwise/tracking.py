@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -71,6 +72,8 @@ def _lock() -> Iterator[None]:
 
 def open_experiment(cfg: dict) -> str:
     """Point MLflow at the store (created here, under the lock) and return the experiment id."""
+    # MLflow's SQL store uses a loader strategy SQLAlchemy deprecates: nothing a user can change
+    warnings.filterwarnings("ignore", message=".*``noload`` loader strategy is deprecated")
     # artifacts beside the default store, not in ./mlruns of a temporary experiment copy
     own_store = not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri"))
     artifacts = (project_root() / "mlartifacts").as_uri() if own_store else None
