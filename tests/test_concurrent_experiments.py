@@ -1,6 +1,7 @@
 """Three queued experiments, two at a time (`dvc queue start -j 2`): all complete, every parent
 and fold run is in MLflow with its metrics, the SQLite store passes its integrity check, and
 two experiments with the same training params never share a parent run or a resume file."""
+import json
 import sqlite3
 
 import pytest
@@ -81,3 +82,33 @@ def test_the_sqlite_store_is_intact_and_no_resume_state_is_left(queued):
     with sqlite3.connect(dst / "mlflow.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert not list((dst / ".foldwise" / "resume").glob("*.pt"))
+
+
+def test_experiments_blend_by_name_with_the_workspace_bag_into_one_submission(queued):
+    """`foldwise-blend` takes experiment names and prediction folders; each member's OOF score is
+    the one its own evaluate stage reported, and the blend is a run of its own in MLflow."""
+    import dvc.api
+    import mlflow
+    import pandas as pd
+    from foldwise.blend import experiment_revs
+    dst, _ = queued
+    out = sh("foldwise-blend exp-a exp-c data/bagged --out export/blend", dst).stdout
+    assert "fitted, cross-validated" in out
+    summary = json.loads((dst / "export/blend/blend.json").read_text())
+    assert summary["members"] == ["exp-a", "exp-c", "data/bagged"]
+    assert sum(summary["weights"].values()) == pytest.approx(1.0)
+    revs = experiment_revs(dst)
+    for name in ("exp-a", "exp-c"):
+        reported = json.loads(dvc.api.read("metrics/metrics.json", repo=str(dst), rev=revs[name]))
+        assert summary["member_scores"][name]["logloss"] == pytest.approx(reported["oof"]["logloss"], abs=1e-6)
+    workspace = json.loads((dst / "metrics/metrics.json").read_text())
+    assert summary["member_scores"]["data/bagged"]["logloss"] == pytest.approx(workspace["oof"]["logloss"], abs=1e-6)
+    sub = pd.read_csv(dst / "export/blend/submission.csv")
+    assert list(sub.columns) == ["img"] + [f"c{k}" for k in range(10)]
+    assert len(sub) == len(pd.read_csv(dst / "export/submission.csv"))
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["foldwise"], filter_string="tags.`foldwise.role` = 'blend'")
+    assert len(runs) == 1 and runs["metrics.cv_logloss"][0] == pytest.approx(
+        summary["cross_validated"]["logloss"])
+    bad = sh("foldwise-blend exp-a no-such-experiment", dst, check=False)
+    assert bad.returncode == 2 and "'no-such-experiment' is neither a folder nor a DVC experiment" in bad.stderr
