@@ -1,9 +1,11 @@
 """export: the submission file and the bagged model (torch.export .pt2) that reproduces it.
 
 usage: python stages/export.py DATA_ROOT MODELS_DIR PROCESSED_DIR BAGGED_DIR METRICS_JSON
-                               SUBMISSION_CSV MODEL_DIR
+                               NEIGHBOURS_DIR NEIGHBOURS_JSON SUBMISSION_CSV MODEL_DIR
 params: folds, bag.mean, tta (views inside the model); the temperature and clip bound come
-        from METRICS_JSON (fit on OOF by evaluate); mlflow (the store of the pipeline's parent run)
+        from METRICS_JSON (fit on OOF by evaluate); with neighbours on, the submission averages
+        the model's predictions over NEIGHBOURS_DIR's test graph, clipped at the bound chosen
+        after averaging (NEIGHBOURS_JSON); mlflow (the store of the pipeline's parent run)
 logs the exported bag as an MLflow model of the parent run that evaluate finished.
 """
 import json
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldwise import calibration, export, mlmodel, params as P, stage, tracking, tta
+from foldwise import calibration, export, mlmodel, neighbours, params as P, stage, tracking, tta
 from foldwise.loader import open_cache
 from foldwise.models import load_checkpoint
 from foldwise.sources import get_source
@@ -36,10 +38,13 @@ def log_to_mlflow(params, runs, model_dir, example) -> str:
 
 
 def main():
-    root, models, processed, bagged, metrics_json, submission, model_dir = stage.arguments(
+    (root, models, processed, bagged, metrics_json, neighbours_dir, neighbours_json, submission,
+     model_dir) = stage.arguments(
         __doc__, ("data_root", "the data set (some submissions follow its lookup table)"),
         ("models_dir", "folder of the fold_k checkpoints"), ("processed_dir", "the preprocess cache"),
         ("bagged_dir", "bag's output (test.csv)"), ("metrics_json", "evaluate's metrics.json"),
+        ("neighbours_dir", "the neighbours stage's test graph"),
+        ("neighbours_json", "the neighbours stage's scores"),
         ("submission_csv", "the competition file to write"), ("model_dir", "the exported bag's folder"))
     models, processed, bagged, metrics_json = (Path(a) for a in (models, processed, bagged, metrics_json))
     params = P.load()
@@ -48,6 +53,9 @@ def main():
     mean = P.get(params, "bag.mean")
     oof = json.loads(metrics_json.read_text())["oof"]  # fit on OOF by evaluate:
     clip, temperature = oof.get("clip", 0.0), oof.get("temperature", 1.0)
+    near = json.loads(Path(neighbours_json).read_text())
+    if near["k"]:  # the bound chosen on OOF predictions averaged as the submission will be
+        clip = near["oof"].get("clip", 0.0)
     nets = [tta.wrap(load_checkpoint(models / f"fold_{k}" / "model.pt"), P.get(params, "tta"), meta)
             for k in P.get(params, "folds")]  # the folds' own test-time views, inside the program
     test_images = open_cache(processed / "test.npy")
@@ -55,6 +63,7 @@ def main():
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
                 {**{k: meta[k] for k in TASK_KEYS}, "bag_mean": mean, "folds": len(nets), "clip": clip,
+                 "neighbours": near["k"],  # set-level: in the submission, not in predict
                  "tta": P.get(params, "tta"), "temperature": temperature,
                  "preprocess": {k: meta[k] for k in ("height", "width", "crop", "mode")}},
                 model_dir)
@@ -81,8 +90,11 @@ def main():
                                f"{drift:.2e}: more than precision explains")
     if worst > TOLERANCE:
         raise RuntimeError(f"exported model differs from the bagged networks by {worst:.2e}")
-    # the submission is what the shipped model predicts, so foldwise-predict reproduces it
-    get_source(meta["source"]).write_submission(test["id"], task.postprocess(got, clip),
+    # the submission is what the shipped model predicts, so foldwise-predict reproduces it;
+    # with neighbours, each image's prediction averaged with its test neighbours' (off: unchanged)
+    graph = np.load(Path(neighbours_dir) / "graph.npz")
+    final = neighbours.smooth(got, graph["idx"], graph["sim"])
+    get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, clip),
                                                 {**meta, "root": root}, submission)
     uri = log_to_mlflow(params, runs, model_dir, np.asarray(test_images[:2]))
     print(f"exported {len(nets)} fold models; max |exported - {'bagged' if like else 'eager'}| = "

@@ -305,3 +305,34 @@ def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlf
     assert "oof_logloss" in headers
     assert f"{parent.data.metrics['oof_logloss']:.4f}"[:5] in text
     assert (tmp_path / "mlflow-experiment.png").stat().st_size > 10_000
+
+
+def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(project):
+    """`neighbours.k`: the OOF score with and without, neighbours of a training image only in its
+    own validation fold, and the submission the exported model's predictions averaged over the
+    test graph; the folds, the bag and evaluate stay as they are."""
+    from foldwise import neighbours
+    dst, _, _ = project
+    before = pd.read_csv(dst / "export/submission.csv")
+    out = sh("dvc exp run -S neighbours.k=3", dst).stdout
+    for stage in ("train@0", "bag", "evaluate"):
+        assert f"Running stage '{stage}'" not in out
+    assert "Running stage 'neighbours'" in out and "Running stage 'export'" in out
+    near = json.loads((dst / "metrics/neighbours.json").read_text())
+    assert near["k"] == 3 and {"logloss", "logloss_without", "accuracy", "accuracy_without"} <= set(near["oof"])
+    metrics = json.loads((dst / "metrics/metrics.json").read_text())["oof"]
+    assert near["oof"]["logloss_without"] == pytest.approx(metrics["logloss"], abs=1e-9)
+    folds = pd.read_csv(dst / "data/folds.csv")["fold"].to_numpy()
+    oof_graph = np.load(dst / "data/neighbours/oof_graph.npz")
+    assert (folds[oof_graph["idx"]] == folds[:, None]).all()
+    graph = np.load(dst / "data/neighbours/graph.npz")
+    assert graph["idx"].shape == (len(before), 3)
+    after = pd.read_csv(dst / "export/submission.csv")
+    classes = [f"c{k}" for k in range(10)]
+    want = neighbours.smooth(before[classes].to_numpy(), graph["idx"], graph["sim"])
+    np.testing.assert_allclose(after[classes].to_numpy(), want, atol=2e-6)
+    assert "oof.logloss_without" in sh("dvc metrics show", dst).stdout  # DVC reads it as metrics
+    _, all_runs = runs(dst)  # the figures on the parent run that evaluate finished
+    evaluated = [r for r in all_runs if "neighbours_oof_logloss" in r.data.metrics]
+    assert len(evaluated) == 1 and evaluated[0].data.tags["foldwise.role"] == "parent"
+    assert evaluated[0].data.metrics["neighbours_oof_logloss"] == pytest.approx(near["oof"]["logloss"])

@@ -45,6 +45,7 @@ SCHEMA = {
     "tta": {"hflip": bool, "shift": NUMBER, "scale": NUMBER},
     "bag": {"mean": str},
     "calibration": {"temperature": bool},
+    "neighbours": {"k": int},
     "mlflow": {"experiment": str, "tracking_uri": str},
 }
 

@@ -236,3 +236,11 @@ def finish_parent(experiment_id: str, parent_id: str, metrics: dict, artifacts=(
     for path in artifacts:
         client.log_artifact(parent_id, str(path))
     client.set_terminated(parent_id, "FINISHED")
+
+
+def log_to_run(run_id: str, metrics: dict) -> None:
+    """Metrics added to a run, finished or not (a stage after evaluate adding its figures)."""
+    import time
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0)
+                                              for k, v in metrics.items()])
