@@ -2,13 +2,15 @@
 what `foldwise-predict` writes, for images already in the preprocess cache's format (uint8
 N x H x W x C, decoded with `foldwise.cache.load_image`).
 
-The model's only artifact is the export folder (`bagged.pt2` + `meta.json`); the Python class
-below loads it with `export.load` and predicts through the same loop, then applies the task's
+The model's only artifact is the export folder (`bagged.pt2` + `meta.json`); its code is
+`mlmodel_code.py` (MLflow's models from code: nothing pickled), whose Python class, below, loads it with `export.load` and predicts through the same loop, then applies the task's
 postprocessing (the clip bound chosen out-of-fold) as the submission does.
 """
 from __future__ import annotations
 
-import warnings
+import contextlib
+import logging
+import os
 from pathlib import Path
 
 import mlflow
@@ -20,6 +22,11 @@ from foldwise.tasks import create_task
 
 
 class BaggedModel(mlflow.pyfunc.PythonModel):
+    # the signature is given when the model is logged (images are an array, not a type hint
+    # MLflow knows): no type-hint validation, and no warning advising it at class definition
+    # (MLflow forces that warning past the caller's filters; this attribute is its own switch)
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         self.model, self.meta = export.load(context.artifacts["export"])
         self.task = create_task(self.meta)
@@ -46,12 +53,28 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
     loaded.model, loaded.meta = export.load(model_dir)
     loaded.task = create_task(loaded.meta)
     signature = infer_signature(example, loaded.predict(None, example))
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        # the signature is given: MLflow's advice to infer it from type hints does not apply
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-        info = mlflow.pyfunc.log_model(name=name, python_model=BaggedModel(),
+    with mlflow.start_run(run_id=run_id), _quiet():
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("mlmodel_code.py")),
                                        artifacts={"export": str(model_dir)}, signature=signature,
                                        input_example=example,
                                        code_paths=[str(Path(__file__).parent)],  # foldwise itself
                                        pip_requirements=requirements())
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Logging the model without MLflow's progress bar and its INFO lines about validating
+    the input example (it is validated; a failure still raises)."""
+    logger = logging.getLogger("mlflow")
+    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    logger.setLevel(logging.WARNING)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar

@@ -190,10 +190,14 @@ def log_fold_inputs(table, train_rows, val_rows, fingerprint_files, name: str, s
         part = table.iloc[rows].reset_index(drop=True)
         digest = base.copy()
         digest.update(",".join(map(str, part["id"])).encode())
-        dataset = mlflow.data.from_pandas(part, source=source, name=f"{name} {context}",
-                                          targets="label" if "label" in part else None,
-                                          digest=digest.hexdigest()[:10])
-        mlflow.log_input(dataset, context=context)
+        with warnings.catch_warnings():  # MLflow's own: a path source it registers twice, and a
+            # schema hint about integer columns of a table only displayed, never served
+            warnings.filterwarnings("ignore", message=".*(interpreted in multiple ways|Inferred schema "
+                                                      "contains integer)")
+            dataset = mlflow.data.from_pandas(part, source=source, name=f"{name} {context}",
+                                              targets="label" if "label" in part else None,
+                                              digest=digest.hexdigest()[:10])
+            mlflow.log_input(dataset, context=context)
 
 
 def _chunks(items, size):
