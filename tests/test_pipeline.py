@@ -274,8 +274,9 @@ def mlflow_server(project):
 @NO_CHROMIUM
 def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlflow_server, tmp_path):
     """`mlflow server` on loopback over this pipeline's store, opened in headless Chromium
-    (Playwright): the parent by its name, its folds when expanded, and the oof_logloss column
-    with the parent's value; the screenshot stays in the test's temporary folder."""
+    (Playwright): the parent by its name, its folds when expanded, the oof_logloss column
+    with the parent's value, and in the chart view one val_logloss chart whose legend holds
+    every fold; the screenshots stay in the test's temporary folder."""
     playwright = pytest.importorskip("playwright.sync_api")
     dst, params, _ = project
     client, all_runs = runs(dst)
@@ -297,6 +298,12 @@ def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlf
             page.wait_for_timeout(1500)
             page.screenshot(path=str(tmp_path / "mlflow-experiment.png"), full_page=True)
             text = page.inner_text("body")
+            # the chart view: every visible run a line, so the folds' validation curves on one chart
+            page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs?compareRunsMode=CHART")
+            page.get_by_placeholder("Search metric charts").first.fill("val_logloss", timeout=60_000)
+            page.wait_for_selector("text=fold 0 (val_logloss)", timeout=30_000)
+            page.screenshot(path=str(tmp_path / "mlflow-fold-curves.png"), full_page=True)
+            charts = page.inner_text("body")
         finally:
             browser.close()
     assert parent.info.run_name in text
@@ -305,6 +312,7 @@ def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlf
     assert "oof_logloss" in headers
     assert f"{parent.data.metrics['oof_logloss']:.4f}"[:5] in text
     assert (tmp_path / "mlflow-experiment.png").stat().st_size > 10_000
+    assert all(f"fold {k} (val_logloss)" in charts for k in range(FOLDS))  # one chart's legend
 
 
 def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(project):
