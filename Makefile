@@ -7,7 +7,9 @@ export PATH := $(BIN):$(PATH)
 # this checkout's code first, also when VENV is shared with another checkout
 export PYTHONPATH := $(CURDIR)/src
 
-.PHONY: repro test bench mlflow-ui task
+J ?= 2
+
+.PHONY: repro test bench mlflow-ui task folds
 
 $(VENV)/.foldwise-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +22,9 @@ repro: $(VENV)/.foldwise-installed
 
 test: $(VENV)/.foldwise-installed
 	$(BIN)/python -m pytest -q
+
+folds: $(VENV)/.foldwise-installed  # make folds J=4: the folds 4 at a time (a GPU each), then the rest
+	$(BIN)/python -m foldwise.parallel --jobs $(J)
 
 bench: $(VENV)/.foldwise-installed  # make bench ARGS="--scale 1.0"
 	$(BIN)/python benchmarks/bench.py $(ARGS)

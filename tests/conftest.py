@@ -38,6 +38,14 @@ def sh(cmd, cwd, check=True):
     return res
 
 
+def tiny_statefarm(params, folds: int, epochs: int) -> None:
+    """Params of a State Farm project small enough for a test: 4 training drivers, 32x48 images."""
+    params["folds"] = list(range(folds))
+    params["sample"]["statefarm"].update(drivers=4, per_class=2, test_drivers=1, test_per_class=1)
+    params["preprocess"].update(height=32, width=48)
+    params["train"].update(epochs=epochs, batch_size=8, patience=epochs)
+
+
 def make_project(dst: Path, change_params=None, task: str | None = None) -> Path:
     """A git repository holding a copy of this project (code and config, no outputs), switched
     to `task` with the presets command, with `change_params(params)` applied and committed."""

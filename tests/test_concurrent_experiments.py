@@ -5,7 +5,7 @@ import json
 import sqlite3
 
 import pytest
-from conftest import make_project, sh, wait_for_queue
+from conftest import make_project, sh, tiny_statefarm, wait_for_queue
 
 FOLDS = 2
 EXPERIMENTS = {
@@ -19,10 +19,7 @@ EXPERIMENTS = {
 
 
 def tiny(params):
-    params["folds"] = list(range(FOLDS))
-    params["sample"]["statefarm"].update(drivers=4, per_class=2, test_drivers=1, test_per_class=1)
-    params["preprocess"].update(height=32, width=48)
-    params["train"].update(epochs=2, batch_size=8, patience=2)
+    tiny_statefarm(params, FOLDS, 2)
 
 
 @pytest.fixture(scope="module")
