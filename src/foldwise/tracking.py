@@ -58,10 +58,13 @@ def tracking_uri(cfg: dict) -> str:
 
 
 @contextlib.contextmanager
-def _lock() -> Iterator[None]:
+def _lock(uri: str | None = None) -> Iterator[None]:
     """Serialise store creation and parent lookup: two processes creating one SQLite store
-    at the same moment corrupt it."""
-    path = project_root() / "mlflow.db.lock"
+    at the same moment corrupt it. The lock file lies beside a SQLite store, so processes in
+    other checkouts of the same machine (fold workers) that share the store share the lock."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri({})
+    path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else \
+        project_root() / "mlflow.db.lock"
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -77,7 +80,7 @@ def open_experiment(cfg: dict) -> str:
     # artifacts beside the default store, not in ./mlruns of a temporary experiment copy
     own_store = not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri"))
     artifacts = (project_root() / "mlartifacts").as_uri() if own_store else None
-    with _lock():
+    with _lock(tracking_uri(cfg)):
         mlflow.set_tracking_uri(tracking_uri(cfg))  # also exports MLFLOW_TRACKING_URI
         exp = mlflow.get_experiment_by_name(cfg["experiment"])
         if exp is None:
