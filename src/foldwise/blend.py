@@ -22,7 +22,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from foldwise import calibration, params as P, stage
-from foldwise.bagging import MEANS, average
+from foldwise.bagging import MEANS
 from foldwise.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv, write_json

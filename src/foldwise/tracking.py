@@ -238,8 +238,7 @@ def learning_curve_png(history, path: str | Path, title: str) -> None:
 
 def finish_parent(experiment_id: str, parent_id: str, metrics: dict, artifacts=()) -> None:
     client = MlflowClient()
-    for k, v in metrics.items():
-        client.log_metric(parent_id, k, float(v))
+    log_to_run(parent_id, metrics)
     for path in artifacts:
         client.log_artifact(parent_id, str(path))
     client.set_terminated(parent_id, "FINISHED")

@@ -20,18 +20,17 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from foldwise import params as P, tracking
 from foldwise.errors import InputError
-from foldwise.parallel import UPSTREAM
+from foldwise.parallel import UPSTREAM, dvc as dvc_command
 
 
 def dvc(*args: str, cwd, env=None) -> str:
     """A DVC command through this interpreter; its output, or an InputError with its tail."""
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    res = subprocess.run(dvc_command(*args), cwd=cwd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise InputError(f"dvc {' '.join(args)} failed in {cwd}:\n{(res.stdout + res.stderr)[-3000:]}")
     return res.stdout
