@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)/src
 
 J ?= 2
 
-.PHONY: repro test bench mlflow-ui task folds
+.PHONY: repro test bench mlflow-ui mlflow-server task folds
 
 $(VENV)/.foldwise-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,8 @@ task: $(VENV)/.foldwise-installed  # make task TASK=keypoints
 
 mlflow-ui: $(VENV)/.foldwise-installed
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+# a team's tracking server: PostgreSQL backend, artifacts served by the server (README)
+# make mlflow-server ARGS="--host 0.0.0.0"; or ARGS="--backend-store-uri postgresql+psycopg://..."
+mlflow-server: $(VENV)/.foldwise-installed
+	$(BIN)/python -m foldwise.server $(ARGS)
