@@ -2,13 +2,15 @@
 
 usage: python stages/train.py FOLD FOLDS_CSV PROCESSED_DIR OUT_DIR HISTORY_CSV
 params: seed, lr, train.* (model, weights, optimiser, schedule, epochs, augmentation, EMA,
-        mixup, ...), tta (test-time views of validation and test), mlflow (where the fold's
-        run is logged)
+        mixup, devices, ...), tta (test-time views of validation and test), mlflow (where the
+        fold's run is logged)
 writes OUT_DIR/{model.pt, oof.csv, test.csv, run.json, history.csv} and the per-epoch HISTORY_CSV;
-logs the fold as a child run in MLflow.
+logs the fold as a child run in MLflow. With train.devices N > 1 the fold trains on N devices
+(DDP, N processes started by torchrun; foldwise.distributed), rank 0 logging and writing.
 """
 import json
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldwise import augment, checkpoints, params as P, stage, tracking, tta
+from foldwise import augment, checkpoints, distributed, params as P, stage, tracking, tta
 from foldwise.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, project_root, write_csv
@@ -77,6 +79,25 @@ def write_outputs(out, fold, result, spec, oof, test, run_info: dict, title: str
         mlflow.log_artifact(str(tmp / "model.pt"))
 
 
+def start_fold_run(params: dict, key: str, fold: int, weights: str, device):
+    """The fold's MLflow run (an active run, for `with`) under its pipeline's parent, with the
+    parent's and experiment's ids; earlier attempts of this fold that died are marked KILLED
+    and named in the new run's `foldwise.resumes` tag."""
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    parent = tracking.parent_for_fold(experiment, key, fold, params)
+    killed = tracking.close_killed_attempts(experiment, parent, fold)
+    tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
+            "foldwise.weights": weights, "foldwise.device": str(device),
+            "foldwise.devices": str(distributed.world()), **tracking.source_tags()}
+    if killed:
+        tags["foldwise.resumes"] = ",".join(killed)
+    mlflow.set_system_metrics_sampling_interval(2)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines
+    run = mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
+                           tags=tags, log_system_metrics=True)  # CPU, memory, GPU
+    return run, parent, experiment
+
+
 def main():
     fold, folds_csv, processed, out, history_csv = stage.arguments(
         __doc__, ("fold", "which fold to validate on (0..k-1)"), ("folds_csv", "split's fold table"),
@@ -88,6 +109,10 @@ def main():
     meta = json.loads((processed / "meta.json").read_text())
     augment.check(cfg["augment"], meta["hflip_safe"])
     tta.views(P.get(params, "tta"), meta["hflip_safe"])  # a refused view stops before training
+    code = distributed.relaunch(int(cfg["devices"]))  # this command, once per device, by torchrun
+    if code is not None:
+        sys.exit(code)
+    device = distributed.setup()
     train_table, tr, va = fold_rows(folds_csv, processed, fold)
     images = open_cache(processed / "train.npy")
     test_images = open_cache(processed / "test.npy")
@@ -97,33 +122,29 @@ def main():
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta, params)
     net, weights, spec = build_net(cfg, task, meta, images.shape[-1])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lr = float(P.get(params, "lr"))
 
-    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    def fit(on_epoch=lambda row: None, resume=None):
+        return train_fold(net, task, lr, cfg, seed, Rows(images, tr), labels[tr], Rows(images, va),
+                          labels[va], test_images, device, on_epoch=on_epoch, resume=resume,
+                          wrap=lambda n: tta.wrap(n, P.get(params, "tta"), meta))
+
     key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
-    parent = tracking.parent_for_fold(experiment, key, fold, params)
-    killed = tracking.close_killed_attempts(experiment, parent, fold)
     # survives a crash mid-fold; keyed by everything that shapes the result
     resume = project_root() / ".foldwise" / "resume" / f"{key}-fold{fold}.pt"
-    tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
-            "foldwise.weights": weights, "foldwise.device": str(device), **tracking.source_tags()}
-    if killed:
-        tags["foldwise.resumes"] = ",".join(killed)
-    mlflow.set_system_metrics_sampling_interval(2)
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines
-    with mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
-                          tags=tags, log_system_metrics=True) as run:  # CPU, memory, GPU
+    if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
+        fit(resume=resume)          # from its file), logs and writes nothing
+        distributed.close()
+        return
+
+    run, parent, experiment = start_fold_run(params, key, fold, weights, device)
+    with run:
         tracking.log_params({**params, "fold": fold, "train_images": len(tr), "val_images": len(va)})
         tracking.log_fold_inputs(train_table, tr, va, [folds_csv, processed / "train.csv",
                                                        processed / "meta.json"],
                                  f"{meta['source']} fold {fold}", P.get(params, "data.root"))
-        result = train_fold(
-            net, task, lr, cfg, seed, Rows(images, tr), labels[tr], Rows(images, va), labels[va],
-            test_images, device,
-            on_epoch=lambda row: mlflow.log_metrics(
-                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
-            resume=resume, wrap=lambda n: tta.wrap(n, P.get(params, "tta"), meta))
+        result = fit(on_epoch=lambda row: mlflow.log_metrics(
+            {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])), resume=resume)
         best = result.history.iloc[result.best_epoch]
         summary = {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
                    **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")},
@@ -142,12 +163,14 @@ def main():
         write_outputs(out, fold, result, spec, oof, test,
                       {"run_id": run.info.run_id, "parent_run_id": parent,
                        "experiment_id": experiment, "pipeline_key": key, "weights": weights,
-                       "device": device.type, "precision": "bfloat16" if amp else "float32",
+                       "device": device.type, "devices": distributed.world(),
+                       "precision": "bfloat16" if amp else "float32",
                        "kept_weights": result.weights,
                        **summary},
                       f"fold {fold}: {cfg['model']}, lr {lr:g}")
         write_csv(result.history, history_csv)
     resume.unlink(missing_ok=True)
+    distributed.close()
     print(f"fold {fold}: best epoch {result.best_epoch}, "
           f"val {task.monitor} {best['val_' + task.monitor]:.4f}, "
           f"{result.train_images_per_s:.0f} train images/s on {device}")

@@ -29,6 +29,10 @@ class Draw:
     theta: torch.Tensor  # (n, 2, 3) affine matrices in grid_sample's normalised frame
     colour: torch.Tensor  # (n, 3): saturation factor, contrast gain, brightness bias
 
+    def rows(self, rows: slice) -> "Draw":
+        """The draws of some of the batch's images (one rank's part of it)."""
+        return Draw(self.theta[rows], self.colour[rows])
+
     def to(self, device: torch.device) -> "Draw":
         if device.type != "cuda":
             return self

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from foldwise import augment, checkpoints, recipe
+from foldwise import augment, checkpoints, distributed, recipe
 from foldwise.errors import InputError
 from foldwise.loader import device_batches, predict_array, to_float
 
@@ -66,38 +66,48 @@ def forward_fn(net: nn.Module, task, channels_last: bool, amp: bool):
 
 def predict(net: nn.Module, images, task, batch_size: int, device: torch.device,
             channels_last: bool = False, amp: bool = False, desc: str = "predict") -> np.ndarray:
-    """Activated outputs (probabilities for classification) as float64, in input order."""
+    """Activated outputs (probabilities for classification) as float64, in input order. Under
+    DDP each rank predicts its shard of the rows and every rank gets them all."""
     net.eval()
-    out = predict_array(forward_fn(net, task, channels_last, amp), images, batch_size, device, desc)
+    out = predict_array(forward_fn(net, task, channels_last, amp), distributed.shard(images),
+                        batch_size, device, desc)
+    out = distributed.gather(out if len(out) else np.zeros((0, task.num_outputs)))
     return out if len(out) else np.zeros((0, task.num_outputs))
 
 
 def batches_of(n: int, size: int) -> int:
-    """Optimiser updates in an epoch of `n` images (a last batch of one is dropped)."""
-    return n // size + (1 if n % size > 1 else 0)
+    """Optimiser updates in an epoch of `n` images (a last batch too small to give every rank
+    two images is dropped: BatchNorm cannot train on one)."""
+    return n // size + (1 if n % size >= 2 * distributed.world() else 0)
 
 
 def train_epoch(net, optimizer, task, cfg, x_train, targets, gen, device, channels_last, amp,
                 rec: recipe.Recipe, desc: str):
     """One pass over the training rows in a random order. Returns (summed loss, image count,
-    targets, activated outputs), the last three on the device until the caller reads them."""
+    targets, activated outputs) of this rank's parts of the batches (all of each batch on one
+    device), the last three on the device until the caller reads them."""
     net.train()
     order = torch.randperm(len(x_train), generator=gen).numpy()
     rec.start_epoch(gen)
-    size = int(cfg["batch_size"])
+    size, ranks = int(cfg["batch_size"]), distributed.world()
     # sorted within a batch: sequential reads from the memory map; a batch of one cannot
-    # train BatchNorm, so a last batch of one is dropped
-    batches = [rec.even(np.sort(order[i:i + size])) for i in range(0, len(order), size)
-               if len(order[i:i + size]) > 1]
-    total = sum(len(b) for b in batches)
+    # train BatchNorm, so a last batch with fewer than two images per rank is dropped
+    batches = [np.sort(order[i:i + size]) for i in range(0, len(order), size)
+               if len(order[i:i + size]) >= 2 * ranks]
+    parts = [distributed.part(len(b)) for b in batches]  # this rank's share of each batch
+    mine = [rec.even(b[p]) for b, p in zip(batches, parts)]
+    total = sum(len(b) for b in mine)
     aspect = x_train.shape[2] / x_train.shape[1]
     loss_sum = torch.zeros((), device=device)
     seen_y = seen_p = None  # filled in place: thousands of small tensors kept for an epoch
     #                         fragment the heap (measured: +3.6 GB over State Farm's 22,424)
     bar = tqdm(total=total, desc=desc, unit="img", disable=None, leave=False)
     shown, at = time.perf_counter(), 0
-    for idx, images in zip(batches, device_batches(x_train, batches, device)):
-        draw = augment.draw(len(idx), cfg["augment"], gen, aspect)
+    for whole, p, idx, images in zip(batches, parts, mine, device_batches(x_train, mine, device)):
+        # the whole batch's draws on every rank: the generator stays in step, and each image
+        # is augmented as it would be on one device
+        draw = augment.draw(len(whole), cfg["augment"], gen, aspect).rows(
+            slice(p.start, p.start + len(idx)))
         x = augment.apply(to_float(images, channels_last), draw.to(device), cfg["augment"])
         y = task.augment_targets(targets[idx], draw.theta)
         y = (y.pin_memory() if device.type == "cuda" else y).to(device, non_blocking=True)
@@ -131,9 +141,12 @@ def prepare(net: nn.Module, cfg: dict, lr: float, device: torch.device, task, n_
     if asked; it shares `net`'s parameters), timm's optimiser and scheduler, and the rest of
     the recipe (mixup, clipping, EMA)."""
     net = net.to(device)
+    if distributed.world() > 1 and device.type == "cuda" and cfg["sync_bn"]:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # statistics of the whole batch
     if cfg["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
-    model = torch.compile(net) if cfg["compile"] else net
+    model = distributed.wrap(net, device)  # DDP over several devices
+    model = torch.compile(model) if cfg["compile"] else model
     optimizer = timm.optim.create_optimizer_v2(net, opt=cfg["optimizer"], lr=lr,
                                                weight_decay=cfg["weight_decay"],
                                                momentum=cfg["momentum"])
@@ -221,11 +234,13 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
         lr_now, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
         loss_sum, n, seen_y, seen_p = train_epoch(model, optimizer, task, cfg, x_train, targets, gen,
                                                   device, channels_last, amp, rec, f"epoch {epoch}")
+        loss_sum, n, seen_y, seen_p = distributed.epoch_totals(loss_sum, n, seen_y, seen_p)
         train_loss = loss_sum.item() / max(n, 1)  # the epoch's one wait for the device
         epoch_time = time.perf_counter() - t0
         s["seen"], s["train_time"] = s["seen"] + n, s["train_time"] + epoch_time
         s["step"] = rec.step
         train_scores = task.score(task.values(seen_y), seen_p.double().cpu().numpy())
+        distributed.sync_buffers(net, rec.ema.module if rec.ema else None)  # rank 0's BatchNorm statistics
         columns, monitored, val_preds, module, weights = validate(
             model, net, rec.ema, task, x_val, y_val, batch * 2, device, channels_last, amp)
         row = history_row(epoch, lr_now, train_loss, train_scores, columns, monitored, weights, n,
@@ -235,7 +250,7 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         scheduler.step(epoch + 1, metric=monitored)
         keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, cfg)
-        if resume:
+        if resume and distributed.is_lead():
             checkpoints.save_resume(resume, net, optimizer, gen, s, rec.ema)
         if s["stale"] >= patience:
             log.info("stopped after epoch %d (best %d)", epoch, s["best_epoch"])
