@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted(p for p in (ROOT / "stages").glob("*.py") if not p.name.startswith("_"))
 COMMANDS = [[str(p)] for p in STAGES] + [["-m", "foldwise.predict"], ["-m", "foldwise.presets"], ["-m", "foldwise.blend"],
                                          ["-m", "foldwise.parallel"], ["-m", "foldwise.workers"],
+                                         ["-m", "foldwise.server"],
                                          [str(ROOT / "benchmarks/bench.py")]]
 
 

@@ -150,3 +150,24 @@ def test_the_runs_are_rows_of_the_postgresql_backend(server, pipeline):
     assert counts == {"FINISHED": len(runs)}, counts
     # 3 parents with 2 folds each, and nothing else
     assert len(runs) == (1 + len(EXPERIMENTS)) * (1 + FOLDS)
+
+
+def test_a_folder_that_is_not_a_cluster_is_refused_by_name(tmp_path):
+    from foldwise.errors import InputError
+    from foldwise.server import start_postgres
+    (tmp_path / "notes.txt").write_text("not a database")
+    with pytest.raises(InputError, match=f"{tmp_path}: not empty and not a PostgreSQL cluster"):
+        start_postgres(tmp_path, free_port())
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written there
+
+
+def test_a_database_that_cannot_be_reached_is_one_clear_error(tmp_path):
+    """A wrong --backend-store-uri: the server exits; the message names the database."""
+    port = free_port()
+    res = subprocess.run([sys.executable, "-m", "foldwise.server", "--backend-store-uri",
+                          f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/mlflow", "--port", str(port),
+                          "--artifacts-destination", str(tmp_path / "a")],
+                         env=project_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.startswith("error: cannot reach the backend store postgresql+psycopg://nobody@"
+                                 "127.0.0.1:"), res.stderr

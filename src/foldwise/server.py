@@ -87,6 +87,23 @@ def stop_postgres(pgdata: str | Path) -> None:
              f"stopping PostgreSQL in {pgdata}")
 
 
+def check_backend(uri: str) -> None:
+    """Connect once to a database backend store (5 s at most), so that a wrong address or
+    password is one line naming the database (its password hidden), not MLflow's retries."""
+    if "://" not in uri or uri.startswith(("file:", "sqlite:")):
+        return
+    import sqlalchemy
+    url = sqlalchemy.engine.make_url(uri)
+    args = {"connect_timeout": 5} if url.get_backend_name() == "postgresql" else {}
+    try:
+        with sqlalchemy.create_engine(url, connect_args=args).connect():
+            pass
+    except Exception as err:  # the driver's own error says why (refused, auth, no database)
+        why = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        raise InputError(f"cannot reach the backend store {url.render_as_string(hide_password=True)}:"
+                         f" {why}") from None
+
+
 def server_command(backend: str, artifacts: str, host: str, port: int, workers: int,
                    allowed_hosts: str = "") -> list[str]:
     """`mlflow server` over `backend`, serving (proxying) the artifacts it keeps in `artifacts`
@@ -124,6 +141,7 @@ def main(argv=None) -> int:
     own = not args.backend_store_uri
     try:
         backend = start_postgres(args.pgdata, args.pg_port) if own else args.backend_store_uri
+        check_backend(backend)
         cmd = server_command(backend, args.artifacts_destination, args.host, args.port, args.workers,
                              args.allowed_hosts)
     except InputError as err:

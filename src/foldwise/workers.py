@@ -69,8 +69,11 @@ def coordinate(repo: str, gpus: float, address: str | None) -> list[dict]:
     params = P.load()
     dvc("repro", *UPSTREAM, cwd=".")
     dvc("push", *UPSTREAM, cwd=".")
-    # the folds join this checkout's MLflow store and experiment (created here, once)
-    tracking.open_experiment(P.get(params, "mlflow"))
+    # the folds join this checkout's MLflow store and experiment, and their parent run: created
+    # here, once, since workers on other machines share no lock to create it under
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    key = tracking.pipeline_key(params, "data/folds.csv", "data/processed/meta.json")
+    tracking.parent_for_fold(experiment, key, P.get(params, "folds")[0], params)
     env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(P.get(params, "mlflow"))}
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
