@@ -1,7 +1,7 @@
 """One fold on several devices (DDP through torchrun, gloo on the CPU): the rows are shared out
 exactly, two ranks train the same model one process trains (exactly so for a network without
-BatchNorm), and `train.devices: 2` through `dvc repro` gives complete fold outputs, one MLflow
-run per fold, and figures within noise of a one-process run."""
+BatchNorm; near it with), and `train.devices: 2` through `dvc repro` gives complete fold outputs
+whose checkpoints reproduce their predictions, and one MLflow run per fold."""
 import json
 import subprocess
 import sys
@@ -109,21 +109,18 @@ FOLDS, EPOCHS = 2, 3
 
 
 @pytest.fixture(scope="module")
-def projects(tmp_path_factory):
-    """The same tiny State Farm pipeline with `train.devices` 1 and 2, each through `dvc repro`."""
-    def tiny(devices):
-        def change(params):
-            tiny_statefarm(params, FOLDS, EPOCHS)
-            params["train"]["devices"] = devices
-        return change
-    one = make_project(tmp_path_factory.mktemp("one") / "project", tiny(1))
-    two = make_project(tmp_path_factory.mktemp("two") / "project", tiny(2))
-    sh("dvc repro", one)
-    return one, two, sh("dvc repro", two)
+def project(tmp_path_factory):
+    """A tiny State Farm pipeline with `train.devices: 2`, through `dvc repro`."""
+    def change(params):
+        tiny_statefarm(params, FOLDS, EPOCHS)
+        params["train"]["devices"] = 2
+    dst = make_project(tmp_path_factory.mktemp("two") / "project", change)
+    sh("dvc repro", dst)
+    return dst
 
 
-def test_two_devices_write_every_fold_output_with_each_image_once(projects):
-    _, two, _ = projects
+def test_two_devices_write_every_fold_output_with_each_image_once(project):
+    two = project
     folds = pd.read_csv(two / "data/folds.csv", dtype={"id": str})
     test_ids = pd.read_csv(two / "data/processed/test.csv", dtype={"id": str})["id"]
     for k in range(FOLDS):
@@ -141,7 +138,7 @@ def test_two_devices_write_every_fold_output_with_each_image_once(projects):
     assert (two / "export/submission.csv").is_file()
 
 
-def test_the_saved_checkpoint_is_the_one_that_predicted(projects):
+def test_the_saved_checkpoint_is_the_one_that_predicted(project):
     """Rank 0's weights (and BatchNorm statistics) are saved; predicting the validation rows
     with them in one process gives the fold's OOF table, which the two ranks predicted."""
     import torch
@@ -149,7 +146,7 @@ def test_the_saved_checkpoint_is_the_one_that_predicted(projects):
     from foldwise.models import load_checkpoint
     from foldwise.tasks import Classification
     from foldwise.training import predict
-    _, two, _ = projects
+    two = project
     folds = pd.read_csv(two / "data/folds.csv", dtype={"id": str})
     rows = np.flatnonzero(folds["fold"].to_numpy() == 0)
     net = load_checkpoint(two / "models/fold_0/model.pt")
@@ -159,23 +156,17 @@ def test_the_saved_checkpoint_is_the_one_that_predicted(projects):
     np.testing.assert_allclose(preds, oof[[f"c{c}" for c in range(10)]].to_numpy(), atol=1e-6)
 
 
-def test_one_mlflow_run_per_fold_and_figures_near_the_one_process_run(projects):
+def test_one_mlflow_run_per_fold_under_one_parent(project):
     from mlflow.tracking import MlflowClient
-    one, two, _ = projects
-    client = MlflowClient(tracking_uri=f"sqlite:///{two / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("foldwise")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("foldwise.role") == "parent"]
     folds = [r for r in runs if r.data.tags.get("foldwise.role") == "fold"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "oof_logloss" in parents[0].data.metrics
     assert sorted(f.data.tags["foldwise.fold"] for f in folds) == [str(k) for k in range(FOLDS)]
     for f in folds:
         assert f.info.status == "FINISHED" and f.data.tags["foldwise.devices"] == "2"
         assert f.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert len(client.get_metric_history(f.info.run_id, "val_logloss")) == EPOCHS
-    a = json.loads((one / "metrics/metrics.json").read_text())["oof"]
-    b = json.loads((two / "metrics/metrics.json").read_text())["oof"]
-    # this tiny sample stays near chance (2.30) in 3 epochs either way; that two ranks learn
-    # what one process learns is shown on data that is learnt, by the tests above
-    print("one device", a, "two devices", b)
-    assert abs(a["logloss"] - b["logloss"]) < 0.1 * a["logloss"], (a, b)
