@@ -23,11 +23,21 @@ SCRIPT = textwrap.dedent("""
     from foldwise import distributed
     from foldwise.models import Normalised
     from foldwise.tasks import Classification
+    from foldwise import training
     from foldwise.training import train_fold
     sys.path.insert(0, {tests!r})
     from test_training import CFG, toy_data
 
     out, model = sys.argv[1], sys.argv[2]
+    resume = sys.argv[3] if len(sys.argv) > 3 else None
+    crash = int(sys.argv[4]) if len(sys.argv) > 4 else -1
+
+    def on_epoch(row):  # every rank dies once epoch `crash` is validated, before it is saved
+        if row["epoch"] == crash:
+            raise SystemExit(3)
+
+    trained, one_epoch = [], training.train_epoch  # epochs this launch trains (not replays)
+    training.train_epoch = lambda *a, **k: trained.append(1) or one_epoch(*a, **k)
     torch.manual_seed(0)
     if model == "plain":  # no BatchNorm: two half batches average to the whole batch's gradient
         body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
@@ -40,8 +50,9 @@ SCRIPT = textwrap.dedent("""
     # 40 training rows in batches of 8: 5 updates; 23 validation rows and 7 test rows split
     # unevenly between two ranks
     r = train_fold(net, Classification(["a", "b"]), 3e-3, {{**CFG, "epochs": 3, "channels_last": False}},
-                   0, x[:40], y[:40], x[40:63], y[40:63], x[57:], device)
-    np.savez(f"{{out}}/rank{{distributed.rank()}}.npz", world=distributed.world(), val=r.val_preds, test=r.test_preds,
+                   0, x[:40], y[:40], x[40:63], y[40:63], x[57:], device, on_epoch=on_epoch,
+                   resume=resume)
+    np.savez(f"{{out}}/rank{{distributed.rank()}}.npz", world=distributed.world(), trained=len(trained), val=r.val_preds, test=r.test_preds,
              loss=r.history["train_loss"].to_numpy(), acc=r.history["train_accuracy"].to_numpy(),
              vloss=r.history["val_logloss"].to_numpy(),
              **{{"w." + k: v.numpy() for k, v in r.state_dict.items()}})
@@ -49,16 +60,19 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def fold_runs(tmp_path, model: str, ranks: int):
-    out = tmp_path / f"{model}-{ranks}"
+def fold_runs(tmp_path, model: str, ranks: int, *extra, name: str = "", fails: bool = False):
+    out = tmp_path / f"{model}-{ranks}{name}"
     out.mkdir()
     script = tmp_path / "fold.py"
     script.write_text(SCRIPT.format(tests=str(ROOT / "tests")))
     launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                   "--standalone", f"--nproc_per_node={ranks}"]
     env = {**project_env(), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([*launch, str(script), str(out), model], env=env, capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run([*launch, str(script), str(out), model, *map(str, extra)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if fails:
+        assert res.returncode != 0
+        return None
     assert res.returncode == 0, res.stderr[-3000:]
     return [dict(np.load(out / f"rank{r}.npz")) for r in range(ranks)]
 
@@ -89,6 +103,20 @@ def test_two_ranks_train_exactly_what_one_process_trains_without_batchnorm(tmp_p
         for k in one:
             if k.startswith("w."):
                 np.testing.assert_allclose(rank[k], one[k], atol=1e-5, err_msg=k)
+
+
+def test_two_ranks_killed_after_an_epoch_resume_to_the_same_result(tmp_path):
+    """Rank 0 saves the resume file after each epoch; on the next launch every rank restores it
+    and the fold ends exactly as an uninterrupted one."""
+    whole = fold_runs(tmp_path, "plain", 2)
+    ckpt = tmp_path / "resume.pt"
+    fold_runs(tmp_path, "plain", 2, ckpt, 1, name="-killed", fails=True)
+    assert ckpt.is_file()  # epoch 0's state
+    resumed = fold_runs(tmp_path, "plain", 2, ckpt, name="-resumed")
+    assert [w["trained"] for w in whole] == [3, 3] and [r["trained"] for r in resumed] == [2, 2]
+    for r, w in zip(resumed, whole):
+        for k in ("val", "test", "loss", "vloss"):
+            np.testing.assert_array_equal(r[k], w[k], err_msg=k)
 
 
 def test_with_batchnorm_every_rank_ends_with_rank_zeros_weights_and_all_predictions(tmp_path):
