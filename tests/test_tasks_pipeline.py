@@ -55,7 +55,7 @@ def test_keypoints_submission_follows_the_lookup_table(keypoints_project):
 
 def test_keypoints_course_variant_writes_30_coordinates_per_image(keypoints_project):
     dst = keypoints_project
-    sh("dvc exp run -S sample.keypoints.variant=course -S train.epochs=3", dst)
+    sh("dvc exp run -S sample.keypoints.variant=course -S train.epochs=1 -S train.warmup_epochs=0", dst)
     sub = pd.read_csv(dst / "export/submission.csv")
     assert list(sub.columns) == ["ImageId"] + list(kp.COLUMNS)
     assert len(sub) == 40 and sub[list(kp.COLUMNS)].notna().all().all()
