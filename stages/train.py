@@ -62,6 +62,27 @@ def build_net(cfg: dict, task, meta: dict, in_chans: int):
                                                       "in_chans": in_chans}
 
 
+def summarise(result, task, y_val) -> dict:
+    """The fold's figures for MLflow and run.json: the kept epoch's validation columns, and the
+    scores of what the OOF table holds (the kept weights, with test-time augmentation)."""
+    best = result.history.iloc[result.best_epoch]
+    return {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
+            **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")},
+            **{f"oof_{k}": float(v) for k, v in task.score(y_val, result.val_preds).items()}}
+
+
+def fold_tables(train_table, va, labels, fold: int, result, task, processed: Path):
+    """The fold's OOF table (ids, group, fold, label when there is one, predictions) and its
+    test table (ids, predictions)."""
+    extra = {"group": train_table["group"].iloc[va], "fold": np.full(len(va), fold)}
+    if labels.ndim == 1:
+        extra["label"] = labels[va]
+    oof = prediction_table(train_table["id"].iloc[va], result.val_preds, task.columns, **extra)
+    test = prediction_table(pd.read_csv(processed / "test.csv", dtype={"id": str})["id"],
+                            result.test_preds, task.columns)
+    return oof, test
+
+
 def write_outputs(out, fold, result, spec, oof, test, run_info: dict, title: str) -> None:
     """The fold's folder (checkpoint, predictions, run.json) in one atomic write; the history,
     learning curve and checkpoint as artifacts of the active MLflow run."""
@@ -145,20 +166,11 @@ def main():
                                  f"{meta['source']} fold {fold}", P.get(params, "data.root"))
         result = fit(on_epoch=lambda row: mlflow.log_metrics(
             {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])), resume=resume)
-        best = result.history.iloc[result.best_epoch]
-        summary = {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
-                   **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")},
-                   # what the OOF table holds: the kept weights, with test-time augmentation
-                   **{f"oof_{k}": float(v) for k, v in task.score(labels[va], result.val_preds).items()}}
+        summary = summarise(result, task, labels[va])
         mlflow.log_metrics(summary)
         mlflow.set_tag("foldwise.kept_weights", result.weights)
 
-        extra = {"group": train_table["group"].iloc[va], "fold": np.full(len(va), fold)}
-        if labels.ndim == 1:
-            extra["label"] = labels[va]
-        oof = prediction_table(train_table["id"].iloc[va], result.val_preds, task.columns, **extra)
-        test = prediction_table(pd.read_csv(processed / "test.csv", dtype={"id": str})["id"],
-                                result.test_preds, task.columns)
+        oof, test = fold_tables(train_table, va, labels, fold, result, task, processed)
         amp = bool(cfg["amp"]) and device.type == "cuda"
         write_outputs(out, fold, result, spec, oof, test,
                       {"run_id": run.info.run_id, "parent_run_id": parent,
@@ -172,7 +184,7 @@ def main():
     resume.unlink(missing_ok=True)
     distributed.close()
     print(f"fold {fold}: best epoch {result.best_epoch}, "
-          f"val {task.monitor} {best['val_' + task.monitor]:.4f}, "
+          f"val {task.monitor} {summary['best_val_' + task.monitor]:.4f}, "
           f"{result.train_images_per_s:.0f} train images/s on {device}")
 
 

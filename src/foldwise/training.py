@@ -71,8 +71,7 @@ def predict(net: nn.Module, images, task, batch_size: int, device: torch.device,
     net.eval()
     out = predict_array(forward_fn(net, task, channels_last, amp), distributed.shard(images),
                         batch_size, device, desc)
-    out = distributed.gather(out if len(out) else np.zeros((0, task.num_outputs)))
-    return out if len(out) else np.zeros((0, task.num_outputs))
+    return distributed.gather(out if len(out) else np.zeros((0, task.num_outputs)))
 
 
 def batches_of(n: int, size: int) -> int:
@@ -256,6 +255,13 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
             log.info("stopped after epoch %d (best %d)", epoch, s["best_epoch"])
             break
 
+    return kept_result(s, net, model, wrap, task, x_val, x_test, batch * 2, device, channels_last, amp)
+
+
+def kept_result(s: dict, net, model, wrap, task, x_val, x_test, batch, device, channels_last,
+                amp) -> FoldResult:
+    """The fold's result from the loop state `s`: the kept epoch's weights in `net`, which
+    predict validation (again only with test-time views, `wrap`) and test."""
     if s["best_state"] is None:
         last_loss = s["history"][-1]["train_loss"] if s["history"] else float("nan")
         raise InputError(f"training diverged: validation {task.monitor} was never finite in "
@@ -266,13 +272,13 @@ def train_fold(net: nn.Module, task, lr: float, cfg: dict, seed: int,
     if final is net:  # no test-time views: the best epoch's predictions stand
         final, val_preds = model, np.asarray(s["best_val"])
     else:
-        val_preds = predict(final, x_val, task, batch * 2, device, channels_last, amp, "validate tta")
+        val_preds = predict(final, x_val, task, batch, device, channels_last, amp, "validate tta")
     return FoldResult(
         state_dict={k: v.detach().cpu().contiguous() for k, v in s["best_state"].items()},
         history=pd.DataFrame(s["history"]),
         best_epoch=s["best_epoch"],
         weights=s["weights"],
         val_preds=val_preds,
-        test_preds=predict(final, x_test, task, batch * 2, device, channels_last, amp, "test"),
+        test_preds=predict(final, x_test, task, batch, device, channels_last, amp, "test"),
         train_images_per_s=s["seen"] / max(s["train_time"], 1e-9) if s["seen"] else float("nan"),
     )
