@@ -1,7 +1,7 @@
 """`make bench`: is foldwise's input pipeline fast enough to keep the device busy?
 
   python benchmarks/bench.py [--scale 0.02] [--model resnet10t] [--height 96] [--width 128]
-                             [--batch 16] [--out benchmarks/bench-cpu.json] [--no-dvc]
+                             [--batch 16] [--out benchmarks/bench-cpu.json] [--no-dvc | --noop-project DIR]
 
 On a State-Farm-shaped synthetic set (scale 1.0 = 22,424 train + 79,726 test 640x480 JPEGs,
 made by copying a few hundred rendered frames), one run measures, on the same cores and
@@ -229,15 +229,17 @@ def bench_rss(cache: Path, model, batch, fraction) -> tuple[float, float]:
     return anon, hwm
 
 
-def bench_noop_repro(workdir: Path) -> float:
-    """Seconds of `dvc repro` that finds nothing to do, in a tiny reproduced copy."""
+def bench_noop_repro(workdir: Path, reproduced: bool = False) -> float:
+    """Seconds of `dvc repro` that finds nothing to do, in `workdir`: a project already
+    reproduced, or else a tiny copy of this one reproduced there first."""
     def tiny(params):
         params["folds"] = [0, 1]
         params["sample"]["statefarm"].update(drivers=4, per_class=1, test_drivers=1, test_per_class=1)
         params["preprocess"].update(height=32, width=48)
         params["train"].update(epochs=1, batch_size=8)
 
-    project.run("dvc repro", project.copy(workdir, tiny))
+    if not reproduced:
+        project.run("dvc repro", project.copy(workdir, tiny))
     t0 = time.perf_counter()
     out = project.run("dvc repro", workdir).stdout
     seconds = time.perf_counter() - t0
@@ -276,6 +278,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/bench-DEVICE.json)")
     ap.add_argument("--no-dvc", action="store_true", help="skip the no-op dvc repro timing")
+    ap.add_argument("--noop-project", default=None, metavar="DIR",
+                    help="time the no-op dvc repro in this reproduced project (default: a tiny "
+                         "copy of this one, reproduced first)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.amp and device.type == "cuda"
@@ -331,7 +336,9 @@ def measure(args, res: dict, device, amp: bool, cl: bool) -> None:
             res[f"peak_rss_anon_mib_{label}"] = anon
             res[f"peak_rss_total_mib_{label}"] = total
         res["cache_mib"] = (tmp / "train.npy").stat().st_size / 2**20
-        if not args.no_dvc:
+        if args.noop_project:
+            res["noop_repro_s"] = bench_noop_repro(Path(args.noop_project), reproduced=True)
+        elif not args.no_dvc:
             work = tmp / "project"
             work.mkdir()
             res["noop_repro_s"] = bench_noop_repro(work)

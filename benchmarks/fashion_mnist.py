@@ -2,7 +2,8 @@
 
   python benchmarks/fashion_mnist.py write DATA_DIR
   python benchmarks/fashion_mnist.py run DATA_DIR WORK_DIR [--variants default,ema,...]
-                                     [--folds 5] [--epochs 4] [--out benchmarks/fashion-mnist.json]
+                                     [--folds 5] [--epochs 4] [--fold K]
+                                     [--out benchmarks/fashion-mnist.json]
 
 `write` lays out Debian's `dataset-fashion-mnist` (60,000 train + 10,000 test 28x28 greyscale
 images, MIT; `apt-get install dataset-fashion-mnist`) as foldwise's image-folders source:
@@ -14,6 +15,12 @@ runs each variant as one `dvc exp run` with its `-S` overrides (split and prepro
 through DVC's run-cache). For each it reads the OOF figures from metrics.json, scores the
 exported submission against the test labels (accuracy and log loss, scikit-learn), and times
 the whole experiment. Prints a table and writes it as JSON.
+
+`run --fold K` trains only fold K of the split (`dvc exp run train@K`: a fifth of the work at
+5 folds) and scores that one model: its validation predictions (the fold's oof.csv, with the
+fold's test-time views) and its test predictions, both with scikit-learn. The options that
+act on single models (EMA, mixup, clipping, TTA, the architecture) compare there; the
+calibration and the bag need every fold.
 """
 from __future__ import annotations
 
@@ -90,18 +97,38 @@ def base_params(data: Path, folds: int, epochs: int):
     return change
 
 
+def scores(probs: np.ndarray, y: np.ndarray, prefix: str) -> dict:
+    """Accuracy and log loss (scikit-learn) of class probabilities, columns in the order y indexes."""
+    probs = probs / probs.sum(axis=1, keepdims=True)  # written to 6-8 significant digits
+    return {f"{prefix}_accuracy": float((probs.argmax(1) == y).mean()),
+            f"{prefix}_logloss": float(log_loss(y, probs, labels=range(len(CLASSES))))}
+
+
+def test_truth(data: Path, images) -> np.ndarray:
+    """Sorted-class indices of the test images named `images` (test_labels.csv)."""
+    truth = pd.read_csv(data / "test_labels.csv").set_index("image").loc[list(images), "label"]
+    return np.array([sorted(CLASSES).index(c) for c in truth])
+
+
 def test_scores(project_dir: Path, data: Path) -> dict:
     sub = pd.read_csv(project_dir / "export" / "submission.csv")
-    truth = pd.read_csv(data / "test_labels.csv").set_index("image").loc[sub["image"], "label"]
-    classes = list(CLASSES)
-    probs = sub[sorted(classes)].to_numpy()
-    probs = probs / probs.sum(axis=1, keepdims=True)  # written to 6 significant digits
-    y = np.array([sorted(classes).index(c) for c in truth])
-    return {"test_accuracy": float((sub["label"].to_numpy() == truth.to_numpy()).mean()),
-            "test_logloss": float(log_loss(y, probs, labels=range(len(classes))))}
+    return scores(sub[sorted(CLASSES)].to_numpy(), test_truth(data, sub["image"]), "test")
 
 
-def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: Path) -> None:
+def fold_scores(project_dir: Path, data: Path, fold: int) -> dict:
+    """One fold's model: its validation predictions and its test predictions, scored."""
+    out = project_dir / "models" / f"fold_{fold}"
+    val, test = pd.read_csv(out / "oof.csv"), pd.read_csv(out / "test.csv")
+    run = json.loads((out / "run.json").read_text())
+    columns = [c for c in val.columns if c in CLASSES]  # the task's order, which label indexes
+    return {**scores(val[columns].to_numpy(), val["label"].to_numpy(), "val"),
+            **scores(test[sorted(CLASSES)].to_numpy(), test_truth(data, test["id"]), "test"),
+            "best_epoch": run["best_epoch"], "kept_weights": run["kept_weights"],
+            "train_images_per_s": run["train_images_per_s"]}
+
+
+def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: Path,
+        fold: int | None = None) -> None:
     dst = work / "project"
     if not (dst / ".git").is_dir():
         dst.mkdir(parents=True, exist_ok=True)
@@ -111,19 +138,23 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
         sets = " ".join(f"-S {s}" for s in VARIANTS[name])
         project.run("git checkout -- params.yaml", dst)  # an exp run leaves its -S values behind
         t0 = time.perf_counter()
-        project.run(f"dvc exp run -n {name}-{int(time.time())} {sets}", dst)
+        target = "" if fold is None else f"train@{fold}"
+        project.run(f"dvc exp run -n {name}-{int(time.time())} {sets} {target}", dst)
         seconds = time.perf_counter() - t0
-        oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
-        row = {"variant": name, "oof_logloss": oof["logloss"], "oof_accuracy": oof["accuracy"],
-               "oof_logloss_calibrated": oof.get("logloss_calibrated"),
-               **test_scores(dst, data), "minutes": seconds / 60}
+        if fold is None:
+            oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
+            row = {"variant": name, "oof_logloss": oof["logloss"], "oof_accuracy": oof["accuracy"],
+                   "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst, data)}
+        else:
+            row = {"variant": name, **fold_scores(dst, data, fold)}
+        row["minutes"] = seconds / 60
         rows.append(row)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                        if v is not None), flush=True)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     out.write_text(json.dumps({"folds": folds, "epochs": epochs, "model": "resnet10t", "size": 28,
-                               "rows": rows}, indent=2) + "\n")
+                               "only_fold": fold, "rows": rows}, indent=2) + "\n")
 
 
 def main(argv=None) -> None:
@@ -137,12 +168,15 @@ def main(argv=None) -> None:
     r.add_argument("--variants", default="default", help=f"comma-separated: {', '.join(VARIANTS)}")
     r.add_argument("--folds", type=int, default=5)
     r.add_argument("--epochs", type=int, default=4)
+    r.add_argument("--fold", type=int, default=None,
+                   help="train and score only this fold's model (default: the whole pipeline)")
     r.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist.json")
     args = parser.parse_args(argv)
     if args.command == "write":
         write(args.data_dir)
     else:
-        run(args.data_dir, args.work_dir, args.variants.split(","), args.folds, args.epochs, args.out)
+        run(args.data_dir, args.work_dir, args.variants.split(","), args.folds, args.epochs, args.out,
+            args.fold)
 
 
 if __name__ == "__main__":

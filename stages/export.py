@@ -27,14 +27,14 @@ DRIFT = 0.05  # vs fold predictions made in bfloat16 or on another device, relat
 TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
 
 
-def log_to_mlflow(params, runs, model_dir, example) -> str:
-    """The exported bag as an MLflow model of the pipeline's parent run (the one evaluate
-    finished), loadable with mlflow.pyfunc.load_model."""
+def log_to_mlflow(params, runs, model_dir, example, loaded) -> str:
+    """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
+    parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model."""
     experiment = tracking.open_experiment(P.get(params, "mlflow"))
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is None:
         raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
-    return mlmodel.log(model_dir, example, parent)
+    return mlmodel.log(model_dir, example, parent, loaded=loaded)
 
 
 def main():
@@ -69,7 +69,7 @@ def main():
                 model_dir)
 
     device = export.default_device()
-    model, _ = export.load(model_dir, device)
+    model, shipped_meta = export.load(model_dir, device)
     got = export.run_model(model, test_images, device=device, desc="exported")
     test = pd.read_csv(bagged / "test.csv", dtype={"id": str})
     bagged_preds = test[task.columns].to_numpy()
@@ -96,7 +96,7 @@ def main():
     final = neighbours.smooth(got, graph["idx"], graph["sim"])
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, clip),
                                                 {**meta, "root": root}, submission)
-    uri = log_to_mlflow(params, runs, model_dir, np.asarray(test_images[:2]))
+    uri = log_to_mlflow(params, runs, model_dir, np.asarray(test_images[:2]), (model, shipped_meta))
     print(f"exported {len(nets)} fold models; max |exported - {'bagged' if like else 'eager'}| = "
           f"{worst:.2e}, vs the folds' predictions {drift:.2e}; temperature {temperature:.4g}, "
           f"clip {clip:g}; MLflow model {uri}")

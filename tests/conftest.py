@@ -46,6 +46,23 @@ def tiny_statefarm(params, folds: int, epochs: int) -> None:
     params["train"].update(epochs=epochs, batch_size=8, patience=epochs)
 
 
+def reference_params(params) -> None:
+    """The params of the shared reference run: 3 folds of 3 epochs, 5 training drivers, 48x64."""
+    tiny_statefarm(params, folds=3, epochs=3)
+    params["sample"]["statefarm"].update(drivers=5, test_per_class=2)
+    params["preprocess"].update(height=48, width=64)
+
+
+@pytest.fixture(scope="session")
+def reference_project(tmp_path_factory) -> Path:
+    """One uninterrupted `dvc repro` with reference_params, made once per session for the tests
+    that compare a run made another way with it (killed and resumed, folds in parallel, the same
+    params again). Read it only: a test that changes it changes the others' reference."""
+    dst = make_project(tmp_path_factory.mktemp("reference") / "project", reference_params)
+    sh("dvc repro", dst)
+    return dst
+
+
 def make_project(dst: Path, change_params=None, task: str | None = None) -> Path:
     """A git repository holding a copy of this project (code and config, no outputs), switched
     to `task` with the presets command, with `change_params(params)` applied and committed."""

@@ -1,5 +1,6 @@
-"""`make bench` keeps working: a tiny run writes every figure, and its no-op `dvc repro` did
-nothing (the script raises otherwise). Speeds are the script's to print, not a test's to time."""
+"""`make bench` keeps working: a tiny run writes every figure, and its no-op `dvc repro` (timed
+in the session's reference project) did nothing (the script raises otherwise). Speeds are the
+script's to print, not a test's to time."""
 import json
 import math
 import subprocess
@@ -9,10 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_at_a_tiny_scale_writes_every_figure(tmp_path):
+def test_bench_at_a_tiny_scale_writes_every_figure(tmp_path, reference_project):
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench.py"), "--scale", "0.002",
-                          "--steps", "3", "--repeats", "1", "--out", str(out)], capture_output=True, text=True,
+                          "--steps", "3", "--repeats", "1", "--out", str(out),
+                          "--noop-project", str(reference_project)], capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     r = json.loads(out.read_text())

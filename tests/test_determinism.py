@@ -3,24 +3,15 @@ README makes, and what lets `dvc.lock` hashes of two runs be compared."""
 import json
 
 import pytest
-from conftest import make_project, sh
-
-
-def tiny(params):
-    params["folds"] = [0, 1]
-    params["sample"]["statefarm"].update(drivers=4, per_class=2, test_drivers=1, test_per_class=1)
-    params["preprocess"].update(height=32, width=48)
-    params["train"].update(epochs=2, batch_size=8, patience=2)
+from conftest import make_project, reference_params, sh
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    runs = []
-    for name in ("a", "b"):
-        dst = make_project(tmp_path_factory.mktemp(name) / "project", tiny)
-        sh("dvc repro", dst)
-        runs.append(dst)
-    return runs
+def two_runs(tmp_path_factory, reference_project):
+    """The session's reference run and a second one with the same params, in another folder."""
+    dst = make_project(tmp_path_factory.mktemp("again") / "project", reference_params)
+    sh("dvc repro", dst)
+    return reference_project, dst
 
 
 @pytest.mark.parametrize("path", ["metrics/metrics.json", "data/bagged/oof.csv",

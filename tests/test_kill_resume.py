@@ -15,18 +15,11 @@ import threading
 import time
 
 import pytest
-from conftest import make_project, project_env, sh
+from conftest import make_project, project_env, reference_params, sh
 
 FOLDS = 3
 EPOCHS = 3
 PR_SET_CHILD_SUBREAPER = 36
-
-
-def tiny(params):
-    params["folds"] = list(range(FOLDS))
-    params["sample"]["statefarm"].update(drivers=5, per_class=2, test_drivers=1, test_per_class=2)
-    params["preprocess"].update(height=48, width=64)
-    params["train"].update(epochs=EPOCHS, batch_size=8, patience=EPOCHS)
 
 
 def reap_orphans():
@@ -80,8 +73,8 @@ def tmp_beside(dst, out):
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
-    dst = make_project(tmp_path_factory.mktemp("kill") / "project", tiny)
+def killed_and_resumed(tmp_path_factory, reference_project):
+    dst = make_project(tmp_path_factory.mktemp("kill") / "project", reference_params)
     points = [
         ("during preprocess", lambda out: tmp_beside(dst, "data/processed"), 0.0),
         ("mid-epoch in fold 0", lambda out: resume_file(dst, 0), 0.15),
@@ -97,9 +90,7 @@ def killed_and_resumed(tmp_path_factory):
         attempts.append((name, out))
     final = sh("dvc repro", dst).stdout + "\n"
     attempts.append(("final", final))
-    reference = make_project(tmp_path_factory.mktemp("whole") / "project", tiny)
-    sh("dvc repro", reference)
-    return dst, reference, attempts
+    return dst, reference_project, attempts
 
 
 def test_the_resumed_run_ends_exactly_as_an_uninterrupted_one(killed_and_resumed):

@@ -4,22 +4,16 @@ once, the folds really overlap, the results equal a sequential `dvc repro`'s, a 
 `dvc repro` does nothing, and the MLflow parent holds one finished run per fold."""
 import pytest
 import yaml
-from conftest import make_project, sh, tiny_statefarm
+from conftest import make_project, reference_params, sh
 
 FOLDS = 3
 
 
-def tiny(params):
-    tiny_statefarm(params, FOLDS, 3)
-
-
 @pytest.fixture(scope="module")
-def parallel(tmp_path_factory):
-    dst = make_project(tmp_path_factory.mktemp("parallel") / "project", tiny)
+def parallel(tmp_path_factory, reference_project):
+    dst = make_project(tmp_path_factory.mktemp("parallel") / "project", reference_params)
     out = sh("python -m foldwise.parallel --jobs 2", dst).stdout
-    sequential = make_project(tmp_path_factory.mktemp("sequential") / "project", tiny)
-    sh("dvc repro", sequential)
-    return dst, sequential, out
+    return dst, reference_project, out
 
 
 def fold_runs(dst):
@@ -80,7 +74,7 @@ def test_the_parent_holds_one_finished_run_per_fold(parallel):
 
 def test_a_failing_fold_is_named_and_no_further_fold_starts(tmp_path):
     def broken(params):
-        tiny(params)
+        reference_params(params)
         params["train"]["model"] = "no_such_net"  # upstream stages do not read it: folds fail
     dst = make_project(tmp_path / "project", broken)
     res = sh("python -m foldwise.parallel --jobs 2", dst, check=False)

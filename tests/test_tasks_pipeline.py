@@ -1,6 +1,9 @@
 """Each reference task through the real `dvc repro`, switched to with the presets command, on
 its embedded synthetic sample: the submission's exact format and a metric clearly better than
-the trivial baseline."""
+the trivial baseline. Two or three folds, images no larger than the presets' and fewer epochs
+keep each task within a couple of minutes; the margins over the baselines were measured at
+these sizes (keypoints RMSE 0.36 of the mean's, dogs vs cats log loss 0.31 of the prior's,
+folders 0.86 below the prior's)."""
 import json
 
 import numpy as np
@@ -10,12 +13,21 @@ from conftest import make_project, sh
 
 from foldwise.sources import keypoints as kp
 
-FOLDS = [0, 1, 2]
+FOLDS = [0, 1]
+
+
+def small(p, side: int, epochs: int, folds=FOLDS) -> None:
+    """`folds` of `side`x`side` images, `epochs` epochs."""
+    p["folds"] = folds
+    p["preprocess"].update(height=side, width=side)
+    p["train"].update(epochs=epochs, patience=epochs)
 
 
 def keypoint_params(p):
-    """Test-time views that move points: the mirror (left and right swap) and shifts."""
-    p.update(folds=FOLDS, tta={"hflip": True, "shift": 0.04, "scale": 0.0})
+    """Test-time views that move points: the mirror (left and right swap) and shifts; points
+    predicted at 48x48 and written in the 96x96 frame's pixels."""
+    small(p, 48, 12)
+    p.update(tta={"hflip": True, "shift": 0.04, "scale": 0.0})
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +75,10 @@ def test_keypoints_course_variant_writes_30_coordinates_per_image(keypoints_proj
 
 
 def dogscats_params(p):
-    """Mirror and zoom views at test time, and a temperature fit out-of-fold."""
-    p.update(folds=FOLDS, tta={"hflip": True, "shift": 0.0, "scale": 0.1},
-             calibration={"temperature": True})
+    """Mirror and zoom views at test time, and a temperature fit out-of-fold; three folds (with
+    two, 150 training images learnt too unevenly: OOF log loss 0.41-0.51 where three gave 0.22)."""
+    small(p, 48, 12, folds=[0, 1, 2])
+    p.update(tta={"hflip": True, "shift": 0.0, "scale": 0.1}, calibration={"temperature": True})
 
 
 def test_dogs_vs_cats_beats_the_prior_and_calibrates_then_clips_as_chosen(tmp_path_factory):
@@ -91,8 +104,8 @@ def test_dogs_vs_cats_beats_the_prior_and_calibrates_then_clips_as_chosen(tmp_pa
 
 
 def test_image_folders_report_top5_and_export_label_and_probabilities(tmp_path_factory):
-    dst = make_project(tmp_path_factory.mktemp("fd") / "project",
-                       lambda p: p.update(folds=FOLDS), task="folders")
+    dst = make_project(tmp_path_factory.mktemp("fd") / "project", lambda p: small(p, 64, 20),
+                       task="folders")
     sh("dvc repro", dst)
     m = metrics(dst)
     assert m["logloss"] < m["prior_logloss"] - 0.5, m

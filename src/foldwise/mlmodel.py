@@ -44,15 +44,17 @@ def requirements() -> list[str]:
             ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "tqdm", "mlflow")]
 
 
-def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "bagged") -> str:
+def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "bagged",
+        loaded: tuple | None = None) -> str:
     """Log the export folder as an MLflow model under the run `run_id` (its Models column),
     with `example` images as the input example and the signature they give; returns the
-    model's URI."""
+    model's URI. `loaded`: the folder's (module, meta) from `export.load`, when the caller has
+    them (loading a large bag takes seconds; MLflow loads it once more to check the example)."""
     model_dir = Path(model_dir)
-    loaded = BaggedModel()
-    loaded.model, loaded.meta = export.load(model_dir)
-    loaded.task = create_task(loaded.meta)
-    signature = infer_signature(example, loaded.predict(None, example))
+    bag = BaggedModel()
+    bag.model, bag.meta = loaded or export.load(model_dir)
+    bag.task = create_task(bag.meta)
+    signature = infer_signature(example, bag.predict(None, example))
     with mlflow.start_run(run_id=run_id), _quiet():
         info = mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("mlmodel_code.py")),
                                        artifacts={"export": str(model_dir)}, signature=signature,
@@ -65,7 +67,7 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
 @contextlib.contextmanager
 def _quiet():
     """Logging the model without MLflow's progress bar and its INFO lines about validating
-    the input example (it is validated; a failure still raises)."""
+    the input example (it is validated; a failure still shows as its warning)."""
     logger = logging.getLogger("mlflow")
     level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     logger.setLevel(logging.WARNING)
