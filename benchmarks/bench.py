@@ -229,17 +229,20 @@ def bench_rss(cache: Path, model, batch, fraction) -> tuple[float, float]:
     return anon, hwm
 
 
-def bench_noop_repro(workdir: Path, reproduced: bool = False) -> float:
-    """Seconds of `dvc repro` that finds nothing to do, in `workdir`: a project already
-    reproduced, or else a tiny copy of this one reproduced there first."""
+def tiny_reproduced_copy(workdir: Path) -> Path:
+    """A tiny copy of this project in `workdir`, after one `dvc repro`."""
     def tiny(params):
         params["folds"] = [0, 1]
         params["sample"]["statefarm"].update(drivers=4, per_class=1, test_drivers=1, test_per_class=1)
         params["preprocess"].update(height=32, width=48)
         params["train"].update(epochs=1, batch_size=8)
 
-    if not reproduced:
-        project.run("dvc repro", project.copy(workdir, tiny))
+    project.run("dvc repro", project.copy(workdir, tiny))
+    return workdir
+
+
+def bench_noop_repro(workdir: Path) -> float:
+    """Seconds of `dvc repro` that finds nothing to do, in the reproduced project `workdir`."""
     t0 = time.perf_counter()
     out = project.run("dvc repro", workdir).stdout
     seconds = time.perf_counter() - t0
@@ -336,11 +339,8 @@ def measure(args, res: dict, device, amp: bool, cl: bool) -> None:
             res[f"peak_rss_anon_mib_{label}"] = anon
             res[f"peak_rss_total_mib_{label}"] = total
         res["cache_mib"] = (tmp / "train.npy").stat().st_size / 2**20
-        if args.noop_project:
-            res["noop_repro_s"] = bench_noop_repro(Path(args.noop_project), reproduced=True)
-        elif not args.no_dvc:
-            work = tmp / "project"
-            work.mkdir()
+        if args.noop_project or not args.no_dvc:
+            work = Path(args.noop_project) if args.noop_project else tiny_reproduced_copy(tmp / "project")
             res["noop_repro_s"] = bench_noop_repro(work)
 
 

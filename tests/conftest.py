@@ -46,9 +46,12 @@ def tiny_statefarm(params, folds: int, epochs: int) -> None:
     params["train"].update(epochs=epochs, batch_size=8, patience=epochs)
 
 
+REFERENCE_FOLDS, REFERENCE_EPOCHS = 3, 3
+
+
 def reference_params(params) -> None:
     """The params of the shared reference run: 3 folds of 3 epochs, 5 training drivers, 48x64."""
-    tiny_statefarm(params, folds=3, epochs=3)
+    tiny_statefarm(params, folds=REFERENCE_FOLDS, epochs=REFERENCE_EPOCHS)
     params["sample"]["statefarm"].update(drivers=5, test_per_class=2)
     params["preprocess"].update(height=48, width=64)
 

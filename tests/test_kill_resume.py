@@ -15,10 +15,9 @@ import threading
 import time
 
 import pytest
+from conftest import REFERENCE_FOLDS as FOLDS
 from conftest import make_project, project_env, reference_params, sh
 
-FOLDS = 3
-EPOCHS = 3
 PR_SET_CHILD_SUBREAPER = 36
 
 

@@ -4,9 +4,7 @@ once, the folds really overlap, the results equal a sequential `dvc repro`'s, a 
 `dvc repro` does nothing, and the MLflow parent holds one finished run per fold."""
 import pytest
 import yaml
-from conftest import make_project, reference_params, sh
-
-FOLDS = 3
+from conftest import REFERENCE_FOLDS as FOLDS, make_project, reference_params, sh
 
 
 @pytest.fixture(scope="module")
