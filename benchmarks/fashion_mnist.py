@@ -21,11 +21,24 @@ the whole experiment. Prints a table and writes it as JSON.
 fold's test-time views) and its test predictions, both with scikit-learn. The options that
 act on single models (EMA, mixup, clipping, TTA, the architecture) compare there; the
 calibration and the bag need every fold.
+
+`blend DATA_DIR WORK_DIR EXP EXP ...` runs `foldwise-blend` on finished experiments of `run`
+(their names are in its JSON) and scores the blended submission against the test labels.
+
+`timm DATA_DIR WORK_DIR --fold K --timm-repo REPO` trains the same fold with timm's own
+`train.py` (from a clone of pytorch-image-models; `fetch` brings one) at foldwise's settings:
+resnet10t, 28x28 grey, batch 64, AdamW at the same lr and weight decay, cosine per step with the
+same warm-up and floor, the same epochs; timm's own augmentation and label smoothing otherwise.
+The fold's images are linked into train/ and validation/ folders from the project's
+data/folds.csv, so both see exactly the same split. Reports timm's validation log loss (its
+eval_loss, plain cross-entropy) and accuracy beside foldwise's for that fold.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
+import os
 import json
 import sys
 import time
@@ -38,6 +51,9 @@ from sklearn.metrics import log_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import project  # noqa: E402  (benchmarks/project.py)
+
+sys.path.insert(0, str(project.ROOT / "src"))
+from foldwise import calibration  # noqa: E402
 
 IDX = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -52,6 +68,11 @@ VARIANTS = {  # name: `dvc exp run -S` overrides on top of the base params below
     "ema+tta+calibration": ["train.ema.decay=0.998", "tta.hflip=true", "tta.shift=0.04",
                             "calibration.temperature=true"],
 }
+# a second architecture with the same additions, for a blend of two (RegNetX-200MF: another
+# family, about as fast here on 2 cores)
+VARIANTS["regnetx_002+ema+tta+calibration"] = ["train.model=regnetx_002",
+                                             *VARIANTS["ema+tta+calibration"]]
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -115,6 +136,20 @@ def test_scores(project_dir: Path, data: Path) -> dict:
     return scores(sub[sorted(CLASSES)].to_numpy(), test_truth(data, sub["image"]), "test")
 
 
+def temperature_gap(project_dir: Path, data: Path, temperature: float) -> dict:
+    """The temperature is fit on OOF rows, each predicted by one fold's model, but applied to the
+    bag of all folds, whose averaged probabilities are already softer. Measured on the test
+    labels: the bag's log loss untempered, with the OOF temperature (the submission), and with
+    the temperature that would have been best for the bag (fit on the test labels themselves,
+    an oracle no submission can have)."""
+    bag = pd.read_csv(project_dir / "data" / "bagged" / "test.csv")
+    probs, y = bag[sorted(CLASSES)].to_numpy(), test_truth(data, bag["id"])
+    best = calibration.fit(probs / probs.sum(axis=1, keepdims=True), y)
+    return {"temperature_oof": temperature, "test_logloss_untempered": scores(probs, y, "")["_logloss"],
+            "temperature_best_for_bag": best,
+            "test_logloss_best_temperature": scores(calibration.temper(probs, best), y, "")["_logloss"]}
+
+
 def fold_scores(project_dir: Path, data: Path, fold: int) -> dict:
     """One fold's model: its validation predictions and its test predictions, scored."""
     out = project_dir / "models" / f"fold_{fold}"
@@ -139,15 +174,17 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
         project.run("git checkout -- params.yaml", dst)  # an exp run leaves its -S values behind
         t0 = time.perf_counter()
         target = "" if fold is None else f"train@{fold}"
-        project.run(f"dvc exp run -n {name}-{int(time.time())} {sets} {target}", dst)
+        experiment = f"{name}-{int(time.time())}"
+        project.run(f"dvc exp run -n {experiment} {sets} {target}", dst)
         seconds = time.perf_counter() - t0
         if fold is None:
             oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
             row = {"variant": name, "oof_logloss": oof["logloss"], "oof_accuracy": oof["accuracy"],
-                   "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst, data)}
+                   "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst, data),
+                   **temperature_gap(dst, data, oof.get("temperature", 1.0))}
         else:
             row = {"variant": name, **fold_scores(dst, data, fold)}
-        row["minutes"] = seconds / 60
+        row["experiment"], row["minutes"] = experiment, seconds / 60
         rows.append(row)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                        if v is not None), flush=True)
@@ -155,6 +192,63 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     out.write_text(json.dumps({"folds": folds, "epochs": epochs, "model": "resnet10t", "size": 28,
                                "only_fold": fold, "rows": rows}, indent=2) + "\n")
+
+
+def blend(data: Path, work: Path, experiments: list[str], mean: str, out: Path) -> None:
+    dst = work / "project"
+    res = project.run(f"foldwise-blend {' '.join(experiments)} --mean {mean} --no-mlflow", dst)
+    print(res.stdout)
+    summary = json.loads((dst / "export" / "blend" / "blend.json").read_text())
+    sub = pd.read_csv(dst / "export" / "blend" / "submission.csv")
+    row = {"experiments": experiments, "mean": mean, "summary": summary,
+           **scores(sub[sorted(CLASSES)].to_numpy(), test_truth(data, sub["image"]), "test")}
+    print(f"blend test accuracy {row['test_accuracy']:.4f} log loss {row['test_logloss']:.4f}")
+    out.write_text(json.dumps(row, indent=2) + "\n")
+
+
+def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path, out: Path) -> None:
+    """timm's train.py on the same fold at foldwise's settings (see the module's docstring)."""
+    dst = work / "project"
+    import yaml
+    params = yaml.safe_load(project.run("git show HEAD:params.yaml", dst).stdout)  # the base
+    folds = pd.read_csv(dst / "data" / "folds.csv", dtype={"id": str})
+    layout = work / f"timm-fold{fold}"
+    for row in folds.itertuples():
+        split = "validation" if row.fold == fold else "train"
+        link = layout / split / row.id
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink((data / "train" / row.id).resolve(), link)
+    script = work / "timm_train.py"  # the clone's train.py, run beside the installed timm
+    script.write_text(project.run("git show HEAD:train.py", repo).stdout)
+    t, lr = params["train"], params["lr"]
+    cmd = [sys.executable, str(script), "--data-dir", str(layout), "--device", "cpu",
+           "--no-prefetcher", "--model", t["model"], "--num-classes", str(len(CLASSES)),
+           "--in-chans", "1", "--input-size", "1", "28", "28", "--crop-pct", "1.0",
+           "--mean", str(MEAN), "--std", str(STD), "--batch-size", str(t["batch_size"]),
+           "--validation-batch-size", "256", "--epochs", str(epochs),
+           "--warmup-epochs", str(t["warmup_epochs"]), "--opt", t["optimizer"], "--lr", str(lr),
+           "--weight-decay", str(t["weight_decay"]), "--sched", t["scheduler"], "--sched-on-updates",
+           "--warmup-lr", str(lr * t["warmup_lr"]), "--min-lr", str(lr * t["min_lr"]),
+           "--seed", str(params["seed"]), "-j", "2", "--log-interval", "200",
+           "--output", str(work / "timm-out"), "--experiment", f"fold{fold}-{int(time.time())}"]
+    t0 = time.perf_counter()
+    res = project.run(" ".join(cmd), work)
+    seconds = time.perf_counter() - t0
+    run_dir = sorted((work / "timm-out").glob(f"fold{fold}-*"))[-1]
+    with open(run_dir / "summary.csv") as f:
+        epochs_rows = list(csv.DictReader(f))
+    best = min(epochs_rows, key=lambda r: float(r["eval_loss"]))
+    last = epochs_rows[-1]
+    row = {"fold": fold, "epochs": epochs, "timm_command": " ".join(cmd[1:]),
+           "timm_val_logloss_best": float(best["eval_loss"]),
+           "timm_val_accuracy_best": float(best["eval_top1"]) / 100, "timm_best_epoch": best["epoch"],
+           "timm_val_logloss_last": float(last["eval_loss"]),
+           "timm_val_accuracy_last": float(last["eval_top1"]) / 100, "timm_minutes": seconds / 60,
+           "timm_train_images_per_s": epochs * int((folds["fold"] != fold).sum()) / seconds}
+    print(res.stdout[-2000:])
+    print(json.dumps(row, indent=2))
+    out.write_text(json.dumps(row, indent=2) + "\n")
 
 
 def main(argv=None) -> None:
@@ -171,9 +265,28 @@ def main(argv=None) -> None:
     r.add_argument("--fold", type=int, default=None,
                    help="train and score only this fold's model (default: the whole pipeline)")
     r.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist.json")
+    b = sub.add_parser("blend", help="foldwise-blend finished experiments, scored on the test labels")
+    b.add_argument("data_dir", type=Path)
+    b.add_argument("work_dir", type=Path)
+    b.add_argument("experiments", nargs="+")
+    b.add_argument("--mean", default="arithmetic")
+    b.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist-blend.json")
+    t = sub.add_parser("timm", help="timm's train.py on one fold at the same settings")
+    t.add_argument("data_dir", type=Path)
+    t.add_argument("work_dir", type=Path)
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--timm-repo", type=Path, required=True,
+                   help="a git clone of pytorch-image-models (its train.py at HEAD is run)")
+    t.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist-timm.json")
     args = parser.parse_args(argv)
     if args.command == "write":
         write(args.data_dir)
+    elif args.command == "blend":
+        blend(args.data_dir, args.work_dir, args.experiments, args.mean, args.out)
+    elif args.command == "timm":
+        timm_side_by_side(args.data_dir, args.work_dir, args.fold, args.epochs, args.timm_repo,
+                          args.out)
     else:
         run(args.data_dir, args.work_dir, args.variants.split(","), args.folds, args.epochs, args.out,
             args.fold)
