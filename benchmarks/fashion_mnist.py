@@ -29,6 +29,7 @@ calibration and the bag need every fold.
 `train.py` (from a clone of pytorch-image-models; `fetch` brings one) at foldwise's settings:
 resnet10t, 28x28 grey, batch 64, AdamW at the same lr and weight decay, cosine per step with the
 same warm-up and floor, the same epochs; timm's own augmentation and label smoothing otherwise.
+`--timm-args` adds train.py arguments (e.g. augmentation closer to foldwise's).
 The fold's images are linked into train/ and validation/ folders from the project's
 data/folds.csv, so both see exactly the same split. Reports timm's validation log loss (its
 eval_loss, plain cross-entropy) and accuracy beside foldwise's for that fold.
@@ -206,7 +207,8 @@ def blend(data: Path, work: Path, experiments: list[str], mean: str, out: Path) 
     out.write_text(json.dumps(row, indent=2) + "\n")
 
 
-def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path, out: Path) -> None:
+def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path, out: Path,
+                      extra: str = "") -> None:
     """timm's train.py on the same fold at foldwise's settings (see the module's docstring)."""
     dst = work / "project"
     import yaml
@@ -231,7 +233,8 @@ def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path
            "--weight-decay", str(t["weight_decay"]), "--sched", t["scheduler"], "--sched-on-updates",
            "--warmup-lr", str(lr * t["warmup_lr"]), "--min-lr", str(lr * t["min_lr"]),
            "--seed", str(params["seed"]), "-j", "2", "--log-interval", "200",
-           "--output", str(work / "timm-out"), "--experiment", f"fold{fold}-{int(time.time())}"]
+           "--output", str(work / "timm-out"), "--experiment", f"fold{fold}-{int(time.time())}",
+           *extra.split()]
     t0 = time.perf_counter()
     res = project.run(" ".join(cmd), work)
     seconds = time.perf_counter() - t0
@@ -278,6 +281,8 @@ def main(argv=None) -> None:
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--timm-repo", type=Path, required=True,
                    help="a git clone of pytorch-image-models (its train.py at HEAD is run)")
+    t.add_argument("--timm-args", default="",
+                   help="more train.py arguments, last so they win, e.g. \"--smoothing 0 --scale 0.9 1\"")
     t.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist-timm.json")
     args = parser.parse_args(argv)
     if args.command == "write":
@@ -286,7 +291,7 @@ def main(argv=None) -> None:
         blend(args.data_dir, args.work_dir, args.experiments, args.mean, args.out)
     elif args.command == "timm":
         timm_side_by_side(args.data_dir, args.work_dir, args.fold, args.epochs, args.timm_repo,
-                          args.out)
+                          args.out, args.timm_args)
     else:
         run(args.data_dir, args.work_dir, args.variants.split(","), args.folds, args.epochs, args.out,
             args.fold)
