@@ -51,3 +51,15 @@ def test_bag_test_averages_columns_and_checks_ids():
     np.testing.assert_allclose(out[["c0", "c1"]], [[0.75, 0.25], [0.25, 0.75]])
     with pytest.raises(InputError, match="different images"):
         bag_test([t0, t1.iloc[::-1].reset_index(drop=True)], "arithmetic")
+
+
+def test_weighted_averages_by_hand():
+    a = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    b = np.array([[0.2, 0.5, 0.3], [0.3, 0.3, 0.4]])
+    np.testing.assert_allclose(average([a, b], "arithmetic", [0.25, 0.75]), 0.25 * a + 0.75 * b, atol=1e-15)
+    g = a ** 0.25 * b ** 0.75
+    np.testing.assert_allclose(average([a, b], "geometric", [0.25, 0.75]), g / g.sum(axis=1, keepdims=True),
+                               atol=1e-15)
+    # a zero weight leaves the other model alone, even where the dropped one says 0
+    c = np.array([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(average([b, c], "geometric", [1.0, 0.0]), b, atol=1e-15)

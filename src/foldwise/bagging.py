@@ -5,23 +5,29 @@ import numpy as np
 import pandas as pd
 
 from foldwise.errors import InputError
+from foldwise.metrics import EPS
 
 MEANS = ("arithmetic", "geometric")
 
 
-def average(preds, mean: str = "arithmetic", eps: float = 1e-15) -> np.ndarray:
-    """Average per-model predictions of identical shape.
+def average(preds, mean: str = "arithmetic", weights=None, eps: float = EPS) -> np.ndarray:
+    """The (weighted) average of per-model predictions of identical shape: the bag of the folds
+    (equal weights) and the blend of experiments (weights fit out-of-fold) alike.
 
-    `geometric` is the normalised geometric mean of probabilities, which penalises a class any
-    one model rules out; it applies to probabilities only.
+    `geometric` is the normalised weighted geometric mean of probabilities, which penalises a
+    class any one model rules out; it applies to probabilities only.
     """
     stack = np.stack([np.asarray(p, dtype=np.float64) for p in preds])
+    if weights is None:
+        w = np.full((len(stack), 1, 1), 1.0 / len(stack))
+    else:
+        w = np.asarray(weights, dtype=np.float64)[:, None, None]
     if mean == "arithmetic":
-        return stack.mean(axis=0)
+        return (w * stack).sum(axis=0)
     if mean == "geometric":
-        p = np.exp(np.log(np.clip(stack, eps, 1.0)).mean(axis=0))
+        p = np.exp((w * np.log(np.clip(stack, eps, 1.0))).sum(axis=0))
         return p / p.sum(axis=1, keepdims=True)
-    raise InputError(f"params.yaml: bag.mean={mean!r} must be one of {MEANS}")
+    raise InputError(f"mean {mean!r} (params.yaml bag.mean, foldwise-blend --mean) must be one of {MEANS}")
 
 
 def assemble_oof(fold_tables, expected_ids) -> pd.DataFrame:

@@ -22,11 +22,10 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from foldwise import calibration, params as P, stage
-from foldwise.bagging import MEANS
+from foldwise.bagging import MEANS, average
 from foldwise.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv, write_json
-from foldwise.metrics import EPS
 from foldwise.sources import get_source
 from foldwise.tasks import create_task
 
@@ -107,23 +106,11 @@ def align(members: list[Member], ids, columns) -> tuple[np.ndarray, np.ndarray, 
     return np.stack(oofs), np.stack(tests), folds, test_ids.reset_index(drop=True)
 
 
-def combine(stack: np.ndarray, weights, mean: str) -> np.ndarray:
-    """The weighted blend of (members, rows, outputs) predictions."""
-    w = np.asarray(weights, dtype=np.float64)[:, None, None]
-    if mean == "arithmetic":
-        return (w * stack).sum(axis=0)
-    if mean == "geometric":
-        z = (w * np.log(np.clip(stack, EPS, 1.0))).sum(axis=0)
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        return p / p.sum(axis=1, keepdims=True)
-    raise InputError(f"blend mean {mean!r} must be one of {MEANS}")
-
-
 def fit_weights(stack: np.ndarray, truth: np.ndarray, loss, mean: str) -> np.ndarray:
     """Non-negative weights summing to 1 that minimise `loss(truth, blend)` (SLSQP from equal
     weights)."""
     n = stack.shape[0]
-    res = minimize(lambda w: loss(truth, combine(stack, np.clip(w, 0, None), mean)), np.full(n, 1.0 / n),
+    res = minimize(lambda w: loss(truth, average(stack, mean, np.clip(w, 0, None))), np.full(n, 1.0 / n),
                    method="SLSQP", bounds=[(0.0, 1.0)] * n,
                    constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0},),
                    options={"ftol": 1e-10, "maxiter": 200})
@@ -138,8 +125,8 @@ def cross_validated(stack, truth, folds, loss, mean: str, temperature: bool) -> 
     for k in np.unique(folds):
         rows = folds == k
         w = fit_weights(stack[:, ~rows], truth[~rows], loss, mean)
-        out[rows] = combine(stack[:, rows], w, mean)
-        t = calibration.fit(combine(stack[:, ~rows], w, mean), truth[~rows]) if temperature else 1.0
+        out[rows] = average(stack[:, rows], mean, w)
+        t = calibration.fit(average(stack[:, ~rows], mean, w), truth[~rows]) if temperature else 1.0
         if temperature:
             out[rows] = calibration.temper(out[rows], t)
         per_fold[str(k.item())] = {"weights": w.round(4).tolist(), "temperature": round(t, 4)}
@@ -159,8 +146,8 @@ def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool
         return task.score(y, p)[task.monitor]
 
     weights = fit_weights(stack, truth, loss, mean)
-    oof = combine(stack, weights, mean)
-    test = combine(test_stack, weights, mean)
+    oof = average(stack, mean, weights)
+    test = average(test_stack, mean, weights)
     t = calibration.fit(oof, truth) if temperature else 1.0
     if temperature:
         oof, test = calibration.temper(oof, t), calibration.temper(test, t)
@@ -171,7 +158,7 @@ def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool
         "monitor": task.monitor, "mean": mean, "members": [m.name for m in members],
         "weights": dict(zip([m.name for m in members], weights.round(6).tolist())),
         "temperature": t, "member_scores": scores,
-        "equal_weights": task.score(truth, combine(stack, np.full(len(members), 1 / len(members)), mean)),
+        "equal_weights": task.score(truth, average(stack, mean)),
         "fitted_in_sample": task.score(truth, oof),
         "cross_validated": {k: v for k, v in cv.items() if k not in task.baselines},
         "folds": per_fold,
