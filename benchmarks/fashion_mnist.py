@@ -39,14 +39,15 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import os
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from PIL import Image
 from sklearn.metrics import log_loss
 
@@ -132,8 +133,8 @@ def test_truth(data: Path, images) -> np.ndarray:
     return np.array([sorted(CLASSES).index(c) for c in truth])
 
 
-def test_scores(project_dir: Path, data: Path) -> dict:
-    sub = pd.read_csv(project_dir / "export" / "submission.csv")
+def test_scores(submission: Path, data: Path) -> dict:
+    sub = pd.read_csv(submission)
     return scores(sub[sorted(CLASSES)].to_numpy(), test_truth(data, sub["image"]), "test")
 
 
@@ -181,7 +182,7 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
         if fold is None:
             oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
             row = {"variant": name, "oof_logloss": oof["logloss"], "oof_accuracy": oof["accuracy"],
-                   "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst, data),
+                   "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst / "export" / "submission.csv", data),
                    **temperature_gap(dst, data, oof.get("temperature", 1.0))}
         else:
             row = {"variant": name, **fold_scores(dst, data, fold)}
@@ -200,9 +201,8 @@ def blend(data: Path, work: Path, experiments: list[str], mean: str, out: Path) 
     res = project.run(f"foldwise-blend {' '.join(experiments)} --mean {mean} --no-mlflow", dst)
     print(res.stdout)
     summary = json.loads((dst / "export" / "blend" / "blend.json").read_text())
-    sub = pd.read_csv(dst / "export" / "blend" / "submission.csv")
     row = {"experiments": experiments, "mean": mean, "summary": summary,
-           **scores(sub[sorted(CLASSES)].to_numpy(), test_truth(data, sub["image"]), "test")}
+           **test_scores(dst / "export" / "blend" / "submission.csv", data)}
     print(f"blend test accuracy {row['test_accuracy']:.4f} log loss {row['test_logloss']:.4f}")
     out.write_text(json.dumps(row, indent=2) + "\n")
 
@@ -211,7 +211,6 @@ def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path
                       extra: str = "") -> None:
     """timm's train.py on the same fold at foldwise's settings (see the module's docstring)."""
     dst = work / "project"
-    import yaml
     params = yaml.safe_load(project.run("git show HEAD:params.yaml", dst).stdout)  # the base
     folds = pd.read_csv(dst / "data" / "folds.csv", dtype={"id": str})
     layout = work / f"timm-fold{fold}"
