@@ -11,16 +11,29 @@ J ?= 2
 
 .PHONY: repro test bench mlflow-ui mlflow-server task folds
 
+# the pipeline's own dependencies; the tests' (pytest, Playwright, Ray, psycopg) on top, only for
+# `make test`, so that a first `make repro` does not wait for them
 $(VENV)/.foldwise-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-compile -e .
+	# bytecode on every core (pip compiles on one; ~35 s saved); a file that does not compile
+	# is a package's own test fixture, and bytecode is only a cache
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
+	touch $@
+
+$(VENV)/.foldwise-test-installed: $(VENV)/.foldwise-installed
 	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.foldwise-server-installed: $(VENV)/.foldwise-installed
+	$(BIN)/python -m pip install -q -e '.[server]'
 	touch $@
 
 repro: $(VENV)/.foldwise-installed
 	dvc repro
 
-test: $(VENV)/.foldwise-installed
+test: $(VENV)/.foldwise-test-installed
 	$(BIN)/python -m pytest -q
 
 folds: $(VENV)/.foldwise-installed  # make folds J=4: the folds 4 at a time (a GPU each), then the rest
@@ -37,5 +50,5 @@ mlflow-ui: $(VENV)/.foldwise-installed
 
 # a team's tracking server: PostgreSQL backend, artifacts served by the server (README)
 # make mlflow-server ARGS="--host 0.0.0.0"; or ARGS="--backend-store-uri postgresql+psycopg://..."
-mlflow-server: $(VENV)/.foldwise-installed
+mlflow-server: $(VENV)/.foldwise-server-installed
 	$(BIN)/python -m foldwise.server $(ARGS)

@@ -17,20 +17,18 @@ from pathlib import Path
 
 import _src  # noqa: F401
 import numpy as np
-import pandas as pd
-import torch
 
-from foldwise import calibration, neighbours, params as P, stage, tracking
-from foldwise.cache import load_truth
-from foldwise.files import atomic_dir, write_csv, write_json
-from foldwise.loader import Rows, open_cache
-from foldwise.models import load_checkpoint
-from foldwise.tasks import create_task
+from foldwise import params as P, stage
+from foldwise.files import atomic_dir, write_json
 
 
 def features(models: Path, folds, images, test_images, fold_of_row, device):
     """Each training image's features from the model of the fold that validated it; each test
     image's from all fold models, combined."""
+    from foldwise import neighbours
+    from foldwise.loader import Rows
+    from foldwise.models import load_checkpoint
+
     train_f, test_f = None, []
     for k in folds:
         net = load_checkpoint(models / f"fold_{k}" / "model.pt")
@@ -43,6 +41,7 @@ def features(models: Path, folds, images, test_images, fold_of_row, device):
 
 
 def scores(task, truth, before, after) -> dict:
+    """The OOF figures with neighbours, and the monitored ones without (`*_without`)."""
     with_n, _ = task.report(truth, after)
     without, _ = task.report(truth, before)
     out = {k: v for k, v in with_n.items() if k not in task.baselines}
@@ -59,13 +58,30 @@ def main():
         ("neighbours_json", "OOF scores with and without neighbours")))
     params = P.load()
     k = int(P.get(params, "neighbours.k"))
-    test_images = open_cache(processed / "test.npy")
-    if k == 0:  # off: an empty graph, which export's averaging leaves every prediction alone
+    if k == 0:  # off: an empty graph, which export's averaging leaves every prediction alone;
+        #         nothing else is read or imported (torch, timm and MLflow cost seconds)
+        n_test = len(np.load(processed / "test.npy", mmap_mode="r"))
         with atomic_dir(out) as tmp:
-            np.savez(tmp / "graph.npz", idx=np.zeros((len(test_images), 0), dtype=np.int64),
-                     sim=np.zeros((len(test_images), 0), dtype=np.float32))
+            np.savez(tmp / "graph.npz", idx=np.zeros((n_test, 0), dtype=np.int64),
+                     sim=np.zeros((n_test, 0), dtype=np.float32))
         write_json({"k": 0}, out_json)
         return
+    average_over_neighbours(params, k, models, processed, bagged, metrics_json, out, out_json)
+
+
+def average_over_neighbours(params, k, models, processed, bagged, metrics_json, out, out_json):
+    """The neighbour graphs, the OOF predictions averaged over theirs, the scores with and
+    without (also on the pipeline's MLflow parent)."""
+    import pandas as pd
+    import torch
+
+    from foldwise import calibration, neighbours, tracking
+    from foldwise.cache import load_truth
+    from foldwise.files import write_csv
+    from foldwise.loader import open_cache
+    from foldwise.tasks import create_task
+
+    test_images = open_cache(processed / "test.npy")
     meta = json.loads((processed / "meta.json").read_text())
     task = create_task(meta, params)
     oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})  # training order

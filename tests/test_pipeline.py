@@ -99,7 +99,7 @@ def test_mlflow_has_one_parent_with_a_child_per_fold(project):
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["foldwise.fold"] for r in children) == [str(k) for k in range(FOLDS)]
     for child in children:
-        assert child.data.params["lr"] == str(params["lr"]) and child.data.params["train.model"] == "resnet10t"
+        assert child.data.params["lr"] == str(params["lr"]) and child.data.params["train.model"] == params["train"]["model"]
         for name in ("train_loss", "val_logloss", "val_accuracy", "train_accuracy", "lr"):
             assert len(client.get_metric_history(child.info.run_id, name)) == EPOCHS, name
         assert "best_epoch" in child.data.metrics
@@ -129,7 +129,7 @@ def test_mlflow_reads_as_a_training_dashboard(project, tmp_path):
     exp = client.get_experiment_by_name("foldwise")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     parent = next(r for r in all_runs if r.data.tags.get("foldwise.role") == "parent")
-    assert parent.info.run_name == f"resnet10t lr {params['lr']:g}"
+    assert parent.info.run_name == f"{params['train']['model']} lr {params['lr']:g}"
     commit = sh("git rev-parse HEAD", dst).stdout.strip()
     assert parent.data.tags["mlflow.source.git.commit"] == commit
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

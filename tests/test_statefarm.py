@@ -31,12 +31,23 @@ def test_sample_is_in_the_competition_layout(statefarm_sample):
     assert sorted(sub["img"]) == sorted(p.name for p in (statefarm_sample / "imgs/test").glob("*.jpg"))
 
 
-def test_sample_is_deterministic(tmp_path):
-    for name in ("a", "b"):
-        statefarm.write_sample(tmp_path / name, drivers=2, per_class=1, test_drivers=1, test_per_class=1, seed=0)
+def test_sample_is_deterministic_in_one_process_or_several(tmp_path, monkeypatch):
+    """The drivers are written in parallel, each from its own random stream: the same seed
+    gives the same bytes with one process or several; another seed, other images."""
+    def write(name, cores, seed=0):
+        monkeypatch.setattr(statefarm.os, "cpu_count", lambda: cores)
+        statefarm.write_sample(tmp_path / name, drivers=2, per_class=1, test_drivers=1,
+                               test_per_class=1, seed=seed)
+
+    write("a", 1)
+    write("b", 3)
+    write("c", 3, seed=1)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
-                         for f in files)
+    assert len(files) == 2 * 10 + 10 + 2
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    other = sorted((tmp_path / "c").rglob("*.jpg"))
+    assert [p.read_bytes() for p in sorted((tmp_path / "a").rglob("*.jpg"))] != \
+        [p.read_bytes() for p in other]
 
 
 def test_read_lists_labels_groups_and_test_images(statefarm_sample):

@@ -23,7 +23,10 @@ def arguments(doc: str, *names: tuple[str, str]) -> list[str]:
 
 
 def run(main) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # foldwise's own progress lines; other libraries only when they warn (MLflow's table
+    # creation and matplotlib's font cache are INFO lines a user cannot act on)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("foldwise").setLevel(logging.INFO)
     try:
         main()
     except InputError as err:

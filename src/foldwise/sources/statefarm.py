@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import os
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +109,16 @@ def _driver_style(rng: np.random.Generator) -> dict:
     }
 
 
-def _render(style: dict, classname: str, rng: np.random.Generator) -> Image.Image:
+def _background(style: dict) -> Image.Image:
+    """The driver's cabin wall: a vertical gradient between two colours."""
     ys = np.linspace(0.0, 1.0, HEIGHT)[:, None, None]
     canvas = (style["bg"] * (1 - ys) + style["bg2"] * ys) * np.ones((1, WIDTH, 1))
-    img = Image.fromarray(canvas.astype(np.uint8))
+    return Image.fromarray(canvas.astype(np.uint8))
+
+
+def _render(style: dict, background: Image.Image, classname: str,
+            rng: np.random.Generator) -> Image.Image:
+    img = background.copy()
     draw = ImageDraw.Draw(img)
     shift = style["offset"] + rng.integers(-6, 7, size=2)
 
@@ -147,32 +155,50 @@ def _render(style: dict, classname: str, rng: np.random.Generator) -> Image.Imag
         else:
             draw.rectangle([hx - 24, hy - 52, hx + 24, hy + 14], fill=(200, 40, 40))
     arr = np.asarray(img, dtype=np.float32) * style["gain"]
-    arr += rng.normal(0.0, 6.0, size=arr.shape)
+    arr += rng.standard_normal(arr.shape, dtype=np.float32) * 6.0  # sensor noise
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _write_driver(job) -> None:
+    """One driver's frames: (folder of each, file name, class) in order, from the driver's own
+    random stream, so that drivers can be written in parallel and the set is the same."""
+    seed, frames = job
+    rng = np.random.default_rng(seed)
+    style = _driver_style(rng)
+    background = _background(style)
+    for folder, name, classname in frames:
+        _render(style, background, classname, rng).save(folder / name, quality=88)
 
 
 def write_sample(root: str | Path, *, drivers: int, per_class: int, test_drivers: int,
                  test_per_class: int, seed: int) -> None:
-    """Write a deterministic synthetic set in the State Farm layout to `root` (replaced whole)."""
+    """Write a deterministic synthetic set in the State Farm layout to `root` (replaced whole),
+    the drivers in parallel on the machine's cores (the files do not depend on how many)."""
     rng = np.random.default_rng(seed)
     n_train, n_test = drivers * per_class * len(CLASSES), test_drivers * test_per_class * len(CLASSES)
-    numbers = rng.permutation(100_000)[: n_train + n_test]  # img_<n>.jpg names, as in the real set
+    numbers = iter(rng.permutation(100_000)[: n_train + n_test])  # img_<n>.jpg, as in the real set
+    streams = np.random.SeedSequence(seed).spawn(drivers + test_drivers)  # one per driver
     with atomic_dir(root) as tmp:
-        rows, test_names, k = [], [], 0
+        rows, test_names, jobs = [], [], []
         for d in range(drivers + test_drivers):
-            style = _driver_style(rng)
-            is_test = d >= drivers
+            is_test, frames = d >= drivers, []
             for classname in CLASSES:
+                folder = tmp / "imgs" / ("test" if is_test else f"train/{classname}")
+                folder.mkdir(parents=True, exist_ok=True)
                 for _ in range(test_per_class if is_test else per_class):
-                    name = f"img_{numbers[k]}.jpg"
-                    k += 1
-                    folder = tmp / "imgs" / ("test" if is_test else f"train/{classname}")
-                    folder.mkdir(parents=True, exist_ok=True)
-                    _render(style, classname, rng).save(folder / name, quality=88)
+                    name = f"img_{next(numbers)}.jpg"
+                    frames.append((folder, name, classname))
                     if is_test:
                         test_names.append(name)
                     else:
                         rows.append((f"p{d + 2:03d}", classname, name))
+            jobs.append((streams[d], frames))
+        processes = min(os.cpu_count() or 1, len(jobs))
+        if processes > 1:
+            with Pool(processes) as pool:
+                pool.map(_write_driver, jobs, chunksize=1)
+        else:
+            list(map(_write_driver, jobs))
         write_csv(pd.DataFrame(rows, columns=list(COLUMNS)), tmp / "driver_imgs_list.csv")
         uniform = np.full((len(test_names), len(CLASSES)), 0.1)
         write_submission(sorted(test_names), uniform, {"classes": CLASSES},
