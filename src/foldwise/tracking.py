@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -80,6 +81,8 @@ def open_experiment(cfg: dict) -> str:
     # artifacts beside the default store, not in ./mlruns of a temporary experiment copy
     own_store = not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri"))
     artifacts = (project_root() / "mlartifacts").as_uri() if own_store else None
+    # MLflow's own handler prints its table creation on a new store: nothing to act on
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     with _lock(tracking_uri(cfg)):
         mlflow.set_tracking_uri(tracking_uri(cfg))  # also exports MLFLOW_TRACKING_URI
         exp = mlflow.get_experiment_by_name(cfg["experiment"])
