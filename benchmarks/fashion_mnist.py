@@ -2,8 +2,9 @@
 
   python benchmarks/fashion_mnist.py write DATA_DIR
   python benchmarks/fashion_mnist.py run DATA_DIR WORK_DIR [--variants default,ema,...]
-                                     [--folds 5] [--epochs 4] [--fold K]
+                                     [--folds 5] [--epochs 4] [--fold K] [--set KEY=VALUE ...]
                                      [--out benchmarks/fashion-mnist.json]
+  python benchmarks/fashion_mnist.py blend DATA_DIR WORK_DIR EXP EXP [--temperature]
 
 `write` lays out Debian's `dataset-fashion-mnist` (60,000 train + 10,000 test 28x28 greyscale
 images, MIT; `apt-get install dataset-fashion-mnist`) as foldwise's image-folders source:
@@ -12,9 +13,13 @@ DATA_DIR/test_labels.csv (which no stage reads).
 
 `run` copies this project into WORK_DIR, points it at DATA_DIR (resnet10t at 28x28, grey), and
 runs each variant as one `dvc exp run` with its `-S` overrides (split and preprocess are shared
-through DVC's run-cache). For each it reads the OOF figures from metrics.json, scores the
-exported submission against the test labels (accuracy and log loss, scikit-learn), and times
-the whole experiment. Prints a table and writes it as JSON.
+through DVC's run-cache); `--set` adds overrides to every variant of the run, e.g. another model
+or size (`--set train.model=test_resnet --set preprocess.height=56 --set preprocess.width=56`).
+For each it reads the OOF figures from metrics.json, scores the exported submission against the
+test labels (accuracy and log loss, scikit-learn), and times the whole experiment; each fold's
+own training time comes from its MLflow run, so a fold restored from the run-cache (trained
+earlier by `run --fold K` with the same params) is still counted. Prints a table and writes it
+as JSON, row by row as they finish.
 
 `run --fold K` trains only fold K of the split (`dvc exp run train@K`: a fifth of the work at
 5 folds) and scores that one model: its validation predictions (the fold's oof.csv, with the
@@ -67,9 +72,9 @@ VARIANTS = {  # name: `dvc exp run -S` overrides on top of the base params below
     "clip": ["train.clip_grad=1.0"],
     "tta": ["tta.hflip=true", "tta.shift=0.04"],
     "calibration": ["calibration.temperature=true"],
-    "ema+tta+calibration": ["train.ema.decay=0.998", "tta.hflip=true", "tta.shift=0.04",
-                            "calibration.temperature=true"],
+    "ema+tta": ["train.ema.decay=0.998", "tta.hflip=true", "tta.shift=0.04"],
 }
+VARIANTS["ema+tta+calibration"] = [*VARIANTS["ema+tta"], "calibration.temperature=true"]
 # a second architecture with the same additions, for a blend of two (RegNetX-200MF: another
 # family, about as fast here on 2 cores)
 VARIANTS["regnetx_002+ema+tta+calibration"] = ["train.model=regnetx_002",
@@ -164,44 +169,69 @@ def fold_scores(project_dir: Path, data: Path, fold: int) -> dict:
             "train_images_per_s": run["train_images_per_s"]}
 
 
+def fold_minutes(project_dir: Path, folds: int) -> list[float]:
+    """Each fold run's own wall time (its MLflow run's start to end). A fold that DVC restored from
+    its run-cache (trained before, e.g. by `run --fold K` with the same params) still counts what
+    its training took, so a bag's cost is its folds' sum plus the stages around them."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}")
+    minutes = []
+    for k in range(folds):
+        info = client.get_run(json.loads((project_dir / "models" / f"fold_{k}" / "run.json")
+                                         .read_text())["run_id"]).info
+        minutes.append((info.end_time - info.start_time) / 60000)
+    return minutes
+
+
 def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: Path,
-        fold: int | None = None) -> None:
+        fold: int | None = None, common: list[str] = ()) -> None:
     dst = work / "project"
     if not (dst / ".git").is_dir():
         dst.mkdir(parents=True, exist_ok=True)
         project.copy(dst, base_params(data.resolve(), folds, epochs))
     rows = []
     for name in names:
-        sets = " ".join(f"-S {s}" for s in VARIANTS[name])
+        overrides = [*common, *VARIANTS[name]]
+        sets = " ".join(f"-S {s}" for s in overrides)
         project.run("git checkout -- params.yaml", dst)  # an exp run leaves its -S values behind
         t0 = time.perf_counter()
         target = "" if fold is None else f"train@{fold}"
         experiment = f"{name}-{int(time.time())}"
         project.run(f"dvc exp run -n {experiment} {sets} {target}", dst)
         seconds = time.perf_counter() - t0
+        params = yaml.safe_load((dst / "params.yaml").read_text())  # with this run's -S values
+        setting = {"model": params["train"]["model"], "size": params["preprocess"]["height"],
+                   "epochs": params["train"]["epochs"], "folds": len(params["folds"]),
+                   "sets": overrides}
         if fold is None:
             oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
             row = {"variant": name, "oof_logloss": oof["logloss"], "oof_accuracy": oof["accuracy"],
                    "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst / "export" / "submission.csv", data),
-                   **temperature_gap(dst, data, oof.get("temperature", 1.0))}
+                   **temperature_gap(dst, data, oof.get("temperature", 1.0)),
+                   "fold_minutes": fold_minutes(dst, len(params["folds"]))}
         else:
             row = {"variant": name, **fold_scores(dst, data, fold)}
+        row.update(setting)
         row["experiment"], row["minutes"] = experiment, seconds / 60
         rows.append(row)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                        if v is not None), flush=True)
-    table = pd.DataFrame(rows)
+        out.write_text(json.dumps({"only_fold": fold, "rows": rows}, indent=2) + "\n")  # so far
+    table = pd.DataFrame(rows).drop(columns=["sets"])
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    out.write_text(json.dumps({"folds": folds, "epochs": epochs, "model": "resnet10t", "size": 28,
-                               "only_fold": fold, "rows": rows}, indent=2) + "\n")
 
 
-def blend(data: Path, work: Path, experiments: list[str], mean: str, out: Path) -> None:
+def blend(data: Path, work: Path, experiments: list[str], mean: str, out: Path,
+          temperature: bool = False) -> None:
     dst = work / "project"
-    res = project.run(f"foldwise-blend {' '.join(experiments)} --mean {mean} --no-mlflow", dst)
+    flags = f"--mean {mean} --no-mlflow" + (" --temperature" if temperature else "")
+    t0 = time.perf_counter()
+    res = project.run(f"foldwise-blend {' '.join(experiments)} {flags}", dst)
+    seconds = time.perf_counter() - t0
     print(res.stdout)
     summary = json.loads((dst / "export" / "blend" / "blend.json").read_text())
-    row = {"experiments": experiments, "mean": mean, "summary": summary,
+    row = {"experiments": experiments, "mean": mean, "temperature": temperature,
+           "blend_seconds": seconds, "summary": summary,
            **test_scores(dst / "export" / "blend" / "submission.csv", data)}
     print(f"blend test accuracy {row['test_accuracy']:.4f} log loss {row['test_logloss']:.4f}")
     out.write_text(json.dumps(row, indent=2) + "\n")
@@ -266,12 +296,17 @@ def main(argv=None) -> None:
     r.add_argument("--epochs", type=int, default=4)
     r.add_argument("--fold", type=int, default=None,
                    help="train and score only this fold's model (default: the whole pipeline)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a -S override for every variant of this run (after the base, before the "
+                        "variant's own), e.g. --set train.model=test_resnet --set preprocess.height=56")
     r.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist.json")
     b = sub.add_parser("blend", help="foldwise-blend finished experiments, scored on the test labels")
     b.add_argument("data_dir", type=Path)
     b.add_argument("work_dir", type=Path)
     b.add_argument("experiments", nargs="+")
     b.add_argument("--mean", default="arithmetic")
+    b.add_argument("--temperature", action="store_true",
+                   help="foldwise-blend --temperature: a temperature fit with the weights")
     b.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist-blend.json")
     t = sub.add_parser("timm", help="timm's train.py on one fold at the same settings")
     t.add_argument("data_dir", type=Path)
@@ -287,13 +322,13 @@ def main(argv=None) -> None:
     if args.command == "write":
         write(args.data_dir)
     elif args.command == "blend":
-        blend(args.data_dir, args.work_dir, args.experiments, args.mean, args.out)
+        blend(args.data_dir, args.work_dir, args.experiments, args.mean, args.out, args.temperature)
     elif args.command == "timm":
         timm_side_by_side(args.data_dir, args.work_dir, args.fold, args.epochs, args.timm_repo,
                           args.out, args.timm_args)
     else:
         run(args.data_dir, args.work_dir, args.variants.split(","), args.folds, args.epochs, args.out,
-            args.fold)
+            args.fold, args.set)
 
 
 if __name__ == "__main__":
