@@ -55,11 +55,12 @@ def build_net(cfg: dict, task, meta: dict, in_chans: int):
     the normalisation, for the checkpoint's spec."""
     backbone, weights = create_backbone(cfg["model"], task.num_outputs, in_chans,
                                         cfg["pretrained"], cfg["weights_file"], cfg["weights_match"],
-                                        cfg["pretrained_fallback"])
+                                        cfg["pretrained_fallback"], cfg["model_kwargs"])
     mean, std = input_normalisation(backbone, weights, meta["mean"], meta["std"])
     return Normalised(backbone, mean, std), weights, {"model": cfg["model"], "mean": mean, "std": std,
                                                       "num_outputs": task.num_outputs,
-                                                      "in_chans": in_chans}
+                                                      "in_chans": in_chans,
+                                                      "model_kwargs": cfg["model_kwargs"]}
 
 
 def summarise(result, task, y_val) -> dict:

@@ -90,3 +90,31 @@ def test_unreachable_hub_weights_are_an_error_unless_the_fallback_is_allowed():
     allowed = hub_offline(True)
     assert allowed.stdout.strip().splitlines()[-1] == "random (hub unreachable)", allowed.stderr[-2000:]
     assert "training from random init" in allowed.stderr
+
+
+def test_model_kwargs_reach_timm_and_the_rebuilt_checkpoint(tmp_path):
+    """train.model_kwargs go to timm.create_model in training and again when export or predict
+    rebuild the network from the checkpoint's spec: catavgmax pooling doubles the classifier's
+    input, so a rebuild without them could not load the weights."""
+    from foldwise import checkpoints
+    from foldwise.models import Normalised, load_checkpoint
+    kwargs = {"global_pool": "catavgmax", "drop_path_rate": 0.2}
+    net, _ = create_backbone("resnet10t", 3, 1, model_kwargs=kwargs)
+    assert net.fc.in_features == 2 * timm.create_model("resnet10t", num_classes=3).fc.in_features
+    assert max(getattr(m, "drop_prob", 0.0) for m in net.modules()) == pytest.approx(0.2)
+    wrapped = Normalised(net, [0.5], [0.25]).eval()
+    spec = {"model": "resnet10t", "mean": [0.5], "std": [0.25], "num_outputs": 3, "in_chans": 1,
+            "model_kwargs": kwargs}
+    checkpoints.save({"spec": spec, "state_dict": wrapped.state_dict(), "fold": 0}, tmp_path / "m.pt")
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(load_checkpoint(tmp_path / "m.pt")(x), wrapped(x))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bogus_rate": 0.1}, r"train.model_kwargs \['bogus_rate'\] are not all keywords of timm's resnet10t"),
+    ({"num_classes": 5}, r"train.model_kwargs.num_classes is set by foldwise itself"),
+])
+def test_model_kwargs_timm_does_not_take_are_named(kwargs, message):
+    for pretrained in (False, True):  # never mistaken for unreachable hub weights
+        with pytest.raises(InputError, match=message):
+            create_backbone("resnet10t", 3, 3, pretrained=pretrained, model_kwargs=kwargs)

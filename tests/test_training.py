@@ -93,6 +93,28 @@ def test_augment_without_settings_is_the_identity_and_flip_mirrors():
     assert any(torch.allclose(f, x, atol=1e-6) for f in flips)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_colour_jitter_is_torchvisions_brightness_contrast_saturation(channels):
+    """Each image's drawn factors, applied by torchvision's own functional ops in the same
+    order, give the same batch; brightness is a gain, so a black background stays black."""
+    from torchvision.transforms.v2 import functional as TF
+    from foldwise.augment import apply, draw
+    cfg = {**NO_AUGMENT, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4}
+    x = torch.rand(6, channels, 10, 12)
+    x[:, :, :, :4] = 0.0  # a black band
+    d = draw(6, cfg, torch.Generator().manual_seed(3))
+    out = apply(x, d, cfg)
+    for i in range(6):
+        saturation, contrast, brightness = d.colour[i].tolist()
+        want = TF.adjust_contrast(TF.adjust_brightness(x[i], brightness), contrast)
+        if channels == 3:
+            want = TF.adjust_saturation(want, saturation)
+        torch.testing.assert_close(out[i], want, atol=1e-4, rtol=0)  # float order of the blend
+    bright = apply(x, d, {**cfg, "contrast": 0.0, "saturation": 0.0})
+    assert bright[:, :, :, :4].abs().max() == 0.0
+    assert not torch.allclose(bright, x)  # it did change the rest
+
+
 FULL_RECIPE = {"lr_per_step": True, "clip_grad": 1.0, "ema": {"decay": 0.9, "warmup": True},
                "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5}}
 

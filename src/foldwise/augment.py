@@ -1,5 +1,9 @@
 """Batch augmentation on the device, as one random affine warp plus colour jitter.
 
+The colour jitter is torchvision's ColorJitter in a fixed order (brightness, contrast,
+saturation), computed as its functional ops compute them: brightness scales the pixels (black
+stays black), contrast blends with the image's mean grey level, saturation with its grey image.
+
 Every random number of a batch is drawn on the CPU from the fold's generator (`draw`), so a
 seed gives the same augmentation on any device, and travels to the device in one non-blocking
 copy; `apply` then warps and jitters the whole batch there. The affine matrices stay on the
@@ -27,7 +31,7 @@ def check(cfg: dict, hflip_safe: bool) -> None:
 @dataclass
 class Draw:
     theta: torch.Tensor  # (n, 2, 3) affine matrices in grid_sample's normalised frame
-    colour: torch.Tensor  # (n, 3): saturation factor, contrast gain, brightness bias
+    colour: torch.Tensor  # (n, 3): saturation, contrast and brightness factors
 
     def rows(self, rows: slice) -> "Draw":
         """The draws of some of the batch's images (one rank's part of it)."""
@@ -72,7 +76,7 @@ def draw(n: int, cfg: dict, generator: torch.Generator, aspect: float = 1.0) -> 
     theta = random_affine(n, cfg, generator, aspect)
     u = torch.rand(n, 3, generator=generator) * 2 - 1
     colour = torch.stack([1 + u[:, 0] * cfg["saturation"], 1 + u[:, 1] * cfg["contrast"],
-                          u[:, 2] * cfg["brightness"]], 1)
+                          1 + u[:, 2] * cfg["brightness"]], 1)
     return Draw(theta, colour)
 
 
@@ -88,13 +92,24 @@ def apply(x: torch.Tensor, d: Draw, cfg: dict) -> torch.Tensor:
         grid = F.affine_grid(d.theta.to(x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     colour = d.colour.to(x.dtype)[:, :, None, None, None]
+    if cfg["brightness"]:
+        x = (x * colour[:, 2]).clamp(0, 1)
+    if cfg["contrast"]:
+        mean = grey(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = (mean + (x - mean) * colour[:, 1]).clamp(0, 1)
     if cfg["saturation"] and x.shape[1] == 3:
-        grey = x.mean(dim=1, keepdim=True)
-        x = (grey + (x - grey) * colour[:, 0]).clamp(0, 1)
-    if cfg["brightness"] or cfg["contrast"]:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = ((x - mean) * colour[:, 1] + mean + colour[:, 2]).clamp(0, 1)
+        g = grey(x)
+        x = (g + (x - g) * colour[:, 0]).clamp(0, 1)
     return x
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma with ITU-R 601 weights, as torchvision's rgb_to_grayscale; a
+    one-channel batch is its own grey."""
+    if x.shape[1] != 3:
+        return x
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    return (x * w[:, None, None]).sum(dim=1, keepdim=True)
 
 
 def augment(x: torch.Tensor, cfg: dict, generator: torch.Generator):

@@ -28,9 +28,30 @@ class Normalised(nn.Module):
         return self.backbone((x - self.mean) / self.std)
 
 
+RESERVED_KWARGS = ("num_classes", "in_chans", "pretrained", "pretrained_cfg", "checkpoint_path")
+
+
+def timm_model(name: str, pretrained: bool, model_kwargs: dict | None = None, **kwargs) -> nn.Module:
+    """timm.create_model with params.yaml's `train.model_kwargs` (drop_path_rate, drop_rate,
+    ...); a keyword the architecture does not take is an error that names the key."""
+    extra = dict(model_kwargs or {})
+    clash = [k for k in extra if k in RESERVED_KWARGS]
+    if clash:
+        raise InputError(f"params.yaml: train.model_kwargs.{clash[0]} is set by foldwise itself "
+                         "(from the task, the image mode and train.pretrained); remove it")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs, **extra)
+    except TypeError as err:
+        if not extra:
+            raise
+        raise InputError(f"params.yaml: train.model_kwargs {sorted(extra)} are not all keywords "
+                         f"of timm's {name} ({err})") from None
+
+
 def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool = False,
                     weights_file: str = "", weights_match: str = "name",
-                    pretrained_fallback: bool = False) -> tuple[nn.Module, str]:
+                    pretrained_fallback: bool = False,
+                    model_kwargs: dict | None = None) -> tuple[nn.Module, str]:
     """A timm model; weights from `weights_file` if given, else the hub if `pretrained`, else
     random. Returns the model and where its weights came from.
 
@@ -38,14 +59,16 @@ def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool
     from random init (a silent fallback would cost a user a day of worse results)."""
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise InputError(f"params.yaml: train.model={name!r} is not a timm model name")
-    kwargs = dict(num_classes=num_outputs, in_chans=in_chans)
+    kwargs = dict(num_classes=num_outputs, in_chans=in_chans, model_kwargs=model_kwargs)
     if weights_file:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = timm_model(name, False, **kwargs)
         load_weights_file(model, weights_file, weights_match)
         return model, f"file:{weights_file}"
     if pretrained:
         try:
-            return timm.create_model(name, pretrained=True, **kwargs), "hub"
+            return timm_model(name, True, **kwargs), "hub"
+        except InputError:
+            raise
         except Exception as err:  # no network, or no weights published for this name
             if not pretrained_fallback:
                 raise InputError(f"params.yaml: train.pretrained is true, but the weights of {name} "
@@ -54,8 +77,8 @@ def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool
                                  "train from random init") from None
             log.warning("pretrained weights for %s unavailable (%s); training from random init",
                         name, err)
-            return timm.create_model(name, pretrained=False, **kwargs), "random (hub unreachable)"
-    return timm.create_model(name, pretrained=False, **kwargs), "random"
+            return timm_model(name, False, **kwargs), "random (hub unreachable)"
+    return timm_model(name, False, **kwargs), "random"
 
 
 BN_PARTS = ("weight", "bias", "running_mean", "running_var")
@@ -134,8 +157,8 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     """Rebuild a fold's network from its checkpoint (architecture spec + weights)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     spec = ckpt["spec"]
-    backbone = timm.create_model(spec["model"], pretrained=False, num_classes=spec["num_outputs"],
-                                 in_chans=spec["in_chans"])
+    backbone = timm_model(spec["model"], False, spec.get("model_kwargs"),
+                          num_classes=spec["num_outputs"], in_chans=spec["in_chans"])
     net = Normalised(backbone, spec["mean"], spec["std"])
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()

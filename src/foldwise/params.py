@@ -29,7 +29,7 @@ SCHEMA = {
     },
     "preprocess": {"height": int, "width": int, "crop": list, "mode": str, "workers": int},
     "train": {
-        "model": str, "pretrained": bool, "pretrained_fallback": bool, "weights_file": str,
+        "model": str, "model_kwargs": dict, "pretrained": bool, "pretrained_fallback": bool, "weights_file": str,
         "weights_match": str, "epochs": int, "batch_size": int, "optimizer": str,
         "momentum": NUMBER, "weight_decay": NUMBER, "scheduler": str, "warmup_epochs": int,
         "warmup_lr": NUMBER, "min_lr": NUMBER, "decay_epochs": NUMBER, "decay_rate": NUMBER,
