@@ -119,7 +119,7 @@ def base_params(data: Path, folds: int, epochs: int):
         p["data"].update(source="folders", root=str(data))
         p["preprocess"].update(height=28, width=28, crop=[0.0, 0.0, 1.0, 1.0], mode="L")
         p["train"].update(model="resnet10t", epochs=epochs, batch_size=64, warmup_epochs=1,
-                          patience=epochs)
+                          patience=epochs, clip_grad=0.0)  # the `clip` variant turns it on
         p["train"]["augment"].update(hflip=True, shift=0.06, scale=0.06, rotate=5, crop_area=1.0,
                                      saturation=0.0)
     return change
@@ -186,9 +186,8 @@ def fold_minutes(project_dir: Path, folds: int) -> list[float]:
 def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: Path,
         fold: int | None = None, common: list[str] = ()) -> None:
     dst = work / "project"
-    if not (dst / ".git").is_dir():
-        dst.mkdir(parents=True, exist_ok=True)
-        project.copy(dst, base_params(data.resolve(), folds, epochs))
+    dst.mkdir(parents=True, exist_ok=True)
+    project.copy(dst, base_params(data.resolve(), folds, epochs))  # this checkout's code, again
     rows = []
     for name in names:
         overrides = [*common, *VARIANTS[name]]

@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def copy(dst: Path, change_params=None) -> Path:
-    """This checkout's tracked files into `dst`, `change_params(params)` applied, committed."""
+    """This checkout's tracked files into `dst`, `change_params(params)` applied, committed.
+
+    Into an existing copy too: it then gets this checkout's code again, so that DVC sees a
+    changed dependency and retrains rather than restoring results of older code from its
+    run-cache (the stages import this checkout's `src/` through PYTHONPATH either way)."""
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
     for f in files:
@@ -25,7 +29,7 @@ def copy(dst: Path, change_params=None) -> Path:
         params = yaml.safe_load((dst / "params.yaml").read_text())
         change_params(params)
         (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run("git init -q && git add -A && git commit -qm bench", dst)
+    run("git init -q && git add -A && (git diff --cached --quiet || git commit -qm bench)", dst)
     return dst
 
 
