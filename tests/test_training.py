@@ -109,7 +109,7 @@ def test_colour_jitter_is_torchvisions_brightness_contrast_saturation(channels):
         want = TF.adjust_contrast(TF.adjust_brightness(x[i], brightness), contrast)
         if channels == 3:
             want = TF.adjust_saturation(want, saturation)
-        torch.testing.assert_close(out[i], want, atol=1e-4, rtol=0)  # float order of the blend
+        torch.testing.assert_close(out[i], want, atol=1e-4, rtol=0)  # red weighed 0.299, not 0.2989
     bright = apply(x, d, {**cfg, "contrast": 0.0, "saturation": 0.0})
     assert bright[:, :, :, :4].abs().max() == 0.0
     assert not torch.allclose(bright, x)  # it did change the rest

@@ -104,8 +104,8 @@ def apply(x: torch.Tensor, d: Draw, cfg: dict) -> torch.Tensor:
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) luma with ITU-R 601 weights, as torchvision's rgb_to_grayscale; a
-    one-channel batch is its own grey."""
+    """(N, 1, H, W) luma with ITU-R 601 weights (torchvision's rgb_to_grayscale rounds red to
+    0.2989: grey levels agree to 1e-4); a one-channel batch is its own grey."""
     if x.shape[1] != 3:
         return x
     w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)

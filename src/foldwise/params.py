@@ -29,8 +29,8 @@ SCHEMA = {
     },
     "preprocess": {"height": int, "width": int, "crop": list, "mode": str, "workers": int},
     "train": {
-        "model": str, "model_kwargs": dict, "pretrained": bool, "pretrained_fallback": bool, "weights_file": str,
-        "weights_match": str, "epochs": int, "batch_size": int, "optimizer": str,
+        "model": str, "model_kwargs": dict, "pretrained": bool, "pretrained_fallback": bool,
+        "weights_file": str, "weights_match": str, "epochs": int, "batch_size": int, "optimizer": str,
         "momentum": NUMBER, "weight_decay": NUMBER, "scheduler": str, "warmup_epochs": int,
         "warmup_lr": NUMBER, "min_lr": NUMBER, "decay_epochs": NUMBER, "decay_rate": NUMBER,
         "label_smoothing": NUMBER, "patience": int, "channels_last": bool, "amp": bool,
