@@ -4,12 +4,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
-# this checkout's code first, also when VENV is shared with another checkout
-export PYTHONPATH := $(CURDIR)/src
 
 J ?= 2
 
-.PHONY: repro test bench mlflow-ui mlflow-server task folds
+.PHONY: here repro test test-fast bench mlflow-ui mlflow-server task folds
 
 # the pipeline's own dependencies; the tests' (pytest, Playwright, Ray, psycopg) on top, only for
 # `make test`, so that a first `make repro` does not wait for them
@@ -30,25 +28,35 @@ $(VENV)/.foldwise-server-installed: $(VENV)/.foldwise-installed
 	$(BIN)/python -m pip install -q -e '.[server]'
 	touch $@
 
-repro: $(VENV)/.foldwise-installed
+# the editable install is the one way foldwise reaches the path: with a VENV shared between
+# checkouts, point it at this one
+here: $(VENV)/.foldwise-installed
+	@$(BIN)/python -c "import foldwise, sys; sys.exit(not foldwise.__file__.startswith('$(CURDIR)/src/'))" \
+		|| $(BIN)/python -m pip install -q --no-deps -e .
+
+repro: here
 	dvc repro
 
-test: $(VENV)/.foldwise-test-installed
-	$(BIN)/python -m pytest -q
+# CI: every test, the 25 slowest listed; test-fast: the unit tests only, for the inner loop
+test: here $(VENV)/.foldwise-test-installed
+	$(BIN)/python -m pytest -q --durations=25
 
-folds: $(VENV)/.foldwise-installed  # make folds J=4: the folds 4 at a time (a GPU each), then the rest
-	$(BIN)/python -m foldwise.parallel --jobs $(J)
+test-fast: here $(VENV)/.foldwise-test-installed
+	$(BIN)/python -m pytest -q -m "not e2e and not extended and not gpu" --durations=10
 
-bench: $(VENV)/.foldwise-installed  # make bench ARGS="--scale 1.0"
+folds: here  # make folds J=4: the folds 4 at a time (a GPU each), then the rest
+	$(BIN)/python -m foldwise.scale.parallel --jobs $(J)
+
+bench: here  # make bench ARGS="--scale 1.0"
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
-task: $(VENV)/.foldwise-installed  # make task TASK=keypoints
+task: here  # make task TASK=keypoints
 	$(BIN)/python -m foldwise.presets $(TASK)
 
-mlflow-ui: $(VENV)/.foldwise-installed
+mlflow-ui: here
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 # a team's tracking server: PostgreSQL backend, artifacts served by the server (README)
 # make mlflow-server ARGS="--host 0.0.0.0"; or ARGS="--backend-store-uri postgresql+psycopg://..."
 mlflow-server: $(VENV)/.foldwise-server-installed
-	$(BIN)/python -m foldwise.server $(ARGS)
+	$(BIN)/python -m foldwise.scale.server $(ARGS)

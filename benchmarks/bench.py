@@ -45,12 +45,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from foldwise.cache import build_cache  # noqa: E402
-from foldwise.loader import Rows, device_batches, open_cache, to_float  # noqa: E402
-from foldwise.recipe import Recipe  # noqa: E402
-from foldwise.sources import statefarm  # noqa: E402
+from foldwise.data.cache import build_cache  # noqa: E402
+from foldwise.train.loader import Rows, device_batches, open_cache, to_float  # noqa: E402
+from foldwise.train.recipe import Recipe  # noqa: E402
+from foldwise.data.sources import statefarm  # noqa: E402
 from foldwise.tasks import Classification  # noqa: E402
-from foldwise.training import predict, train_epoch  # noqa: E402
+from foldwise.train.loop import predict, train_epoch  # noqa: E402
 
 import project  # noqa: E402  (benchmarks/project.py)
 
@@ -194,10 +194,10 @@ RSS_CHILD = """
 import sys, threading, time, numpy as np, torch
 sys.path.insert(0, {src!r}); sys.path.insert(0, {bench!r})
 from bench import model_and_optimizer, NO_AUGMENT
-from foldwise.recipe import Recipe
-from foldwise.loader import Rows, open_cache
+from foldwise.train.recipe import Recipe
+from foldwise.train.loader import Rows, open_cache
 from foldwise.tasks import Classification
-from foldwise.training import train_epoch
+from foldwise.train.loop import train_epoch
 peak = [0, 0]
 def anon():
     fields = dict(l.split(':', 1) for l in open('/proc/self/status'))

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import project  # noqa: E402  (benchmarks/project.py)
 
 sys.path.insert(0, str(project.ROOT / "src"))
-from foldwise import calibration  # noqa: E402
+from foldwise.ensemble import calibration  # noqa: E402
 
 IDX = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",

@@ -17,8 +17,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from foldwise import params as P  # noqa: E402
-from foldwise.cache import load_image  # noqa: E402
-from foldwise.sources import get_source  # noqa: E402
+from foldwise.data.cache import load_image  # noqa: E402
+from foldwise.data.sources import get_source  # noqa: E402
 
 
 def full_decode(path, height, width):

@@ -4,10 +4,9 @@ usage: python stages/sample.py OUT_DIR
 params: seed, data.source, sample.<source> (the sample's size and variant)
 """
 
-import _src  # noqa: F401
 
 from foldwise import params as P, stage
-from foldwise.sources import get_source
+from foldwise.data.sources import get_source
 
 
 def main():

@@ -8,13 +8,30 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+
+# markers by module (pyproject.toml describes them); single tests carry their own
+E2E = {"test_pipeline", "test_tasks_pipeline", "test_kill_resume", "test_parallel_folds",
+       "test_concurrent_experiments", "test_distributed"}
+EXTENDED = {"test_tracking_server", "test_workers", "test_bench"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in E2E:
+            item.add_marker(pytest.mark.e2e)
+        if module in EXTENDED:
+            item.add_marker(pytest.mark.extended)
+        if item.get_closest_marker("gpu"):
+            import torch
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture(scope="session")
 def statefarm_sample(tmp_path_factory):
     """A small synthetic State Farm set, written once per test session."""
-    from foldwise.sources import statefarm
+    from foldwise.data.sources import statefarm
 
     root = tmp_path_factory.mktemp("statefarm") / "data"
     statefarm.write_sample(root, drivers=6, per_class=3, test_drivers=1, test_per_class=1, seed=1)
@@ -25,7 +42,7 @@ def project_env() -> dict:
     """The environment of a command in a project copy: this venv's tools first on PATH."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(ROOT / "src"))
+               GIT_COMMITTER_EMAIL="t@t")
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 

@@ -6,8 +6,8 @@ import pytest
 from scipy.stats import gmean
 from sklearn.metrics import log_loss
 
-from foldwise import blend
-from foldwise.bagging import average
+from foldwise.ensemble import blend
+from foldwise.ensemble.bagging import average
 from foldwise.errors import InputError
 
 CLASSES = [f"c{k}" for k in range(10)]

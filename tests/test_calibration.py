@@ -7,8 +7,8 @@ import torch
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from foldwise import calibration
-from foldwise.export import Bagged
+from foldwise.ensemble import calibration
+from foldwise.deploy.export import Bagged
 
 
 def overconfident(n=4000, classes=5, factor=3.0, seed=0):

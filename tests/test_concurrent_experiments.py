@@ -87,7 +87,7 @@ def test_experiments_blend_by_name_with_the_workspace_bag_into_one_submission(qu
     import dvc.api
     import mlflow
     import pandas as pd
-    from foldwise.blend import experiment_revs
+    from foldwise.ensemble.blend import experiment_revs
     dst, _ = queued
     out = sh("foldwise-blend exp-a exp-c data/bagged --out export/blend", dst).stdout
     assert "fitted, cross-validated" in out

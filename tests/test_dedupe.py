@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image, ImageEnhance
 
-from foldwise import dedupe
-from foldwise.cache import build_cache
-from foldwise.folds import assign_folds
-from foldwise.sources import folders
+from foldwise.data import dedupe
+from foldwise.data.cache import build_cache
+from foldwise.data.folds import assign_folds
+from foldwise.data.sources import folders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +125,8 @@ def run_split(tmp_path, data_root, folds):
     params["split"].update(dedupe=True, hash_distance=8)
     params["folds"] = list(range(folds))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(data_root), "folds.csv",
-                          "duplicates.csv", "duplicates.png"], cwd=tmp_path, env=env,
+                          "duplicates.csv", "duplicates.png"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout, pd.read_csv(tmp_path / "folds.csv").set_index("id")["fold"]

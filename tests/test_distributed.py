@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, make_project, project_env, sh, tiny_statefarm
 
-from foldwise import distributed
+from foldwise.train import distributed
 
 # a fold trained by `train_fold` on toy data; one process or each rank of a torchrun launch
 # writes its results to OUT/rank<r>.npz
@@ -20,11 +20,11 @@ SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np, timm, torch
     from torch import nn
-    from foldwise import distributed
+    from foldwise.train import distributed
     from foldwise.models import Normalised
     from foldwise.tasks import Classification
-    from foldwise import training
-    from foldwise.training import train_fold
+    from foldwise.train import loop as training
+    from foldwise.train.loop import train_fold
     sys.path.insert(0, {tests!r})
     from test_training import CFG, toy_data
 
@@ -170,10 +170,10 @@ def test_the_saved_checkpoint_is_the_one_that_predicted(project):
     """Rank 0's weights (and BatchNorm statistics) are saved; predicting the validation rows
     with them in one process gives the fold's OOF table, which the two ranks predicted."""
     import torch
-    from foldwise.loader import open_cache, Rows
+    from foldwise.train.loader import open_cache, Rows
     from foldwise.models import load_checkpoint
     from foldwise.tasks import Classification
-    from foldwise.training import predict
+    from foldwise.train.loop import predict
     two = project
     folds = pd.read_csv(two / "data/folds.csv", dtype={"id": str})
     rows = np.flatnonzero(folds["fold"].to_numpy() == 0)

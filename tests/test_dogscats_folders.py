@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from foldwise.errors import InputError
-from foldwise.sources import dogscats, folders
+from foldwise.data.sources import dogscats, folders
 from foldwise.tasks import Classification
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import timm
 import torch
 
-from foldwise import export
-from foldwise.bagging import average
+from foldwise.deploy import export
+from foldwise.ensemble.bagging import average
 from foldwise.models import Normalised
 
 

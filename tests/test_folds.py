@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from foldwise.errors import InputError
-from foldwise.folds import assign_folds
+from foldwise.data.folds import assign_folds
 
 
 def make_groups(n_groups=12, per_group=30, n_classes=5, seed=0):

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from foldwise.cache import load_image
+from foldwise.data.cache import load_image
 from foldwise.errors import InputError
-from foldwise.sources import dogscats, folders, statefarm
+from foldwise.data.sources import dogscats, folders, statefarm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,10 +132,9 @@ def test_a_stage_refuses_a_hostile_row_in_one_line_without_traceback(sf, tmp_pat
     table = pd.read_csv(csv)
     table.loc[0, "img"] = "/etc/hostname"
     table.to_csv(csv, index=False)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(sf), "folds.csv", "d.csv", "d.png"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True)
+                         cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr == f"error: {csv}, line 2: img '/etc/hostname' is not a plain file name " \
                          "(the layout lists names like img_44733.jpg)\n"

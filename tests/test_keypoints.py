@@ -7,7 +7,7 @@ import torch
 
 from foldwise.errors import InputError
 from foldwise.metrics import masked_rmse
-from foldwise.sources import keypoints as kp
+from foldwise.data.sources import keypoints as kp
 from foldwise.tasks import Keypoints
 
 
@@ -88,7 +88,7 @@ def test_random_warps_keep_points_on_the_drawn_features(height, width):
     t = Keypoints(kp.COLUMNS, (height, width), kp.FLIP_PAIRS)
     pixels = np.full((1, 30), np.nan)
     pixels[0, :2] = [61.5, 41.5]
-    from foldwise.augment import augment
+    from foldwise.train.augment import augment
     gen = torch.Generator().manual_seed(int(rng.integers(1000)))
     cfg = {"shift": 0.05, "scale": 0.1, "rotate": 30, "hflip": False, "crop_area": 1.0,
            "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
@@ -127,6 +127,20 @@ def test_submission_through_the_lookup_table_and_the_course_layout(sample, tmp_p
     kp.write_submission(ids, coords, {"root": str(tmp_path)}, tmp_path / "course.csv")
     course = pd.read_csv(tmp_path / "course.csv")
     assert list(course.columns) == ["ImageId"] + list(kp.COLUMNS) and len(course) == 4
+
+
+def test_the_course_variant_has_every_point_no_lookup_and_submits_30_coordinates(tmp_path):
+    """The course layout end to end through the source: every coordinate present, no lookup
+    table, so the submission is one row of 30 coordinates per test image (ImageId first)."""
+    root = tmp_path / "course"
+    kp.write_sample(root, train=12, test=5, variant="course", sparse_fraction=0.6, seed=1)
+    data = kp.read(root)
+    assert not (root / "IdLookupTable.csv").exists() and not np.isnan(data.targets).any()
+    coords = np.full((len(data.test), 30), 40.0)
+    kp.write_submission(data.test["id"], coords, {"root": str(root)}, tmp_path / "sub.csv")
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert list(sub.columns) == ["ImageId"] + list(kp.COLUMNS) and len(sub) == 5
+    assert sub[list(kp.COLUMNS)].notna().all().all()
 
 
 def test_predictions_are_clipped_to_the_image():

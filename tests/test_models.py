@@ -96,7 +96,7 @@ def test_model_kwargs_reach_timm_and_the_rebuilt_checkpoint(tmp_path):
     """train.model_kwargs go to timm.create_model in training and again when export or predict
     rebuild the network from the checkpoint's spec: catavgmax pooling doubles the classifier's
     input, so a rebuild without them could not load the weights."""
-    from foldwise import checkpoints
+    from foldwise.train import checkpoints
     from foldwise.models import Normalised, load_checkpoint
     kwargs = {"global_pool": "catavgmax", "drop_path_rate": 0.2}
     net, _ = create_backbone("resnet10t", 3, 1, model_kwargs=kwargs)

@@ -7,7 +7,7 @@ import timm
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from foldwise import neighbours
+from foldwise.ensemble import neighbours
 from foldwise.models import Normalised
 
 

@@ -1,4 +1,4 @@
-"""`make folds J=2` (`python -m foldwise.parallel --jobs 2`): three folds trained two at a time by
+"""`make folds J=2` (`python -m foldwise.scale.parallel --jobs 2`): three folds trained two at a time by
 concurrent `dvc repro` processes in one workspace, then the rest of the DAG. Every fold trains
 once, the folds really overlap, the results equal a sequential `dvc repro`'s, a following
 `dvc repro` does nothing, and the MLflow parent holds one finished run per fold."""
@@ -10,7 +10,7 @@ from conftest import REFERENCE_FOLDS as FOLDS, make_project, reference_params, s
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory, reference_project):
     dst = make_project(tmp_path_factory.mktemp("parallel") / "project", reference_params)
-    out = sh("python -m foldwise.parallel --jobs 2", dst).stdout
+    out = sh("python -m foldwise.scale.parallel --jobs 2", dst).stdout
     return dst, reference_project, out
 
 
@@ -45,14 +45,29 @@ def test_the_results_equal_a_sequential_repro(parallel):
         return {name: dict((o["path"], o["md5"]) for o in s.get("outs", [])) for name, s in lock.items()}
     a, b = outs(dst), outs(sequential)
     assert a.keys() == b.keys()
-    # train outputs hold MLflow run ids (run.json) and evaluate the measured throughput (see
-    # test_determinism); everything else has the same hash, and the folds the same predictions
+    # train outputs hold MLflow run ids (run.json) and evaluate the measured throughput; everything else has the same hash, and the folds the same predictions
     for name in ("sample", "split", "preprocess", "bag", "neighbours"):
         assert a[name] == b[name], name
     assert a["export"]["export/submission.csv"] == b["export"]["export/submission.csv"]
     for k in range(FOLDS):
         for f in ("oof.csv", "test.csv"):
             assert (dst / f"models/fold_{k}/{f}").read_bytes() == (sequential / f"models/fold_{k}/{f}").read_bytes()
+
+
+def test_the_folds_keep_identical_weights_and_histories(parallel):
+    """The same params on the CPU give identical results, file for file, however the folds were
+    scheduled: the weights too, and every history column but the measured throughput."""
+    import pandas as pd
+    import torch
+    dst, sequential, _ = parallel
+    for k in range(FOLDS):
+        wa, wb = (torch.load(d / f"models/fold_{k}/model.pt", weights_only=True)["state_dict"]
+                  for d in (dst, sequential))
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[n], wb[n]) for n in wa), k
+        ha, hb = (pd.read_csv(d / f"metrics/history/fold_{k}.csv").drop(columns="images_per_s")
+                  for d in (dst, sequential))
+        pd.testing.assert_frame_equal(ha, hb)
 
 
 def test_a_following_repro_does_nothing(parallel):
@@ -75,7 +90,7 @@ def test_a_failing_fold_is_named_and_no_further_fold_starts(tmp_path):
         reference_params(params)
         params["train"]["model"] = "no_such_net"  # upstream stages do not read it: folds fail
     dst = make_project(tmp_path / "project", broken)
-    res = sh("python -m foldwise.parallel --jobs 2", dst, check=False)
+    res = sh("python -m foldwise.scale.parallel --jobs 2", dst, check=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "error: train@" in res.stderr and "failed (whole log: .foldwise/logs/train@" in res.stderr
     assert "'no_such_net' is not a timm model name" in res.stderr

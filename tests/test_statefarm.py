@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldwise.cache import build_cache
+from foldwise.data.cache import build_cache
 from foldwise.errors import InputError
-from foldwise.folds import assign_folds
-from foldwise.sources import statefarm
+from foldwise.data.folds import assign_folds
+from foldwise.data.sources import statefarm
 
 
 @pytest.fixture
@@ -136,15 +136,15 @@ def test_no_room_for_the_cache_is_an_error_naming_the_file_not_a_crash(statefarm
     import subprocess
     import sys
     paths = [str(p) for p in statefarm.read(statefarm_sample).train["path"][:8]]
-    code = ("import resource, signal, sys; sys.path.insert(0, %r)\n"
+    code = ("import resource, signal\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-            "from foldwise.cache import build_cache\n"
+            "from foldwise.data.cache import build_cache\n"
             "from foldwise.errors import InputError\n"
             "try:\n"
             "    build_cache(%r, %r, 96, 128, workers=1)\n"
             "except InputError as err:\n"
-            "    print(err)\n") % (str(Path(__file__).parents[1] / "src"), paths, str(tmp_path / "train.npy"))
+            "    print(err)\n") % (paths, str(tmp_path / "train.npy"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "cannot reserve 0.3 MiB for the cache (File too large)" in out.stdout, out.stdout

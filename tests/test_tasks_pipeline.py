@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import make_project, sh
 
-from foldwise.sources import keypoints as kp
+from foldwise.data.sources import keypoints as kp
 
 FOLDS = [0, 1]
 
@@ -65,15 +65,6 @@ def test_keypoints_submission_follows_the_lookup_table(keypoints_project):
     assert sub["Location"].between(0, 95).all()
 
 
-def test_keypoints_course_variant_writes_30_coordinates_per_image(keypoints_project):
-    dst = keypoints_project
-    sh("dvc exp run -S sample.keypoints.variant=course -S train.epochs=1 -S train.warmup_epochs=0", dst)
-    sub = pd.read_csv(dst / "export/submission.csv")
-    assert list(sub.columns) == ["ImageId"] + list(kp.COLUMNS)
-    assert len(sub) == 40 and sub[list(kp.COLUMNS)].notna().all().all()
-    assert not (dst / "data/sample/keypoints/IdLookupTable.csv").exists()
-
-
 def dogscats_params(p):
     """Mirror and zoom views at test time, and a temperature fit out-of-fold; three folds (with
     two, 150 training images learnt too unevenly: OOF log loss 0.41-0.51 where three gave 0.22)."""
@@ -82,7 +73,7 @@ def dogscats_params(p):
 
 
 def test_dogs_vs_cats_beats_the_prior_and_calibrates_then_clips_as_chosen(tmp_path_factory):
-    from foldwise import calibration
+    from foldwise.ensemble import calibration
     dst = make_project(tmp_path_factory.mktemp("dc") / "project", dogscats_params, task="dogscats")
     sh("dvc repro", dst)
     m = metrics(dst)

@@ -1,5 +1,5 @@
 """A shared tracking server, for real: PostgreSQL from the distribution's packages and
-`python -m foldwise.server` (what `make mlflow-server` runs) on loopback, artifacts served by the
+`python -m foldwise.scale.server` (what `make mlflow-server` runs) on loopback, artifacts served by the
 server. A tiny pipeline, then two queued experiments at once (`dvc queue start -j 2`), log to it
 through params.yaml's `mlflow.tracking_uri`; every parent and fold run is there with its metrics
 and artifacts, the rows are in PostgreSQL, the files in the server's artifact folder, and nothing
@@ -45,7 +45,7 @@ def wait_for(url: str, proc, log: Path, timeout: float = 180) -> None:
 @pytest.fixture(scope="module")
 def server():
     from foldwise.errors import InputError
-    from foldwise.server import pg_tool
+    from foldwise.scale.server import pg_tool
     try:
         pg_tool("initdb")
     except InputError as err:
@@ -56,7 +56,7 @@ def server():
     pg_port, port = free_port(), free_port()
     log = base / "server.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "foldwise.server", "--pgdata", str(base / "pg"), "--pg-port", str(pg_port),
+        [sys.executable, "-m", "foldwise.scale.server", "--pgdata", str(base / "pg"), "--pg-port", str(pg_port),
          "--port", str(port), "--artifacts-destination", str(base / "artifacts")],
         env=project_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
@@ -154,7 +154,7 @@ def test_the_runs_are_rows_of_the_postgresql_backend(server, pipeline):
 
 def test_a_folder_that_is_not_a_cluster_is_refused_by_name(tmp_path):
     from foldwise.errors import InputError
-    from foldwise.server import start_postgres
+    from foldwise.scale.server import start_postgres
     (tmp_path / "notes.txt").write_text("not a database")
     with pytest.raises(InputError, match=f"{tmp_path}: not empty and not a PostgreSQL cluster"):
         start_postgres(tmp_path, free_port())
@@ -164,7 +164,7 @@ def test_a_folder_that_is_not_a_cluster_is_refused_by_name(tmp_path):
 def test_a_database_that_cannot_be_reached_is_one_clear_error(tmp_path):
     """A wrong --backend-store-uri: the server exits; the message names the database."""
     port = free_port()
-    res = subprocess.run([sys.executable, "-m", "foldwise.server", "--backend-store-uri",
+    res = subprocess.run([sys.executable, "-m", "foldwise.scale.server", "--backend-store-uri",
                           f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/mlflow", "--port", str(port),
                           "--artifacts-destination", str(tmp_path / "a")],
                          env=project_env(), capture_output=True, text=True, timeout=120)

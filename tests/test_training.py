@@ -4,11 +4,11 @@ import pytest
 import timm
 import torch
 
-from foldwise.augment import augment, check
+from foldwise.train.augment import augment, check
 from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
-from foldwise.training import train_fold
+from foldwise.train.loop import train_fold
 
 CFG = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.0,
        "scheduler": "cosine", "warmup_epochs": 0, "warmup_lr": 0.1, "min_lr": 0.01,
@@ -98,7 +98,7 @@ def test_colour_jitter_is_torchvisions_brightness_contrast_saturation(channels):
     """Each image's drawn factors, applied by torchvision's own functional ops in the same
     order, give the same batch; brightness is a gain, so a black background stays black."""
     from torchvision.transforms.v2 import functional as TF
-    from foldwise.augment import apply, draw
+    from foldwise.train.augment import apply, draw
     cfg = {**NO_AUGMENT, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4}
     x = torch.rand(6, channels, 10, 12)
     x[:, :, :, :4] = 0.0  # a black band
@@ -154,7 +154,7 @@ def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path, recipe)
 def test_rotation_is_a_rotation_in_pixels_on_non_square_images():
     """grid_sample's frame stretches x by 2/W and y by 2/H: the warp, taken back to pixels,
     must be orthogonal (no shear), whatever the aspect ratio."""
-    from foldwise.augment import random_affine
+    from foldwise.train.augment import random_affine
     gen = torch.Generator().manual_seed(0)
     cfg = {**NO_AUGMENT, "rotate": 40}
     height, width = 96, 128
@@ -198,6 +198,7 @@ def test_a_fold_whose_loss_is_never_finite_stops_with_a_clear_error():
                    x[:32], y[:32], x[32:], y[32:], x[:5], torch.device("cpu"))
 
 
+@pytest.mark.extended  # torch.compile: inductor builds C++ kernels, about a minute
 def test_compiled_training_learns_the_same_as_eager_and_keeps_plain_weight_names():
     """train.compile: true goes through torch.compile (inductor, here on the CPU); the kept
     weights load into the plain network, and predictions agree with eager training up to
@@ -214,7 +215,7 @@ def test_ema_is_validated_beside_the_weights_and_the_better_one_is_kept():
     the best figure of either, and the kept state is the one that scored it: loaded into the
     network, it predicts the kept validation predictions again."""
     from foldwise.metrics import multiclass_logloss
-    from foldwise.training import predict
+    from foldwise.train.loop import predict
     result = run(seed=2, ema={"decay": 0.8, "warmup": False}, epochs=5)
     h = result.history
     assert {"val_logloss", "ema_val_logloss", "val_is_ema"} <= set(h.columns)
@@ -256,8 +257,8 @@ def test_the_learning_rate_moves_every_update_on_timms_cosine():
     """lr_per_step: after u of U = epochs x updates_per_epoch updates, the lr is the cosine
     curve at u / U, by hand: min + (lr - min) (1 + cos(pi u / U)) / 2."""
     import math
-    from foldwise import recipe
-    from foldwise.training import create_scheduler
+    from foldwise.train import recipe
+    from foldwise.train.loop import create_scheduler
     net = torch.nn.Linear(2, 2)
     cfg = {**CFG, "lr_per_step": True, "epochs": 3, "warmup_epochs": 0, "min_lr": 0.01}
     opt = torch.optim.SGD(net.parameters(), lr=0.1)

@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from foldwise import tta
+from foldwise.train import tta
 from foldwise.errors import InputError
 from foldwise.models import Normalised
 

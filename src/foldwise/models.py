@@ -153,8 +153,21 @@ def input_normalisation(model: nn.Module, weights: str, dataset_mean, dataset_st
     return mean, std
 
 
+def create_network(cfg: dict, num_outputs: int, in_chans: int, data_mean, data_std):
+    """params.yaml's `train` network: timm's model with its input normalisation inside. Returns
+    the network, where its weights came from, and its spec, which the checkpoint stores and
+    `load_checkpoint` rebuilds the same network from."""
+    backbone, weights = create_backbone(cfg["model"], num_outputs, in_chans, cfg["pretrained"],
+                                        cfg["weights_file"], cfg["weights_match"],
+                                        cfg["pretrained_fallback"], cfg["model_kwargs"])
+    mean, std = input_normalisation(backbone, weights, data_mean, data_std)
+    spec = {"model": cfg["model"], "mean": mean, "std": std, "num_outputs": num_outputs,
+            "in_chans": in_chans, "model_kwargs": cfg["model_kwargs"]}
+    return Normalised(backbone, mean, std), weights, spec
+
+
 def load_checkpoint(path: str | Path) -> nn.Module:
-    """Rebuild a fold's network from its checkpoint (architecture spec + weights)."""
+    """Rebuild a fold's network from its checkpoint (the spec of `create_network` + weights)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     spec = ckpt["spec"]
     backbone = timm_model(spec["model"], False, spec.get("model_kwargs"),

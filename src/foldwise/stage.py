@@ -3,9 +3,12 @@ one clear line."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
+from pathlib import Path
 
+import foldwise
 from foldwise.errors import InputError
 
 
@@ -22,12 +25,34 @@ def arguments(doc: str, *names: tuple[str, str]) -> list[str]:
     return [getattr(args, name) for name, _ in names]
 
 
+def _code_digest(package: Path) -> str:
+    h = hashlib.sha1()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def check_code(cwd: str | Path | None = None) -> None:
+    """The editable install is the one way foldwise reaches the path, so a stage run in another
+    checkout of the project (a DVC experiment's temporary copy, a test's project) imports the
+    installed checkout's code, while DVC hashes the copy's. Same code: fine. Other code: the
+    results would not be what dvc.lock records, so the stage refuses to run."""
+    own = Path(cwd or Path.cwd()).resolve() / "src" / "foldwise"
+    imported = Path(foldwise.__file__).resolve().parent
+    if own.is_dir() and own != imported and _code_digest(own) != _code_digest(imported):
+        from foldwise.files import project_root  # pandas: only on the way to the error
+        raise InputError(f"this checkout's code ({own}) differs from the foldwise installed in "
+                         f"this Python ({imported}); run `pip install -e .` here, or commit the "
+                         f"change in {project_root()} before queuing experiments")
+
+
 def run(main) -> None:
     # foldwise's own progress lines; other libraries only when they warn (MLflow's table
     # creation and matplotlib's font cache are INFO lines a user cannot act on)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("foldwise").setLevel(logging.INFO)
     try:
+        check_code()
         main()
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

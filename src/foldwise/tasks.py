@@ -20,6 +20,8 @@ class Classification:
     activation = "softmax"  # applied to outputs at predict time, also inside the exported model
     monitor = "logloss"  # the validation figure that picks the kept epoch (lower is better)
     baselines = ("prior_logloss",)  # report() figures of the data, not of the model
+    probabilities = True  # outputs are probabilities: geometric bags and temperatures apply
+    mixes = True  # timm's mixup and cutmix blend its targets
 
     def __init__(self, classes, label_smoothing: float = 0.0):
         self.classes = tuple(classes)
@@ -85,6 +87,8 @@ class Keypoints:
     activation = "coordinates"
     monitor = "rmse"
     baselines = ("mean_baseline_rmse",)
+    probabilities = False
+    mixes = False
 
     def __init__(self, names, image_size, flip_pairs=()):
         self.columns = list(names)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from foldwise import export, stage
-from foldwise.cache import decode_chunks
+from foldwise import stage
+from foldwise.deploy import export
+from foldwise.data.cache import decode_chunks
 from foldwise.errors import InputError
-from foldwise.sources import get_source
+from foldwise.data.sources import get_source
 from foldwise.tasks import create_task
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}

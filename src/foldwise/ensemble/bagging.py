@@ -1,11 +1,15 @@
 """Bagging the fold models: average their test predictions, gather the out-of-fold table."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from foldwise.errors import InputError
+from foldwise.files import atomic_dir, write_csv
 from foldwise.metrics import EPS
+from foldwise.train import outputs
 
 MEANS = ("arithmetic", "geometric")
 
@@ -56,3 +60,18 @@ def bag_test(fold_tables, mean: str) -> pd.DataFrame:
     out = pd.DataFrame(bagged, columns=cols)
     out.insert(0, "id", first["id"].to_numpy())
     return out
+
+
+def bag_folds(folds, mean: str, probabilities: bool, models, processed, out) -> None:
+    """The bag stage: every fold's OOF rows gathered in training order (`processed`'s
+    train.csv) and their test predictions averaged, written to `out`/{oof,test}.csv.
+    `probabilities`: the task's outputs are probabilities (else only the arithmetic mean)."""
+    if not probabilities and mean != "arithmetic":
+        raise InputError(f"params.yaml: bag.mean={mean!r} applies to probabilities; this task's "
+                         "predictions are averaged arithmetically")
+    ids = pd.read_csv(Path(processed) / "train.csv", dtype={"id": str})["id"]
+    oof = assemble_oof([outputs.read_oof(models, k) for k in folds], ids)
+    test = bag_test([outputs.read_test(models, k) for k in folds], mean)
+    with atomic_dir(out) as tmp:
+        write_csv(oof, tmp / "oof.csv", float_format=outputs.FLOATS)
+        write_csv(test, tmp / "test.csv", float_format=outputs.FLOATS)

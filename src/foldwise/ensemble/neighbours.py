@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foldwise.loader import predict_array, to_float
+from foldwise.train.loader import predict_array, to_float
 
 
 def embed(net: nn.Module, images, device: torch.device, batch_size: int = 64,

@@ -21,10 +21,10 @@ import pandas as pd
 from foldwise.errors import InputError
 
 SOURCES = {
-    "statefarm": "foldwise.sources.statefarm",
-    "dogscats": "foldwise.sources.dogscats",
-    "keypoints": "foldwise.sources.keypoints",
-    "folders": "foldwise.sources.folders",
+    "statefarm": "foldwise.data.sources.statefarm",
+    "dogscats": "foldwise.data.sources.dogscats",
+    "keypoints": "foldwise.data.sources.keypoints",
+    "folders": "foldwise.data.sources.folders",
 }
 
 

@@ -1,4 +1,4 @@
-"""`python -m foldwise.parallel --jobs N` (`make folds J=N`): the folds trained N at a time in
+"""`python -m foldwise.scale.parallel --jobs N` (`make folds J=N`): the folds trained N at a time in
 this workspace, each pinned to its own GPU, then the rest of the DAG; DVC does every step.
 
 DVC runs the stages of one `dvc repro` one after another, but releases its repository lock

@@ -2,6 +2,6 @@
 file (with foldwise's package beside it), so no pickled Python object is ever deserialised."""
 import mlflow
 
-from foldwise.mlmodel import BaggedModel
+from foldwise.deploy.mlmodel import BaggedModel
 
 mlflow.models.set_model(BaggedModel())

@@ -61,7 +61,7 @@ def create(net: nn.Module, cfg: dict, task, scheduler) -> Recipe:
     """The recipe of params.yaml's `train` section for `net` (already on its device)."""
     mix, ema = cfg["mixup"], cfg["ema"]
     mixup = None
-    if task.kind == "classification" and float(mix["prob"]) > 0 and (
+    if task.mixes and float(mix["prob"]) > 0 and (
             float(mix["mixup_alpha"]) > 0 or float(mix["cutmix_alpha"]) > 0):
         # label smoothing stays with the loss (cross_entropy smooths soft targets the same way)
         mixup = timm.data.Mixup(mixup_alpha=float(mix["mixup_alpha"]),

@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from foldwise import calibration, params as P, stage
-from foldwise.bagging import MEANS, average
-from foldwise.cache import load_truth
+from foldwise import params as P, stage
+from foldwise.ensemble import calibration
+from foldwise.ensemble.bagging import MEANS, average
+from foldwise.data.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv, write_json
-from foldwise.sources import get_source
+from foldwise.data.sources import get_source
 from foldwise.tasks import create_task
 
 BAGGED = "data/bagged"  # where an experiment's bag output lives
@@ -138,8 +139,8 @@ def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool
     equal-weight and fitted blends' scores (in-sample and cross-validated), the weights, the
     blended OOF and test predictions."""
     task = create_task(meta)
-    if task.kind != "classification" and (mean != "arithmetic" or temperature):
-        raise InputError(f"{task.kind}: predictions blend arithmetically and without a temperature")
+    if not task.probabilities and (mean != "arithmetic" or temperature):
+        raise InputError(f"{type(task).__name__}: predictions blend arithmetically and without a temperature")
     stack, test_stack, folds, test_ids = align(members, ids, task.columns)
 
     def loss(y, p):

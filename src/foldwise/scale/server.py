@@ -1,4 +1,4 @@
-"""`make mlflow-server` (`python -m foldwise.server`): one MLflow tracking server for a team.
+"""`make mlflow-server` (`python -m foldwise.scale.server`): one MLflow tracking server for a team.
 
 It runs `mlflow server` with a PostgreSQL backend store and the artifacts served by the server
 itself (`--artifacts-destination`): a client needs only the server's address, never the
@@ -119,7 +119,7 @@ def server_command(backend: str, artifacts: str, host: str, port: int, workers: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m foldwise.server", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m foldwise.scale.server", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend-store-uri", default="",
                     help="a running database (postgresql+psycopg://USER:PASSWORD@HOST:5432/DB); "

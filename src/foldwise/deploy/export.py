@@ -17,7 +17,7 @@ from torch import nn
 from torch.export.passes import move_to_device_pass
 
 from foldwise.files import atomic_dir
-from foldwise.loader import predict_array
+from foldwise.train.loader import predict_array
 from foldwise.metrics import EPS
 
 MODEL_FILE = "bagged.pt2"

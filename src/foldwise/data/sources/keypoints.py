@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset, read_table
+from foldwise.data.sources import Dataset, read_table
 
 POINTS = ("left_eye_center", "right_eye_center", "left_eye_inner_corner", "left_eye_outer_corner",
           "right_eye_inner_corner", "right_eye_outer_corner", "left_eyebrow_inner_end",

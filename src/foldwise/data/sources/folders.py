@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset, inside, listed_inside, read_table
+from foldwise.data.sources import Dataset, inside, listed_inside, read_table
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 

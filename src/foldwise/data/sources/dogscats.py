@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
-from foldwise.sources import Dataset, listed_inside
+from foldwise.data.sources import Dataset, listed_inside
 
 CLASSES = ("cat", "dog")
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpg$")

@@ -1,6 +1,6 @@
 """The exported bag as an MLflow model: `mlflow.pyfunc.load_model(uri).predict(images)` gives
 what `foldwise-predict` writes, for images already in the preprocess cache's format (uint8
-N x H x W x C, decoded with `foldwise.cache.load_image`).
+N x H x W x C, decoded with `foldwise.data.cache.load_image`).
 
 The model's only artifact is the export folder (`bagged.pt2` + `meta.json`); its code is
 `mlmodel_code.py` (MLflow's models from code: nothing pickled), whose Python class, below, loads it with `export.load` and predicts through the same loop, then applies the task's
@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
-from foldwise import export
+from foldwise.deploy import export
 from foldwise.tasks import create_task
 
 
@@ -59,7 +59,7 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
         info = mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("mlmodel_code.py")),
                                        artifacts={"export": str(model_dir)}, signature=signature,
                                        input_example=example,
-                                       code_paths=[str(Path(__file__).parent)],  # foldwise itself
+                                       code_paths=[str(Path(__file__).parents[1])],  # foldwise itself
                                        pip_requirements=requirements())
     return info.model_uri
 

@@ -1,4 +1,4 @@
-"""`python -m foldwise.workers`: each fold trained where a GPU is free, as a Ray task, and brought
+"""`python -m foldwise.scale.workers`: each fold trained where a GPU is free, as a Ray task, and brought
 back through DVC itself.
 
 The coordinating checkout (this one, at a committed state) builds the stages upstream of the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from foldwise import params as P, tracking
 from foldwise.errors import InputError
-from foldwise.parallel import UPSTREAM, dvc as dvc_command
+from foldwise.scale.parallel import UPSTREAM, dvc as dvc_command
 
 
 def dvc(*args: str, cwd, env=None) -> str:

@@ -100,7 +100,7 @@ def shard(images):
     """This rank's share of `images` (an array or `loader.Rows`), as `loader.Rows`."""
     if world() == 1:
         return images
-    from foldwise.loader import Rows
+    from foldwise.train.loader import Rows
     rows = np.arange(len(images))[part(len(images))]
     return Rows(images.array, images.index[rows]) if isinstance(images, Rows) else Rows(images, rows)
 

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from foldwise import augment, checkpoints, distributed, recipe
+from foldwise.train import augment, checkpoints, distributed, recipe
 from foldwise.errors import InputError
-from foldwise.loader import device_batches, predict_array, to_float
+from foldwise.train.loader import device_batches, predict_array, to_float
 
 log = logging.getLogger(__name__)
 

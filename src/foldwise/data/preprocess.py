@@ -1,0 +1,59 @@
+"""The preprocess stage: every train and test image decoded once (`cache.build_cache`) into
+memory-mappable uint8 arrays, with the tables, regression targets and what later stages need to
+know of the data (`meta.json`)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from foldwise import params as P
+from foldwise.data.cache import build_cache, check_crop, decode_scale
+from foldwise.data.sources import get_source
+from foldwise.files import atomic_dir, write_csv, write_json
+
+
+def describe(source: str, data, stats: dict, size: dict) -> dict:
+    """meta.json: the task's facts (kind, classes or targets, mirror safety), the pixels'
+    statistics and the decoding settings that predict must repeat."""
+    return {"source": source, "task": data.task, "classes": list(data.classes),
+            "target_names": list(data.target_names),
+            "flip_pairs": [list(p) for p in data.flip_pairs],
+            "image_size": list(data.image_size) if data.image_size else None,
+            "hflip_safe": data.hflip_safe, "mean": stats["mean"], "std": stats["std"],
+            "height": size["height"], "width": size["width"], "crop": list(size["crop"]),
+            "mode": size["mode"]}
+
+
+def report_decode_scale(train_items, size: dict) -> None:
+    scale = decode_scale(train_items.iloc[0], size["height"], size["width"], size["crop"])
+    print(f"preprocess: JPEG decoded at {scale:g} of full size"
+          + ("" if scale < 1 else ": the target size needs more than half of the crop's "
+             "source pixels, so reduced-size decoding cannot apply"))
+
+
+def preprocess(params: dict, root, out) -> None:
+    """Write `out`/{train.npy, test.npy, train.csv, test.csv, meta.json[, targets.npy]} in
+    one atomic replacement."""
+    cfg, source = P.get(params, "preprocess"), P.get(params, "data.source")
+    data = get_source(source).read(root)
+    size = dict(height=int(cfg["height"]), width=int(cfg["width"]), crop=check_crop(cfg["crop"]),
+                mode=cfg["mode"], workers=int(cfg["workers"]))
+    train_items = data.images["train"] if data.images else data.train["path"]
+    test_items = data.images["test"] if data.images else data.test["path"]
+    if not data.images:
+        report_decode_scale(train_items, size)
+    n = len(data.train) + len(data.test)
+    with atomic_dir(out) as tmp, tqdm(total=n, desc="preprocess", unit="img", disable=None) as bar:
+        t0 = time.perf_counter()
+        stats = build_cache(train_items, tmp / "train.npy", **size, progress=bar.update)
+        build_cache(test_items, tmp / "test.npy", **size, stats=False, progress=bar.update)
+        seconds = time.perf_counter() - t0
+        write_csv(data.train.drop(columns="path", errors="ignore"), tmp / "train.csv")
+        write_csv(data.test.drop(columns="path", errors="ignore"), tmp / "test.csv")
+        if data.targets is not None:
+            np.save(tmp / "targets.npy", data.targets.astype(np.float32))
+        write_json(describe(source, data, stats, size), tmp / "meta.json")
+    print(f"preprocess: {n} images in {seconds:.1f} s = {n / seconds:.0f} images/s "
+          f"({size['workers']} workers)")

@@ -1,0 +1,63 @@
+"""The split stage: every training image assigned a validation fold, grouped by subject and,
+with `split.dedupe`, by clusters of near-duplicate images (`dedupe`), as `folds` assigns them."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from foldwise import params as P
+from foldwise.data import dedupe
+from foldwise.data.folds import assign_folds
+from foldwise.data.sources import get_source
+from foldwise.errors import InputError
+from foldwise.files import write_csv
+
+CLUSTER_COLUMNS = ["cluster", "size", "id", "position", "hash"]
+
+
+def deduped_folds(params, table, labels, groups, items, k: int, seed: int):
+    """Folds that keep near-duplicates together; returns (folds, the clusters found)."""
+    distance = int(P.get(params, "split.hash_distance"))
+    h = dedupe.hashes(items, workers=os.cpu_count() or 2)
+    pairs = dedupe.near_pairs(h, distance)
+    clusters = dedupe.report(table["id"], h, pairs)
+    if groups is not None:  # does the subject column alone keep near-duplicates together?
+        across = dedupe.spanning(assign_folds(labels, groups, k, seed, size=len(table)), pairs)
+        if across:
+            print(f"split: warning: grouped by subject alone, {across} near-duplicate pairs "
+                  "would fall in two folds; their subjects are grouped together")
+    merged = dedupe.components(len(table), pairs, groups)
+    if len(np.unique(merged)) < k:
+        raise InputError(f"split.dedupe: near-duplicates (hash distance <= {distance}) link the "
+                         f"images into {len(np.unique(merged))} groups, fewer than the {k} folds; "
+                         "lower split.hash_distance in params.yaml")
+    folds = assign_folds(labels, merged, k, seed, size=len(table))
+    print(f"split: {len(clusters)} of {len(table)} images have near-duplicates (hash distance "
+          f"<= {distance}), in {clusters['cluster'].nunique()} clusters, the largest of "
+          f"{int(clusters['size'].max()) if len(clusters) else 0}; "
+          f"{dedupe.spanning(folds, pairs)} pairs across folds")
+    return folds, clusters
+
+
+def split(params: dict, root, out, dup_csv, dup_png) -> None:
+    """Write the fold table `out` (id, group, label, fold), the near-duplicate clusters found
+    (`dup_csv`, empty when dedupe is off) and a contact sheet of the largest (`dup_png`)."""
+    folds = list(P.get(params, "folds"))
+    if folds != list(range(len(folds))):
+        raise InputError(f"params.yaml: folds={folds} must be 0, 1, ..., k-1 (one entry per fold)")
+    data = get_source(P.get(params, "data.source")).read(root)
+    table = data.train[[c for c in ("id", "group", "label") if c in data.train]].copy()
+    groups = None if table["group"].isna().all() else table["group"]
+    labels = table["label"] if "label" in table else None  # regression: plain k-fold
+    k, seed = len(folds), P.get(params, "seed")
+    items = data.images["train"] if data.images else list(data.train["path"])
+    clusters = pd.DataFrame(columns=CLUSTER_COLUMNS)
+    if P.get(params, "split.dedupe"):
+        table["fold"], clusters = deduped_folds(params, table, labels, groups, items, k, seed)
+    else:
+        table["fold"] = assign_folds(labels, groups, k, seed, size=len(table))
+    write_csv(clusters.drop(columns="position"), dup_csv)
+    dedupe.contact_sheet(items, clusters, dup_png)
+    write_csv(table, out)

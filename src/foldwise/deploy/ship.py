@@ -1,0 +1,97 @@
+"""The export stage: the bagged folds exported as one program (`export`), checked against the
+folds (`verify`), the submission written from what the shipped program predicts (so
+`foldwise-predict` reproduces it), and the program logged as the pipeline's MLflow model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from foldwise import params as P, tracking
+from foldwise.data.sources import get_source
+from foldwise.deploy import export, mlmodel
+from foldwise.deploy.verify import check_export
+from foldwise.ensemble import calibration, neighbours
+from foldwise.models import load_checkpoint
+from foldwise.train import outputs, tta
+from foldwise.train.loader import open_cache
+
+TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
+
+
+def log_to_mlflow(params, runs, model_dir, example, loaded) -> str:
+    """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
+    parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model."""
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    parent = tracking.evaluated_parent(experiment, runs)
+    if parent is None:
+        raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
+    return mlmodel.log(model_dir, example, parent, loaded=loaded)
+
+
+def fit_on_oof(metrics_json, neighbours_json) -> tuple[float, float, int]:
+    """(clip bound, temperature, neighbours k) that evaluate and neighbours fit out-of-fold;
+    with neighbours on, the bound chosen on OOF predictions averaged as the submission is."""
+    oof = json.loads(Path(metrics_json).read_text())["oof"]
+    clip, temperature = oof.get("clip", 0.0), oof.get("temperature", 1.0)
+    near = json.loads(Path(neighbours_json).read_text())
+    if near["k"]:
+        clip = near["oof"].get("clip", 0.0)
+    return clip, temperature, near["k"]
+
+
+def build_bag(params, task, meta, models, temperature: float) -> export.Bagged:
+    """The folds' networks, each under its own test-time views, in one module."""
+    nets = [tta.wrap(load_checkpoint(outputs.checkpoint_path(models, k)), P.get(params, "tta"), meta)
+            for k in P.get(params, "folds")]
+    return export.Bagged(nets, task.activation, P.get(params, "bag.mean"), *task.output_affine(),
+                         temperature=temperature)
+
+
+def export_bag(params, meta, bag, test_images, clip, temperature, k, model_dir) -> None:
+    example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
+    export.save(bag, example,
+                {**{key: meta[key] for key in TASK_KEYS}, "bag_mean": P.get(params, "bag.mean"),
+                 "folds": len(bag.nets), "clip": clip,
+                 "neighbours": k,  # set-level: in the submission, not in predict
+                 "tta": P.get(params, "tta"), "temperature": temperature,
+                 "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}},
+                model_dir)
+
+
+def verified(bag, task, test, test_images, runs, temperature, device, model_dir):
+    """The shipped program's test predictions, once `verify` has accepted them."""
+    model, shipped_meta = export.load(model_dir, device)
+    got = export.run_model(model, test_images, device=device, desc="exported")
+    bagged = test[task.columns].to_numpy()
+    if temperature != 1.0:
+        bagged = calibration.temper(bagged, temperature)
+    check = check_export(got, bagged, runs, device.type, eager=lambda: export.run_model(
+        bag.to(device), test_images, device=device, desc="eager bag"))
+    return got, (model, shipped_meta), check
+
+
+def ship(params: dict, task, meta: dict, paths: dict) -> str:
+    """Export, verify, write the submission and log the MLflow model. `paths`: the stage's
+    arguments by name (root, models, processed, bagged, metrics_json, neighbours_dir,
+    neighbours_json, submission, model_dir). Returns a one-line account."""
+    clip, temperature, k = fit_on_oof(paths["metrics_json"], paths["neighbours_json"])
+    bag = build_bag(params, task, meta, paths["models"], temperature)
+    test_images = open_cache(Path(paths["processed"]) / "test.npy")
+    export_bag(params, meta, bag, test_images, clip, temperature, k, paths["model_dir"])
+    runs = [outputs.read_run(paths["models"], f) for f in P.get(params, "folds")]
+    test = pd.read_csv(Path(paths["bagged"]) / "test.csv", dtype={"id": str})
+    got, loaded, check = verified(bag, task, test, test_images, runs, temperature,
+                                  export.default_device(), paths["model_dir"])
+    # with neighbours, each image's prediction averaged with its test neighbours' (off: unchanged)
+    graph = np.load(Path(paths["neighbours_dir"]) / "graph.npz")
+    final = neighbours.smooth(got, graph["idx"], graph["sim"])
+    get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, clip),
+                                                {**meta, "root": paths["root"]}, paths["submission"])
+    uri = log_to_mlflow(params, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded)
+    return (f"exported {len(bag.nets)} fold models; max |exported - {check.against}| = "
+            f"{check.worst:.2e}, vs the folds' predictions {check.drift:.2e}; temperature "
+            f"{temperature:.4g}, clip {clip:g}; MLflow model {uri}")

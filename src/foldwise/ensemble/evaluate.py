@@ -1,0 +1,85 @@
+"""The evaluate stage: out-of-fold scores as the competition computes them, per fold and per
+class or keypoint, calibration fit out-of-fold, the worst-predicted images, DVC's plots and the
+pipeline's MLflow parent run finished with the bagged figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from foldwise import params as P, report, tracking
+from foldwise.data.cache import load_truth
+from foldwise.ensemble import calibration
+from foldwise.files import write_csv, write_json
+from foldwise.train import outputs
+
+HARDEST = 24
+
+
+def calibrate(task, oof, truth) -> dict:
+    """The temperature for the test set (fit on all OOF rows), the OOF log loss after
+    calibration (cross-fitted, so honest), and for two classes the clip bound chosen again on
+    the calibrated predictions, since export applies it after the temperature."""
+    preds = oof[task.columns].to_numpy()
+    tempered, per_fold = calibration.cross_fitted(preds, truth, oof["fold"].to_numpy())
+    after, _ = task.report(truth, tempered)
+    out = {"temperature": calibration.fit(preds, truth), "logloss_calibrated": after["logloss"]}
+    out.update({k: after[k] for k in ("clip", "logloss_clipped") if k in after})
+    print("temperature per fold (each fit on the other folds): "
+          + ", ".join(f"{k}: {t:.3f}" for k, t in per_fold.items()))
+    return out
+
+
+def summarise(params: dict, task, oof: pd.DataFrame, truth, models):
+    """(summary, per-fold figures, baseline, breakdown table): what stays the same across
+    experiments (the data's own figures, image counts) goes to the baseline, not among the
+    metrics."""
+    summary, per_fold, breakdown = report.evaluate(task, oof, truth)
+    if P.get(params, "calibration.temperature") and task.probabilities:
+        summary.update(calibrate(task, oof, truth))
+    baseline = {"images": len(oof), **{k: summary.pop(k) for k in task.baselines if k in summary},
+                "fold_images": {k: f.pop("images") for k, f in per_fold.items()}}
+    for k in P.get(params, "folds"):
+        run = outputs.read_run(models, k)
+        per_fold[str(k)].update(best_epoch=run["best_epoch"],
+                                train_images_per_s=round(run["train_images_per_s"], 1))
+    return summary, per_fold, baseline, breakdown
+
+
+def write_reports(task, oof, truth, breakdown, params, processed: Path, models, out: Path) -> None:
+    """The tables and figures DVC plots: breakdown, confusion, reliability, curves, hardest."""
+    write_csv(breakdown, out / "breakdown.csv", float_format="%.6g")
+    write_csv(report.confusion(task, oof, truth), out / "confusion.csv")
+    write_csv(report.reliability(task, oof, truth), out / "calibration.csv", float_format="%.6g")
+    write_csv(report.curves({k: outputs.read_history(models, k) for k in P.get(params, "folds")}),
+              out / "curves.csv", float_format="%.6g")
+    worst = report.hardest(task, oof, truth, HARDEST)
+    write_csv(worst, out / "hardest.csv", float_format="%.6g")
+    report.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")
+
+
+def finish_parent(params, task, summary, per_fold, baseline, models, out: Path) -> None:
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    flat = {f"oof_{k}": v for k, v in summary.items()}
+    flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items()})
+    flat.update({k: v for k, v in baseline.items() if k in task.baselines})
+    runs = [outputs.read_run(models, k) for k in P.get(params, "folds")]
+    parent = tracking.parent_for_evaluation(experiment, runs, params)
+    tracking.finish_parent(experiment, parent, flat,
+                           [out / n for n in ("metrics.json", "baseline.json", "breakdown.csv",
+                                              "hardest.csv", "hardest.png")])
+
+
+def evaluate(params: dict, task, bagged, processed, models, out) -> dict:
+    """Score the bag's OOF table (`bagged`/oof.csv) and write `out`'s metrics and reports;
+    returns the summary."""
+    bagged, processed, out = Path(bagged), Path(processed), Path(out)
+    oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})
+    truth = load_truth(processed)  # the OOF table is in training order too
+    summary, per_fold, baseline, breakdown = summarise(params, task, oof, truth, models)
+    write_json({"oof": summary, "folds": per_fold}, out / "metrics.json")
+    write_json(baseline, out / "baseline.json")
+    write_reports(task, oof, truth, breakdown, params, processed, models, out)
+    finish_parent(params, task, summary, per_fold, baseline, models, out)
+    return summary

@@ -1,0 +1,176 @@
+"""One fold's whole run: the torchrun relaunch for several devices, the MLflow run, the resume
+file, the loop, and the fold's folder (`outputs`).
+
+`run` is what the train stage calls; everything it reads comes from params.yaml, the fold table
+and the preprocess cache, everything it writes goes to the fold's folder and its history CSV.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from foldwise import models, params as P, tracking
+from foldwise.data.cache import load_truth
+from foldwise.errors import InputError
+from foldwise.files import project_root, write_csv
+from foldwise.tasks import create_task
+from foldwise.train import augment, distributed, outputs, tta
+from foldwise.train.loader import Rows, open_cache
+from foldwise.train.loop import FoldResult, train_fold
+
+
+@dataclass
+class FoldData:
+    """What one fold trains and predicts on: row numbers of the training table (`train.csv`)."""
+    fold: int
+    table: pd.DataFrame
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    images: np.ndarray
+    test_images: np.ndarray
+    labels: np.ndarray
+    test_ids: pd.Series
+
+
+def fold_rows(folds_csv, processed: Path, fold: int):
+    """The training table and this fold's train and validation rows, checked against the split."""
+    folds = pd.read_csv(folds_csv, dtype={"id": str, "group": str})
+    train_table = pd.read_csv(processed / "train.csv", dtype={"id": str, "group": str})
+    if not folds["id"].equals(train_table["id"]):
+        raise InputError(f"{folds_csv} and {processed / 'train.csv'} list different images: "
+                         "rerun split and preprocess")
+    if fold not in set(folds["fold"]):
+        raise InputError(f"{folds_csv}: no fold {fold}; params.yaml folds and the split disagree")
+    is_val = folds["fold"].to_numpy() == fold
+    return train_table, np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def load_data(folds_csv, processed: Path, fold: int) -> FoldData:
+    table, tr, va = fold_rows(folds_csv, processed, fold)
+    return FoldData(fold, table, tr, va, open_cache(processed / "train.npy"),
+                    open_cache(processed / "test.npy"), load_truth(processed),
+                    pd.read_csv(processed / "test.csv", dtype={"id": str})["id"])
+
+
+def summarise(result: FoldResult, task, y_val) -> dict:
+    """The fold's figures for MLflow and run.json: the kept epoch's validation columns, and the
+    scores of what the OOF table holds (the kept weights, with test-time augmentation)."""
+    best = result.history.iloc[result.best_epoch]
+    return {"best_epoch": result.best_epoch, "train_images_per_s": result.train_images_per_s,
+            **{f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_")},
+            **{f"oof_{k}": float(v) for k, v in task.score(y_val, result.val_preds).items()}}
+
+
+def prediction_tables(data: FoldData, result: FoldResult, task):
+    va = data.val_rows
+    oof = outputs.oof_table(data.table["id"].iloc[va], data.table["group"].iloc[va], data.fold,
+                            data.labels[va], result.val_preds, task.columns)
+    return oof, outputs.prediction_table(data.test_ids, result.test_preds, task.columns)
+
+
+def log_artifacts(result: FoldResult, out: Path, title: str) -> None:
+    """The history, learning curve and checkpoint as artifacts of the active MLflow run."""
+    with tempfile.TemporaryDirectory() as art:
+        result.history.to_csv(Path(art) / "history.csv", index=False)
+        tracking.learning_curve_png(result.history, Path(art) / "learning_curve.png", title)
+        mlflow.log_artifacts(art)
+    mlflow.log_artifact(str(out / "model.pt"))
+
+
+def start_fold_run(params: dict, key: str, fold: int, weights: str, device):
+    """The fold's MLflow run (an active run, for `with`) under its pipeline's parent, with the
+    parent's and experiment's ids; earlier attempts of this fold that died are marked KILLED
+    and named in the new run's `foldwise.resumes` tag."""
+    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    parent = tracking.parent_for_fold(experiment, key, fold, params)
+    killed = tracking.close_killed_attempts(experiment, parent, fold)
+    tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
+            "foldwise.weights": weights, "foldwise.device": str(device),
+            "foldwise.devices": str(distributed.world()), **tracking.source_tags()}
+    if killed:
+        tags["foldwise.resumes"] = ",".join(killed)
+    mlflow.set_system_metrics_sampling_interval(2)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines
+    run = mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
+                           tags=tags, log_system_metrics=True)  # CPU, memory, GPU
+    return run, parent, experiment
+
+
+def log_inputs(params: dict, data: FoldData, folds_csv, processed: Path, meta: dict) -> None:
+    tracking.log_params({**params, "fold": data.fold, "train_images": len(data.train_rows),
+                         "val_images": len(data.val_rows)})
+    tracking.log_fold_inputs(data.table, data.train_rows, data.val_rows,
+                             [folds_csv, processed / "train.csv", processed / "meta.json"],
+                             f"{meta['source']} fold {data.fold}", P.get(params, "data.root"))
+
+
+def tracked(params, data: FoldData, fit, spec, weights, key, device, paths) -> dict:
+    """Rank 0's run: the fold trained inside its MLflow run, its folder and history written."""
+    folds_csv, processed, out, history_csv, meta = paths
+    task, cfg = create_task(meta, params), P.get(params, "train")
+    run, parent, experiment = start_fold_run(params, key, data.fold, weights, device)
+    with run:
+        log_inputs(params, data, folds_csv, processed, meta)
+        result = fit(on_epoch=lambda row: mlflow.log_metrics(
+            {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
+        summary = summarise(result, task, data.labels[data.val_rows])
+        mlflow.log_metrics(summary)
+        mlflow.set_tag("foldwise.kept_weights", result.weights)
+        amp = bool(cfg["amp"]) and device.type == "cuda"
+        info = {"run_id": run.info.run_id, "parent_run_id": parent, "experiment_id": experiment,
+                "pipeline_key": key, "weights": weights, "device": device.type,
+                "devices": distributed.world(), "precision": "bfloat16" if amp else "float32",
+                "kept_weights": result.weights, **summary}
+        outputs.write(out, {"spec": spec, "state_dict": result.state_dict, "fold": data.fold},
+                      *prediction_tables(data, result, task), info, result.history)
+        log_artifacts(result, Path(out), f"fold {data.fold}: {cfg['model']}, lr {float(params['lr']):g}")
+        write_csv(result.history, history_csv)
+    return {**summary, "monitor": task.monitor, "images_per_s": result.train_images_per_s}
+
+
+def run(params: dict, fold: int, folds_csv, processed, out, history_csv) -> int:
+    """Train fold `fold` and write its folder; returns the exit status (torchrun's, when this
+    process relaunched itself on several devices)."""
+    processed = Path(processed)
+    cfg = P.get(params, "train")
+    meta = json.loads((processed / "meta.json").read_text())
+    augment.check(cfg["augment"], meta["hflip_safe"])
+    tta.views(P.get(params, "tta"), meta["hflip_safe"])  # a refused view stops before training
+    code = distributed.relaunch(int(cfg["devices"]))  # this command, once per device, by torchrun
+    if code is not None:
+        return code
+    device = distributed.setup()
+    data = load_data(folds_csv, processed, fold)
+    seed = int(P.get(params, "seed")) * 1000 + fold
+    torch.manual_seed(seed)  # before the model exists: its random init is part of the result
+    task = create_task(meta, params)
+    net, weights, spec = models.create_network(cfg, task.num_outputs, data.images.shape[-1],
+                                               meta["mean"], meta["std"])
+    key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
+    # survives a crash mid-fold; keyed by everything that shapes the result
+    resume = project_root() / ".foldwise" / "resume" / f"{key}-fold{fold}.pt"
+    fit = partial(train_fold, net, task, float(P.get(params, "lr")), cfg, seed,
+                  Rows(data.images, data.train_rows), data.labels[data.train_rows],
+                  Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images,
+                  device, resume=resume, wrap=lambda n: tta.wrap(n, P.get(params, "tta"), meta))
+    if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
+        fit()                       # from its file), logs and writes nothing
+        distributed.close()
+        return 0
+    done = tracked(params, data, fit, spec, weights, key, device,
+                   (folds_csv, processed, out, history_csv, meta))
+    resume.unlink(missing_ok=True)
+    distributed.close()
+    print(f"fold {fold}: best epoch {done['best_epoch']}, val {done['monitor']} "
+          f"{done['best_val_' + done['monitor']]:.4f}, {done['images_per_s']:.0f} train images/s "
+          f"on {device}")
+    return 0

@@ -1,0 +1,71 @@
+"""A trained fold's folder, `models/fold_K/`: the one module that writes it and reads it.
+
+    model.pt     the checkpoint: {"spec": models' spec, "state_dict", "fold"}
+    oof.csv      id, group, fold, [label,] one column per output: the validation predictions
+    test.csv     id, one column per output: the test predictions
+    run.json     the fold's MLflow run ids, device, precision and summary figures
+    history.csv  one row per epoch
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from foldwise.files import atomic_dir, write_csv
+from foldwise.train import checkpoints
+
+FLOATS = "%.8g"
+
+
+def fold_dir(models: str | Path, fold: int) -> Path:
+    return Path(models) / f"fold_{fold}"
+
+
+def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
+    """ids first, then `extra` columns in order, then one column per output."""
+    df = pd.DataFrame(np.asarray(preds), columns=list(columns))
+    for i, (name, values) in enumerate({"id": ids, **extra}.items()):
+        df.insert(i, name, np.asarray(values))
+    return df
+
+
+def oof_table(ids, groups, fold: int, labels: np.ndarray, preds, columns) -> pd.DataFrame:
+    """A fold's validation rows: the label column only where labels are one class per row."""
+    extra = {"group": groups, "fold": np.full(len(ids), fold)}
+    if np.asarray(labels).ndim == 1:
+        extra["label"] = labels
+    return prediction_table(ids, preds, columns, **extra)
+
+
+def write(out: str | Path, checkpoint: dict, oof: pd.DataFrame, test: pd.DataFrame,
+          run_info: dict, history: pd.DataFrame) -> None:
+    """The whole folder in one atomic replacement: a kill leaves the old folder or the new."""
+    with atomic_dir(out) as tmp:
+        checkpoints.save(checkpoint, tmp / "model.pt")
+        write_csv(oof, tmp / "oof.csv", float_format=FLOATS)
+        write_csv(test, tmp / "test.csv", float_format=FLOATS)
+        (tmp / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+        write_csv(history, tmp / "history.csv")
+
+
+def read_oof(models: str | Path, fold: int) -> pd.DataFrame:
+    return pd.read_csv(fold_dir(models, fold) / "oof.csv", dtype={"id": str, "group": str})
+
+
+def read_test(models: str | Path, fold: int) -> pd.DataFrame:
+    return pd.read_csv(fold_dir(models, fold) / "test.csv", dtype={"id": str})
+
+
+def read_run(models: str | Path, fold: int) -> dict:
+    return json.loads((fold_dir(models, fold) / "run.json").read_text())
+
+
+def read_history(models: str | Path, fold: int) -> pd.DataFrame:
+    return pd.read_csv(fold_dir(models, fold) / "history.csv")
+
+
+def checkpoint_path(models: str | Path, fold: int) -> Path:
+    return fold_dir(models, fold) / "model.pt"
