@@ -20,6 +20,8 @@ def run(command: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, s
     """`command` (a script path or a module name) with `args`, as its own `__main__`."""
     monkeypatch.setattr(sys, "argv", [command, *args])
     monkeypatch.chdir(ROOT)
+    if command.endswith(".py"):  # as `python script.py`: the script's folder first on the path
+        monkeypatch.syspath_prepend(str(Path(command).parent))
     code = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module was imported before
