@@ -9,6 +9,7 @@ from sklearn.metrics import log_loss
 
 from foldwise.ensemble import calibration
 from foldwise.deploy.export import Bagged
+from foldwise.tasks import Classification
 
 
 def overconfident(n=4000, classes=5, factor=3.0, seed=0):
@@ -69,7 +70,8 @@ def test_the_exported_bag_tempers_as_numpy_does(mean):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(6, 4)) * 3, rng.normal(size=(6, 4)) * 3
     images = torch.zeros((6, 8, 8, 3), dtype=torch.uint8)
-    plain = Bagged([Fixed(a), Fixed(b)], "softmax", mean)(images).double().numpy()
-    tempered = Bagged([Fixed(a), Fixed(b)], "softmax", mean, temperature=1.7)(images).double().numpy()
+    task = Classification(["a", "b", "c", "d"])
+    plain = Bagged([Fixed(a), Fixed(b)], task.head(), mean, task.tempering(1.0))(images).double().numpy()
+    tempered = Bagged([Fixed(a), Fixed(b)], task.head(), mean, task.tempering(1.7))(images).double().numpy()
     np.testing.assert_allclose(tempered, calibration.temper(plain, 1.7), atol=1e-6)
     assert np.abs(tempered - plain).max() > 0.01

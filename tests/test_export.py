@@ -3,6 +3,7 @@ import timm
 import torch
 
 from foldwise.deploy import export
+from foldwise.tasks import Softmax
 from foldwise.ensemble.bagging import average
 from foldwise.models import Normalised
 
@@ -24,7 +25,7 @@ def test_exported_bag_matches_the_numpy_bagging_for_both_means(tmp_path):
     models = nets()
     for mean in ("arithmetic", "geometric"):
         out = tmp_path / mean
-        export.save(export.Bagged(models, "softmax", mean), torch.from_numpy(images[:2]),
+        export.save(export.Bagged(models, Softmax(), mean), torch.from_numpy(images[:2]),
                     {"bag_mean": mean}, out)
         loaded, meta = export.load(out)
         assert meta == {"bag_mean": mean}

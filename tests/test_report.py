@@ -19,7 +19,7 @@ def test_reliability_bins_confidence_against_observed_accuracy():
     np.testing.assert_allclose(table["confidence"], [(0.55 + 0.58) / 2, (0.95 + 0.97 + 0.99) / 3])
     np.testing.assert_allclose(table["accuracy"], [0.5, 2 / 3])
     np.testing.assert_allclose(table["perfect"], table["confidence"])
-    assert report.reliability(Keypoints(["x", "y"], (8, 8)), oof, truth).empty
+    assert report.reliability(Keypoints(["a", "b"], (8, 8)), oof, truth).empty
 
 
 def test_curves_put_every_fold_in_one_long_table():

@@ -19,13 +19,9 @@ def evaluate(task, oof: pd.DataFrame, truth: np.ndarray) -> tuple[dict, dict, pd
 
 
 def confusion(task, oof: pd.DataFrame, truth: np.ndarray) -> pd.DataFrame:
-    """Actual and predicted class of each image (DVC's confusion template); empty for
-    regression."""
-    if task.kind != "classification":
-        return pd.DataFrame(columns=["actual", "predicted"])
-    preds = oof[task.columns].to_numpy().argmax(1)
-    return pd.DataFrame({"actual": [task.columns[i] for i in truth],
-                         "predicted": [task.columns[i] for i in preds]})
+    """Actual and predicted label of each image (DVC's confusion template); empty where the
+    task has no single label."""
+    return task.confusion(truth, oof[task.columns].to_numpy())
 
 
 def hardest(task, oof: pd.DataFrame, truth: np.ndarray, n: int) -> pd.DataFrame:
@@ -34,29 +30,17 @@ def hardest(task, oof: pd.DataFrame, truth: np.ndarray, n: int) -> pd.DataFrame:
     preds = oof[task.columns].to_numpy()
     loss = task.item_loss(truth, preds)
     order = np.argsort(-loss, kind="stable")[:n]
-    table = pd.DataFrame({"row": order, "id": oof["id"].to_numpy()[order], "fold": oof["fold"].to_numpy()[order],
-                          "loss": loss[order]})
-    if task.kind == "classification":
-        table["label"] = [task.columns[i] for i in truth[order]]
-        table["predicted"] = [task.columns[i] for i in preds[order].argmax(1)]
-        table["p_label"] = preds[order, truth[order]]
+    table = pd.DataFrame({"row": order, "id": oof["id"].to_numpy()[order],
+                          "fold": oof["fold"].to_numpy()[order], "loss": loss[order]})
+    for name, values in task.item_columns(truth[order], preds[order]).items():
+        table[name] = values
     return table
 
 
 def reliability(task, oof: pd.DataFrame, truth: np.ndarray, bins: int = 10) -> pd.DataFrame:
-    """The OOF reliability table: images binned by the confidence of their top class, each
-    bin's mean confidence against how often the top class was right (`perfect` is the
-    diagonal a calibrated model follows); empty for regression."""
-    columns = ["confidence", "accuracy", "perfect", "images"]
-    if task.kind != "classification":
-        return pd.DataFrame(columns=columns)
-    preds = oof[task.columns].to_numpy()
-    conf, right = preds.max(1), preds.argmax(1) == truth
-    edges = np.linspace(1.0 / preds.shape[1], 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
-    rows = [(conf[which == b].mean(), right[which == b].mean(), conf[which == b].mean(),
-             int((which == b).sum())) for b in range(bins) if (which == b).any()]
-    return pd.DataFrame(rows, columns=columns)
+    """The OOF reliability table (DVC plots it against the diagonal); empty for tasks whose
+    outputs are no probabilities."""
+    return task.reliability(truth, oof[task.columns].to_numpy(), bins)
 
 
 def curves(histories: dict) -> pd.DataFrame:

@@ -1,7 +1,13 @@
-"""Task kinds: what the network outputs, how it is trained, scored and reported.
+"""Task kinds: what the network outputs, how it is trained, scored, reported and exported.
 
-The training loop calls only `targets`, `augment_targets`, `loss`, `activate` and `score`;
-evaluate and export call `report`, `item_loss` and `postprocess`. A task kind is one class here.
+Every difference between task kinds is a member of its class here, and nothing outside this
+module asks which kind a task is:
+- training: `targets`, `augment_targets`, `loss`, `activate`, `score`, `monitor`, `mixes`;
+- test-time views: `view_outputs` (how a warped view's outputs map back to the image);
+- the bag and calibration: `probabilities` (geometric means and temperatures apply);
+- evaluate: `report`, `item_loss`, `baselines`, `confusion`, `reliability`, `item_columns`;
+- export and predict: `head`, `tempering`, `postprocess`.
+A third kind is one more class and one line in `create_task`.
 """
 from __future__ import annotations
 
@@ -9,19 +15,60 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from foldwise import metrics
 
 CLIP_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 0.1, 61)])
+RELIABILITY_COLUMNS = ["confidence", "accuracy", "perfect", "images"]
+
+
+class Softmax(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y.softmax(dim=1)
+
+
+class Affine(nn.Module):
+    """Outputs in [-1, 1] (grid_sample's frame) to pixels: y * scale + offset."""
+
+    def __init__(self, scale, offset):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.scale + self.offset
+
+
+class Tempered(nn.Module):
+    """Bagged class probabilities tempered in float64, as `calibration.temper` does."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float64))
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        q = p.double().clamp(metrics.EPS, 1 - metrics.EPS)
+        q = q / q.sum(dim=1, keepdim=True)
+        return (q.log() / self.temperature).softmax(dim=1).float()
+
+
+def reliability_table(conf: np.ndarray, right: np.ndarray, low: float, bins: int) -> pd.DataFrame:
+    """Predictions binned by confidence from `low` to 1: each bin's mean confidence against how
+    often it was right (`perfect` is the diagonal a calibrated model follows)."""
+    edges = np.linspace(low, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    rows = [(conf[which == b].mean(), right[which == b].mean(), conf[which == b].mean(),
+             int((which == b).sum())) for b in range(bins) if (which == b).any()]
+    return pd.DataFrame(rows, columns=RELIABILITY_COLUMNS)
 
 
 class Classification:
-    kind = "classification"
-    activation = "softmax"  # applied to outputs at predict time, also inside the exported model
     monitor = "logloss"  # the validation figure that picks the kept epoch (lower is better)
     baselines = ("prior_logloss",)  # report() figures of the data, not of the model
     probabilities = True  # outputs are probabilities: geometric bags and temperatures apply
     mixes = True  # timm's mixup and cutmix blend its targets
+    view_outputs = {}  # a class survives a warp: the views' outputs average as they are
 
     def __init__(self, classes, label_smoothing: float = 0.0):
         self.classes = tuple(classes)
@@ -69,8 +116,27 @@ class Classification:
             summary.update(clip=float(CLIP_GRID[best]), logloss_clipped=float(losses[best]))
         return summary, pd.DataFrame(metrics.per_class(targets, preds, self.classes))
 
-    def output_affine(self):
-        return None, None  # softmax probabilities need no rescaling
+    def head(self) -> nn.Module:
+        """What the exported bag applies to each network's outputs."""
+        return Softmax()
+
+    def tempering(self, temperature: float) -> nn.Module | None:
+        return Tempered(temperature) if temperature != 1.0 else None
+
+    def confusion(self, truth: np.ndarray, preds: np.ndarray) -> pd.DataFrame:
+        """Actual and predicted class of each image (DVC's confusion template)."""
+        return pd.DataFrame({"actual": [self.columns[i] for i in truth],
+                             "predicted": [self.columns[i] for i in preds.argmax(1)]})
+
+    def reliability(self, truth: np.ndarray, preds: np.ndarray, bins: int = 10) -> pd.DataFrame:
+        """The confidence of each image's top class against how often it was right."""
+        return reliability_table(preds.max(1), preds.argmax(1) == truth, 1.0 / preds.shape[1], bins)
+
+    def item_columns(self, truth: np.ndarray, preds: np.ndarray) -> dict:
+        """Columns that describe listed images (the hardest): label, prediction, p of label."""
+        return {"label": [self.columns[i] for i in truth],
+                "predicted": [self.columns[i] for i in preds.argmax(1)],
+                "p_label": preds[np.arange(len(truth)), truth]}
 
     def postprocess(self, preds: np.ndarray, clip: float = 0.0) -> np.ndarray:
         if not clip:
@@ -83,8 +149,6 @@ class Keypoints:
     """Coordinates in pixels of the source image; the network predicts them in [-1, 1]
     (grid_sample's frame), so they follow the augmentation's affine warp exactly."""
 
-    kind = "keypoints"
-    activation = "coordinates"
     monitor = "rmse"
     baselines = ("mean_baseline_rmse",)
     probabilities = False
@@ -97,6 +161,9 @@ class Keypoints:
         self.half = np.tile([w / 2.0, h / 2.0], self.num_outputs // 2)  # x, y, x, y, ...
         self.size = np.tile([w, h], self.num_outputs // 2)
         self.flip_pairs = [tuple(p) for p in flip_pairs]
+        # a warped view's points go back to the image; a mirror swaps left and right points
+        self.view_outputs = {"points": True, "outputs": self.num_outputs,
+                             "flip_pairs": self.flip_pairs}
 
     def to_unit(self, pixels: np.ndarray) -> np.ndarray:
         return (np.asarray(pixels, dtype=np.float64) + 0.5) / self.half - 1.0
@@ -151,9 +218,21 @@ class Keypoints:
                 for k, name in enumerate(names)]
         return summary, pd.DataFrame(rows)
 
-    def output_affine(self):
-        """Scale and offset from the network's [-1, 1] outputs to pixels (as `activate`)."""
-        return self.half.tolist(), (self.half - 0.5).tolist()
+    def head(self) -> nn.Module:
+        """From the network's [-1, 1] outputs to pixels, as `activate`."""
+        return Affine(self.half.tolist(), (self.half - 0.5).tolist())
+
+    def tempering(self, temperature: float) -> nn.Module | None:
+        return None  # coordinates have no temperature
+
+    def confusion(self, truth, preds) -> pd.DataFrame:
+        return pd.DataFrame(columns=["actual", "predicted"])
+
+    def reliability(self, truth, preds, bins: int = 10) -> pd.DataFrame:
+        return pd.DataFrame(columns=RELIABILITY_COLUMNS)
+
+    def item_columns(self, truth, preds) -> dict:
+        return {}
 
     def postprocess(self, preds: np.ndarray, clip: float = 0.0) -> np.ndarray:
         """Predictions clipped to the image."""

@@ -18,46 +18,32 @@ from torch.export.passes import move_to_device_pass
 
 from foldwise.files import atomic_dir
 from foldwise.train.loader import predict_array
-from foldwise.metrics import EPS
 
 MODEL_FILE = "bagged.pt2"
 META_FILE = "meta.json"
 
 
 class Bagged(nn.Module):
-    """`activation` is the task's: softmax for classes; for coordinates, `scale` and `offset`
-    map the networks' [-1, 1] outputs to pixels. A `temperature` other than 1 tempers the
-    bagged probabilities as `calibration.temper` does."""
+    """Every fold's network, each followed by the task's `head` (softmax for classes, pixels
+    for coordinates), averaged (`mean`: arithmetic, or geometric for probabilities), then the
+    task's `tempering` (a temperature fit out-of-fold) where there is one."""
 
-    def __init__(self, nets, activation: str, mean: str, scale=None, offset=None,
-                 temperature: float = 1.0):
+    def __init__(self, nets, head: nn.Module, mean: str, tempering: nn.Module | None = None):
         super().__init__()
         self.nets = nn.ModuleList(nets)
-        self.softmax = activation == "softmax"
+        self.head = head
         self.geometric = mean == "geometric"
-        self.tempered = self.softmax and temperature != 1.0
-        self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float64))
-        n = len(scale) if scale is not None else 0
-        self.register_buffer("scale", torch.tensor(scale if n else [1.0], dtype=torch.float32))
-        self.register_buffer("offset", torch.tensor(offset if n else [0.0], dtype=torch.float32))
+        self.tempering = tempering if tempering is not None else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() / 255.0
-        outs = []
-        for net in self.nets:
-            y = net(x)
-            outs.append(y.softmax(dim=1) if self.softmax else y * self.scale + self.offset)
-        stack = torch.stack(outs)
+        stack = torch.stack([self.head(net(x)) for net in self.nets])
         if self.geometric:
             p = stack.clamp_min(1e-15).log().mean(dim=0).exp()
             p = p / p.sum(dim=1, keepdim=True)
         else:
             p = stack.mean(dim=0)
-        if self.tempered:  # in float64, as calibration.temper
-            q = p.double().clamp(EPS, 1 - EPS)
-            q = q / q.sum(dim=1, keepdim=True)
-            p = (q.log() / self.temperature).softmax(dim=1).float()
-        return p
+        return self.tempering(p)
 
 
 def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path) -> None:

@@ -45,10 +45,9 @@ def fit_on_oof(metrics_json, neighbours_json) -> tuple[float, float, int]:
 
 def build_bag(params, task, meta, models, temperature: float) -> export.Bagged:
     """The folds' networks, each under its own test-time views, in one module."""
-    nets = [tta.wrap(load_checkpoint(outputs.checkpoint_path(models, k)), P.get(params, "tta"), meta)
-            for k in P.get(params, "folds")]
-    return export.Bagged(nets, task.activation, P.get(params, "bag.mean"), *task.output_affine(),
-                         temperature=temperature)
+    nets = [tta.wrap(load_checkpoint(outputs.checkpoint_path(models, k)), P.get(params, "tta"),
+                     task, meta["hflip_safe"]) for k in P.get(params, "folds")]
+    return export.Bagged(nets, task.head(), P.get(params, "bag.mean"), task.tempering(temperature))
 
 
 def export_bag(params, meta, bag, test_images, clip, temperature, k, model_dir) -> None:

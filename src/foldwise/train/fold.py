@@ -161,7 +161,7 @@ def run(params: dict, fold: int, folds_csv, processed, out, history_csv) -> int:
     fit = partial(train_fold, net, task, float(P.get(params, "lr")), cfg, seed,
                   Rows(data.images, data.train_rows), data.labels[data.train_rows],
                   Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images,
-                  device, resume=resume, wrap=lambda n: tta.wrap(n, P.get(params, "tta"), meta))
+                  device, resume=resume, wrap=lambda n: tta.wrap(n, P.get(params, "tta"), task, meta["hflip_safe"]))
     if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
         fit()                       # from its file), logs and writes nothing
         distributed.close()

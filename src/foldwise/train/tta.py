@@ -68,12 +68,10 @@ class TTA(nn.Module):
         return torch.stack(outs).mean(dim=0) if len(outs) > 1 else outs[0]
 
 
-def wrap(net: nn.Module, cfg: dict, meta: dict) -> nn.Module:
-    """`net` under params.yaml's `tta` for the data of `meta` (preprocess's meta.json); `net`
-    itself when `tta` asks for no view beyond the image."""
-    thetas = views(cfg, meta["hflip_safe"])
+def wrap(net: nn.Module, cfg: dict, task, hflip_safe: bool) -> nn.Module:
+    """`net` under params.yaml's `tta` for `task` (its `view_outputs` say how a view's outputs
+    map back to the image); `net` itself when `tta` asks for no view beyond the image."""
+    thetas = views(cfg, hflip_safe)
     if len(thetas) == 1:
         return net
-    points = meta["task"] == "keypoints"
-    return TTA(net, thetas, points, len(meta["target_names"]) if points else 0,
-               [tuple(p) for p in meta.get("flip_pairs", [])])
+    return TTA(net, thetas, **task.view_outputs)
