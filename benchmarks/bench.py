@@ -50,7 +50,8 @@ from foldwise.train.loader import Rows, device_batches, open_cache, to_float  # 
 from foldwise.train.recipe import Recipe  # noqa: E402
 from foldwise.data.sources import statefarm  # noqa: E402
 from foldwise.tasks import Classification  # noqa: E402
-from foldwise.train.loop import predict, train_epoch  # noqa: E402
+from foldwise import params as P  # noqa: E402
+from foldwise.train.loop import Settings, predict, train_epoch  # noqa: E402
 
 import project  # noqa: E402  (benchmarks/project.py)
 
@@ -134,20 +135,26 @@ def bare_train(name, x, y, batch, steps, channels_last, amp, device) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
+def settings(batch: int, aug: dict, channels_last: bool, amp: bool, device) -> Settings:
+    """The project's train settings with this measurement's batch, augmentation and precision."""
+    cfg = P.evolve(P.load(ROOT / "params.yaml").train,
+                   {"batch_size": batch, "augment": aug, "channels_last": channels_last, "amp": amp})
+    return Settings(cfg, 1e-3, 0, device)
+
+
 def ours_train(name, images, labels, batch, steps, channels_last, amp, device, aug) -> float:
     """foldwise's own epoch over the memory-mapped cache, cut to `steps` batches."""
     net, opt = model_and_optimizer(name, channels_last, device)
     task = Classification([f"c{i}" for i in range(10)])
-    cfg = {"batch_size": batch, "augment": aug}
+    run = settings(batch, aug, channels_last, amp, device)
     # one warm-up epoch of 2 batches, then the timed one, both over the memory map
     warm, timed = Rows(images, np.arange(2 * batch)), Rows(images, np.arange(steps * batch) % len(images))
-    train_epoch(net, opt, task, cfg, warm, task.targets(labels[warm.index]),
-                torch.Generator().manual_seed(0), device, channels_last, amp, Recipe(), "warm-up")
+    train_epoch(net, opt, task, run, warm, task.targets(labels[warm.index]),
+                torch.Generator().manual_seed(0), Recipe(), "warm-up")
     _sync(device)
     t0 = time.perf_counter()
-    _, n, _, _ = train_epoch(net, opt, task, cfg, timed, task.targets(labels[timed.index]),
-                             torch.Generator().manual_seed(1), device, channels_last, amp, Recipe(),
-                             "bench")
+    _, n, _, _ = train_epoch(net, opt, task, run, timed, task.targets(labels[timed.index]),
+                             torch.Generator().manual_seed(1), Recipe(), "bench")
     _sync(device)
     return n / (time.perf_counter() - t0)
 
@@ -193,7 +200,7 @@ def bench_predict(name, images, batch, channels_last, amp, device, limit, repeat
 RSS_CHILD = """
 import sys, threading, time, numpy as np, torch
 sys.path.insert(0, {src!r}); sys.path.insert(0, {bench!r})
-from bench import model_and_optimizer, NO_AUGMENT
+from bench import model_and_optimizer, settings, NO_AUGMENT
 from foldwise.train.recipe import Recipe
 from foldwise.train.loader import Rows, open_cache
 from foldwise.tasks import Classification
@@ -211,9 +218,8 @@ rows = Rows(images, np.arange(int(len(images) * {fraction})))
 labels = np.arange(len(rows)) % 10
 net, opt = model_and_optimizer({model!r}, True, torch.device('cpu'))
 task = Classification([f"c{{i}}" for i in range(10)])
-train_epoch(net, opt, task, {{"batch_size": {batch}, "augment": NO_AUGMENT}}, rows,
-            task.targets(labels), torch.Generator().manual_seed(0), torch.device('cpu'), True,
-            False, Recipe(), 'rss')
+train_epoch(net, opt, task, settings({batch}, NO_AUGMENT, True, False, torch.device('cpu')), rows,
+            task.targets(labels), torch.Generator().manual_seed(0), Recipe(), 'rss')
 time.sleep(0.1)
 print(peak[0], peak[1])
 """

@@ -56,15 +56,15 @@ def train_rate(model_name, h, w, batch, channels_last, steps=6):
 
 def main():
     params = P.load()
-    root = sys.argv[1] if len(sys.argv) > 1 else P.get(params, "data.root")
-    data = get_source(P.get(params, "data.source")).read(root)
-    h, w = P.get(params, "preprocess.height"), P.get(params, "preprocess.width")
+    root = sys.argv[1] if len(sys.argv) > 1 else params.data.root
+    data = get_source(params.data.source).read(root)
+    h, w = params.preprocess.height, params.preprocess.width
     paths = list(data.train["path"][:200])
     base = rate(lambda p: full_decode(p, h, w), paths)
     ours = rate(lambda p: load_image(p, h, w), paths)
     print(f"decode+resize to {h}x{w}, 1 process: full decode {base:.0f} images/s, "
           f"reduced-size decode {ours:.0f} images/s, ratio {ours / base:.2f}")
-    model, batch = P.get(params, "train.model"), P.get(params, "train.batch_size")
+    model, batch = params.train.model, params.train.batch_size
     torch.set_num_threads(torch.get_num_threads())
     plain = train_rate(model, h, w, batch, channels_last=False)
     cl = train_rate(model, h, w, batch, channels_last=True)

@@ -19,7 +19,7 @@ def main():
         ("out_dir", "where oof.csv and test.csv go"))
     params = P.load()
     task = create_task(json.loads((Path(processed) / "meta.json").read_text()), params)
-    bag_folds(P.get(params, "folds"), P.get(params, "bag.mean"), task.probabilities, models,
+    bag_folds(params.folds, params.bag.mean, task.probabilities, models,
               processed, out)
 
 

@@ -4,6 +4,7 @@ usage: python stages/sample.py OUT_DIR
 params: seed, data.source, sample.<source> (the sample's size and variant)
 """
 
+import dataclasses
 
 from foldwise import params as P, stage
 from foldwise.data.sources import get_source
@@ -12,9 +13,9 @@ from foldwise.data.sources import get_source
 def main():
     out, = stage.arguments(__doc__, ("out_dir", "where the sample goes (replaced whole)"))
     params = P.load()
-    source = P.get(params, "data.source")
-    options = P.get(params, f"sample.{source}")
-    get_source(source).write_sample(out, seed=P.get(params, "seed"), **options)
+    source = params.data.source
+    options = dataclasses.asdict(getattr(params.sample, source))
+    get_source(source).write_sample(out, seed=params.seed, **options)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Hidden near-duplicates: planted into an image-folders set with no subject column, they are
 found, kept within one fold by `split.dedupe`, and the out-of-fold score stops flattering."""
-import os
 import shutil
 import subprocess
 import sys

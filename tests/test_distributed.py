@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent("""
     from foldwise.models import Normalised
     from foldwise.tasks import Classification
     from foldwise.train import loop as training
-    from foldwise.train.loop import train_fold
+    from foldwise import params as P
+    from foldwise.train.loop import FitData, Settings, train_fold
     sys.path.insert(0, {tests!r})
     from test_training import CFG, toy_data
 
@@ -49,8 +50,9 @@ SCRIPT = textwrap.dedent("""
     device = distributed.setup()
     # 40 training rows in batches of 8: 5 updates; 23 validation rows and 7 test rows split
     # unevenly between two ranks
-    r = train_fold(net, Classification(["a", "b"]), 3e-3, {{**CFG, "epochs": 3, "channels_last": False}},
-                   0, x[:40], y[:40], x[40:63], y[40:63], x[57:], device, on_epoch=on_epoch,
+    cfg = P.evolve(CFG, {{"epochs": 3, "channels_last": False}})
+    r = train_fold(net, Classification(["a", "b"]), Settings(cfg, 3e-3, 0, device),
+                   FitData(x[:40], y[:40], x[40:63], y[40:63], x[57:]), on_epoch=on_epoch,
                    resume=resume)
     np.savez(f"{{out}}/rank{{distributed.rank()}}.npz", world=distributed.world(), trained=len(trained), val=r.val_preds, test=r.test_preds,
              loss=r.history["train_loss"].to_numpy(), acc=r.history["train_accuracy"].to_numpy(),

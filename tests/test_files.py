@@ -1,6 +1,5 @@
 import pytest
 
-from pathlib import Path
 
 from foldwise.files import atomic_dir, atomic_path, remove_stale_temporaries
 

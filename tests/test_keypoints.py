@@ -90,8 +90,10 @@ def test_random_warps_keep_points_on_the_drawn_features(height, width):
     pixels[0, :2] = [61.5, 41.5]
     from foldwise.train.augment import augment
     gen = torch.Generator().manual_seed(int(rng.integers(1000)))
-    cfg = {"shift": 0.05, "scale": 0.1, "rotate": 30, "hflip": False, "crop_area": 1.0,
-           "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+    from foldwise import params as P
+    cfg = P.build(P.Augment, {"shift": 0.05, "scale": 0.1, "rotate": 30, "hflip": False,
+                              "crop_area": 1.0, "brightness": 0.0, "contrast": 0.0,
+                              "saturation": 0.0})
     for _ in range(8):
         warped, theta = augment(torch.from_numpy(img), cfg, gen)
         x, y = t.values(t.augment_targets(t.targets(pixels), theta))[0, :2]

@@ -54,4 +54,19 @@ def test_a_stage_reports_the_bad_key_in_one_line(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip() == (f"error: {path.name}: unknown key(s) 'train.schedular' (misspelt? "
-                                  f"known here: {', '.join(P.SCHEMA['train'])})")
+                                  f"known here: {', '.join(P.names(P.Train))})")
+
+
+def test_values_arrive_typed_and_evolve_checks_like_load(tmp_path):
+    """After load every value has its declared type: an int given for a float key is a float
+    (`-S lr=1`), sections are objects; `evolve` changes nested keys and keeps the rest, and
+    refuses a mistyped value as load does."""
+    params = P.load(write(tmp_path, lambda p: p.update(lr=1)))
+    assert params.lr == 1.0 and isinstance(params.lr, float)
+    assert isinstance(params.train.augment, P.Augment) and isinstance(params.train.epochs, int)
+    changed = P.evolve(params.train, {"augment": {"rotate": 40}, "epochs": 3})
+    assert changed.augment.rotate == 40.0 and changed.augment.shift == params.train.augment.shift
+    assert changed.epochs == 3 and params.train.epochs != 3  # the original is untouched
+    with pytest.raises(InputError, match=r"train.epochs='3' must be int|epochs='3' must be int"):
+        P.evolve(params.train, {"epochs": "3"})
+    assert params.as_dict()["train"]["augment"]["rotate"] == params.train.augment.rotate

@@ -1,25 +1,37 @@
+import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
 
-from foldwise.train.augment import augment, check
+from pathlib import Path
+
+from foldwise import params as P
 from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
-from foldwise.train.loop import train_fold
+from foldwise.train.augment import augment, check
+from foldwise.train.loop import FitData, Settings, train_fold
 
-CFG = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.0,
+ROOT = Path(__file__).resolve().parents[1]
+
+CFG = P.evolve(P.load(ROOT / "params.yaml").train, {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.0,
        "scheduler": "cosine", "warmup_epochs": 0, "warmup_lr": 0.1, "min_lr": 0.01,
        "decay_epochs": 2, "decay_rate": 0.1, "label_smoothing": 0.0, "patience": 10,
        "channels_last": True, "amp": True, "compile": False, "lr_per_step": False,
        "clip_grad": 0.0, "clip_mode": "norm", "ema": {"decay": 0.0, "warmup": True},
        "mixup": {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5},
        "augment": {"hflip": False, "shift": 0.05, "scale": 0.05, "rotate": 3,
-                   "brightness": 0.1, "contrast": 0.1, "saturation": 0.0, "crop_area": 1.0}}
-NO_AUGMENT = {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0, "contrast": 0,
-              "saturation": 0, "crop_area": 1.0}
+                   "brightness": 0.1, "contrast": 0.1, "saturation": 0.0, "crop_area": 1.0}})
+NO_AUGMENT = P.build(P.Augment, {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0,
+                                 "contrast": 0, "saturation": 0, "crop_area": 1.0})
+
+
+def fit(net, task, lr, cfg, seed, x, y, **kwargs):
+    """`train_fold` on the toy data: 32 training rows, the rest validation, 5 test rows."""
+    return train_fold(net, task, Settings(cfg, lr, seed, torch.device("cpu")),
+                      FitData(x[:32], y[:32], x[32:], y[32:], x[:5]), **kwargs)
 
 
 def toy_data(n=48, seed=0):
@@ -36,8 +48,7 @@ def run(seed=0, **overrides):
     torch.manual_seed(seed)
     net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
     x, y = toy_data()
-    return train_fold(net, Classification(["a", "b"]), 3e-3, {**CFG, **overrides}, seed,
-                      x[:32], y[:32], x[32:], y[32:], x[:5], torch.device("cpu"))
+    return fit(net, Classification(["a", "b"]), 3e-3, P.evolve(CFG, overrides), seed, x, y)
 
 
 def test_same_seed_gives_identical_predictions():
@@ -71,15 +82,15 @@ def test_early_stopping_after_patience_epochs_without_improvement():
     torch.manual_seed(0)
     net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
     x, y = toy_data()
-    result = train_fold(net, WorseningTask(["a", "b"]), 1e-3, {**CFG, "epochs": 10, "patience": 2},
-                        0, x[:32], y[:32], x[32:], y[32:], x[:5], torch.device("cpu"))
+    result = fit(net, WorseningTask(["a", "b"]), 1e-3, P.evolve(CFG, {"epochs": 10, "patience": 2}),
+                 0, x, y)
     assert list(result.history["epoch"]) == [0, 1, 2] and result.best_epoch == 0
 
 
 def test_horizontal_flip_is_refused_where_it_changes_labels():
     with pytest.raises(InputError, match="train.augment.hflip"):
-        check({"hflip": True}, hflip_safe=False)
-    check({"hflip": True}, hflip_safe=True)
+        check(P.evolve(NO_AUGMENT, {"hflip": True}), hflip_safe=False)
+    check(P.evolve(NO_AUGMENT, {"hflip": True}), hflip_safe=True)
 
 
 def test_augment_without_settings_is_the_identity_and_flip_mirrors():
@@ -88,7 +99,7 @@ def test_augment_without_settings_is_the_identity_and_flip_mirrors():
     none = NO_AUGMENT
     out, _ = augment(x, none, gen)
     torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
-    flips = [augment(x, {**none, "hflip": True}, gen)[0] for _ in range(8)]
+    flips = [augment(x, P.evolve(none, {"hflip": True}), gen)[0] for _ in range(8)]
     assert any(torch.allclose(f, x.flip(-1), atol=1e-6) for f in flips)
     assert any(torch.allclose(f, x, atol=1e-6) for f in flips)
 
@@ -99,7 +110,7 @@ def test_colour_jitter_is_torchvisions_brightness_contrast_saturation(channels):
     order, give the same batch; brightness is a gain, so a black background stays black."""
     from torchvision.transforms.v2 import functional as TF
     from foldwise.train.augment import apply, draw
-    cfg = {**NO_AUGMENT, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4}
+    cfg = P.evolve(NO_AUGMENT, {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4})
     x = torch.rand(6, channels, 10, 12)
     x[:, :, :, :4] = 0.0  # a black band
     d = draw(6, cfg, torch.Generator().manual_seed(3))
@@ -110,7 +121,7 @@ def test_colour_jitter_is_torchvisions_brightness_contrast_saturation(channels):
         if channels == 3:
             want = TF.adjust_saturation(want, saturation)
         torch.testing.assert_close(out[i], want, atol=1e-4, rtol=0)  # red weighed 0.299, not 0.2989
-    bright = apply(x, d, {**cfg, "contrast": 0.0, "saturation": 0.0})
+    bright = apply(x, d, P.evolve(cfg, {"contrast": 0.0, "saturation": 0.0}))
     assert bright[:, :, :, :4].abs().max() == 0.0
     assert not torch.allclose(bright, x)  # it did change the rest
 
@@ -123,27 +134,26 @@ FULL_RECIPE = {"lr_per_step": True, "clip_grad": 1.0, "ema": {"decay": 0.9, "war
 def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path, recipe):
     x, y = toy_data()
     ckpt = tmp_path / "resume.pt"
-    cfg = {**CFG, **recipe}
+    cfg = P.evolve(CFG, recipe)
 
     def fresh():
         torch.manual_seed(5)
         return Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
 
     def args(net):
-        return (net, Classification(["a", "b"]), 3e-3, cfg, 5, x[:32], y[:32], x[32:], y[32:], x[:5],
-                torch.device("cpu"))
+        return net, Classification(["a", "b"]), 3e-3, cfg, 5, x, y
 
-    whole = train_fold(*args(fresh()))
+    whole = fit(*args(fresh()))
 
     def crash_at_epoch_2(row):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_fold(*args(fresh()), on_epoch=crash_at_epoch_2, resume=ckpt)
+        fit(*args(fresh()), on_epoch=crash_at_epoch_2, resume=ckpt)
     assert ckpt.is_file()
     seen = []
-    resumed = train_fold(*args(fresh()), on_epoch=seen.append, resume=ckpt)
+    resumed = fit(*args(fresh()), on_epoch=seen.append, resume=ckpt)
     assert [r["epoch"] for r in seen] == [0, 1, 2, 3]  # restored rows are reported again
     np.testing.assert_array_equal(resumed.val_preds, whole.val_preds)
     assert resumed.best_epoch == whole.best_epoch
@@ -156,7 +166,7 @@ def test_rotation_is_a_rotation_in_pixels_on_non_square_images():
     must be orthogonal (no shear), whatever the aspect ratio."""
     from foldwise.train.augment import random_affine
     gen = torch.Generator().manual_seed(0)
-    cfg = {**NO_AUGMENT, "rotate": 40}
+    cfg = P.evolve(NO_AUGMENT, {"rotate": 40})
     height, width = 96, 128
     theta = random_affine(16, cfg, gen, aspect=width / height)
     s = torch.diag(torch.tensor([width, height], dtype=torch.float32))
@@ -176,10 +186,9 @@ def test_step_and_plateau_schedules_decay_the_learning_rate(sched):
     torch.manual_seed(0)
     net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
     x, y = toy_data()
-    cfg = {**CFG, "scheduler": sched, "epochs": 6, "decay_epochs": 2, "decay_rate": 0.1,
-           "patience": 10}
-    result = train_fold(net, WorseningTask(["a", "b"]), 1e-2, cfg, 0, x[:32], y[:32], x[32:],
-                        y[32:], x[:5], torch.device("cpu"))
+    cfg = P.evolve(CFG, {"scheduler": sched, "epochs": 6, "decay_epochs": 2, "decay_rate": 0.1,
+                         "patience": 10})
+    result = fit(net, WorseningTask(["a", "b"]), 1e-2, cfg, 0, x, y)
     lrs = list(result.history["lr"])
     assert lrs[0] == pytest.approx(1e-2)
     assert min(lrs) <= 1e-3 + 1e-12, lrs
@@ -194,8 +203,7 @@ def test_a_fold_whose_loss_is_never_finite_stops_with_a_clear_error():
     net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
     x, y = toy_data()
     with pytest.raises(InputError, match="training diverged: validation logloss was never finite"):
-        train_fold(net, NanTask(["a", "b"]), 1e-3, {**CFG, "epochs": 3, "patience": 2}, 0,
-                   x[:32], y[:32], x[32:], y[32:], x[:5], torch.device("cpu"))
+        fit(net, NanTask(["a", "b"]), 1e-3, P.evolve(CFG, {"epochs": 3, "patience": 2}), 0, x, y)
 
 
 @pytest.mark.extended  # torch.compile: inductor builds C++ kernels, about a minute
@@ -260,7 +268,7 @@ def test_the_learning_rate_moves_every_update_on_timms_cosine():
     from foldwise.train import recipe
     from foldwise.train.loop import create_scheduler
     net = torch.nn.Linear(2, 2)
-    cfg = {**CFG, "lr_per_step": True, "epochs": 3, "warmup_epochs": 0, "min_lr": 0.01}
+    cfg = P.evolve(CFG, {"lr_per_step": True, "epochs": 3, "warmup_epochs": 0, "min_lr": 0.01})
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     sched = create_scheduler(opt, cfg, 0.1, updates_per_epoch=5)
     rec = recipe.create(net, cfg, Classification(["a", "b"]), sched)
@@ -269,8 +277,9 @@ def test_the_learning_rate_moves_every_update_on_timms_cosine():
         rec.stepped(net)
         want = 0.001 + (0.1 - 0.001) * (1 + math.cos(math.pi * u / 15)) / 2
         assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-9), u
-    per_epoch = recipe.create(net, {**cfg, "lr_per_step": False}, Classification(["a", "b"]),
-                              create_scheduler(opt, {**cfg, "lr_per_step": False}, 0.1, 5))
+    by_epoch = P.evolve(cfg, {"lr_per_step": False})
+    per_epoch = recipe.create(net, by_epoch, Classification(["a", "b"]),
+                              create_scheduler(opt, by_epoch, 0.1, 5))
     assert per_epoch.scheduler is None
 
 
@@ -281,10 +290,30 @@ def test_gradient_clipping_bounds_each_update():
     net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
     before = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}
     x, y = toy_data()
-    cfg = {**CFG, "optimizer": "momentum", "momentum": 0.0, "epochs": 1, "clip_grad": 1e-3,
-           "augment": NO_AUGMENT}
-    train_fold(net, Classification(["a", "b"]), 0.1, cfg, 0, x[:32], y[:32], x[32:], y[32:], x[:5],
-               torch.device("cpu"))
+    cfg = P.evolve(CFG, {"optimizer": "momentum", "momentum": 0.0, "epochs": 1, "clip_grad": 1e-3,
+                         "augment": dataclasses.asdict(NO_AUGMENT)})
+    fit(net, Classification(["a", "b"]), 0.1, cfg, 0, x, y)
     moved = torch.sqrt(sum(((net.state_dict()[k] - v) ** 2).sum() for k, v in before.items()
                            if "running" not in k and "num_batches" not in k))
     assert 0 < moved <= 4 * 0.1 * 1e-3 * (1 + 1e-4)  # 4 updates of 8 images
+
+
+def test_the_loop_state_is_the_resume_files_format(tmp_path):
+    """LoopState.to_file/from_file are the loop's part of the resume file: a state saved by
+    save_resume comes back field for field (predictions as arrays), and a file written in
+    another format is ignored with a warning, not half-loaded."""
+    from foldwise.train import checkpoints
+    from foldwise.train.state import LoopState
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    state = LoopState(best=0.5, best_epoch=2, best_state=net.state_dict(),
+                      best_val=np.array([[0.2, 0.8]]), weights="ema", stale=1,
+                      history=[{"epoch": 0, "val_metric": 0.7}], seen=64, train_time=1.5, step=8)
+    checkpoints.save_resume(tmp_path / "r.pt", net, opt, gen, state)
+    back, optimizer_state = checkpoints.load_resume(tmp_path / "r.pt", net, opt, gen)
+    assert back.best_epoch == 2 and back.weights == "ema" and back.history == state.history
+    assert back.step == 8 and back.seen == 64 and "state" in optimizer_state
+    np.testing.assert_array_equal(back.best_val, state.best_val)
+    torch.save({"best": 0.1, "history": []}, tmp_path / "old.pt")  # an older, flat format
+    assert checkpoints.load_resume(tmp_path / "old.pt", net, opt, gen) is None

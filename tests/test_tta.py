@@ -6,19 +6,20 @@ import timm
 import torch
 from torch import nn
 
+from foldwise import params as P
 from foldwise.train import tta
 from foldwise.errors import InputError
 from foldwise.tasks import Classification, Keypoints
 from foldwise.models import Normalised
 
-OFF = {"hflip": False, "shift": 0.0, "scale": 0.0}
+OFF = P.build(P.Tta, {"hflip": False, "shift": 0.0, "scale": 0.0})
 
 
 def test_no_views_means_the_network_itself_and_a_refused_mirror_names_the_key():
     net = nn.Identity()
     assert tta.wrap(net, OFF, Classification(["a", "b"]), True) is net
     with pytest.raises(InputError, match="tta.hflip"):
-        tta.views({**OFF, "hflip": True}, hflip_safe=False)
+        tta.views(P.evolve(OFF, {"hflip": True}), hflip_safe=False)
     assert len(tta.views({"hflip": True, "shift": 0.05, "scale": 0.1}, True)) == 1 + 1 + 4 + 2
 
 
@@ -27,7 +28,7 @@ def test_class_outputs_average_the_logits_of_the_image_and_its_mirror():
     torch.manual_seed(0)
     net = Normalised(timm.create_model("resnet10t", num_classes=3), [0.5] * 3, [0.25] * 3).eval()
     x = torch.rand(4, 3, 24, 32)
-    wrapped = tta.wrap(net, {**OFF, "hflip": True}, Classification(["a", "b"]), True)
+    wrapped = tta.wrap(net, P.evolve(OFF, {"hflip": True}), Classification(["a", "b"]), True)
     with torch.no_grad():
         want = (net(x) + net(x.flip(-1))) / 2
         torch.testing.assert_close(wrapped(x), want, atol=1e-5, rtol=1e-5)
@@ -66,12 +67,12 @@ def test_keypoints_come_back_from_every_view_to_the_image_frame():
     net = SpotFinder()
     plain = net(x)
     task = Keypoints(["l_x", "l_y", "r_x", "r_y"], (x.shape[2], x.shape[3]), [[0, 2], [1, 3]])
-    for cfg in ({**OFF, "hflip": True}, {**OFF, "shift": 0.05}, {**OFF, "scale": 0.1}):
+    for cfg in (P.evolve(OFF, {"hflip": True}), P.evolve(OFF, {"shift": 0.05}), P.evolve(OFF, {"scale": 0.1})):
         wrapped = tta.wrap(net, cfg, task, True)
         for theta in wrapped.thetas:  # every single view, mapped back, finds the same spots
             one = tta.TTA(net, torch.cat([torch.eye(2, 3)[None], theta[None]]), True, 4,
                           [(0, 2), (1, 3)])
             both = one(x)  # mean of plain and this view: equal to plain when the view agrees
             torch.testing.assert_close(both, plain, atol=0.01, rtol=0)
-    unswapped = tta.TTA(net, tta.views({**OFF, "hflip": True}, True), True, 4, [])
+    unswapped = tta.TTA(net, tta.views(P.evolve(OFF, {"hflip": True}), True), True, 4, [])
     assert (unswapped(x) - plain).abs().max() > 0.1

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from foldwise.errors import InputError
+from foldwise.params import Train
 
 log = logging.getLogger(__name__)
 
@@ -145,24 +146,24 @@ def input_normalisation(model: nn.Module, weights: str, dataset_mean, dataset_st
     gets the data set's own channel statistics."""
     if weights.startswith("random"):
         return list(dataset_mean), list(dataset_std)
-    cfg = model.pretrained_cfg
+    pretrained = model.pretrained_cfg  # timm's own dict
     channels = len(dataset_mean)
-    mean, std = list(cfg["mean"]), list(cfg["std"])
+    mean, std = list(pretrained["mean"]), list(pretrained["std"])
     if len(mean) != channels:  # e.g. RGB statistics for a one-channel input
         mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
     return mean, std
 
 
-def create_network(cfg: dict, num_outputs: int, in_chans: int, data_mean, data_std):
+def create_network(cfg: Train, num_outputs: int, in_chans: int, data_mean, data_std):
     """params.yaml's `train` network: timm's model with its input normalisation inside. Returns
     the network, where its weights came from, and its spec, which the checkpoint stores and
     `load_checkpoint` rebuilds the same network from."""
-    backbone, weights = create_backbone(cfg["model"], num_outputs, in_chans, cfg["pretrained"],
-                                        cfg["weights_file"], cfg["weights_match"],
-                                        cfg["pretrained_fallback"], cfg["model_kwargs"])
+    backbone, weights = create_backbone(cfg.model, num_outputs, in_chans, cfg.pretrained,
+                                        cfg.weights_file, cfg.weights_match,
+                                        cfg.pretrained_fallback, cfg.model_kwargs)
     mean, std = input_normalisation(backbone, weights, data_mean, data_std)
-    spec = {"model": cfg["model"], "mean": mean, "std": std, "num_outputs": num_outputs,
-            "in_chans": in_chans, "model_kwargs": cfg["model_kwargs"]}
+    spec = {"model": cfg.model, "mean": mean, "std": std, "num_outputs": num_outputs,
+            "in_chans": in_chans, "model_kwargs": cfg.model_kwargs}
     return Normalised(backbone, mean, std), weights, spec
 
 

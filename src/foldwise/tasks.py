@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foldwise import metrics
+from foldwise.params import Params
 
 CLIP_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 0.1, 61)])
 RELIABILITY_COLUMNS = ["confidence", "accuracy", "perfect", "images"]
@@ -239,11 +240,11 @@ class Keypoints:
         return np.clip(preds, 0.0, self.size - 1)
 
 
-def create_task(meta: dict, params: dict | None = None):
+def create_task(meta: dict, params: Params | None = None):
     """The task kind that preprocess recorded for the data (`meta.json`); `params` only shape
     training (predict passes none)."""
     if meta["task"] == "classification":
-        smoothing = params["train"]["label_smoothing"] if params else 0.0
+        smoothing = params.train.label_smoothing if params else 0.0
         return Classification(meta["classes"], label_smoothing=smoothing)
     if meta["task"] == "keypoints":
         return Keypoints(meta["target_names"], meta["image_size"], meta["flip_pairs"])

@@ -27,7 +27,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from foldwise.files import project_root
-from foldwise.params import flatten
+from foldwise.params import Mlflow, Params, flatten
 
 # params that shape a fold's results; tracking settings themselves are not among them
 RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train", "tta")
@@ -35,9 +35,9 @@ RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train", "tta")
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
-def run_name(params: dict) -> str:
+def run_name(params: Params) -> str:
     """What tells pipeline runs apart in the UI: the DVC experiment, else model and lr."""
-    return os.environ.get("DVC_EXP_NAME") or f"{params['train']['model']} lr {float(params['lr']):g}"
+    return os.environ.get("DVC_EXP_NAME") or f"{params.train.model} lr {params.lr:g}"
 
 
 def source_tags() -> dict:
@@ -53,8 +53,8 @@ def source_tags() -> dict:
     return tags
 
 
-def tracking_uri(cfg: dict) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri")
+def tracking_uri(cfg: Mlflow | None = None) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri if cfg else "")
     return uri or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
@@ -63,7 +63,7 @@ def _lock(uri: str | None = None) -> Iterator[None]:
     """Serialise store creation and parent lookup: two processes creating one SQLite store
     at the same moment corrupt it. The lock file lies beside a SQLite store, so processes in
     other checkouts of the same machine (fold workers) that share the store share the lock."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri({})
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri()
     path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else \
         project_root() / "mlflow.db.lock"
     with open(path, "a") as f:
@@ -74,32 +74,33 @@ def _lock(uri: str | None = None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_experiment(cfg: dict) -> str:
+def open_experiment(cfg: Mlflow) -> str:
     """Point MLflow at the store (created here, under the lock) and return the experiment id."""
     # MLflow's SQL store uses a loader strategy SQLAlchemy deprecates: nothing a user can change
     warnings.filterwarnings("ignore", message=".*``noload`` loader strategy is deprecated")
     # artifacts beside the default store, not in ./mlruns of a temporary experiment copy
-    own_store = not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri"))
+    own_store = not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri)
     artifacts = (project_root() / "mlartifacts").as_uri() if own_store else None
     # MLflow's own handler prints its table creation on a new store: nothing to act on
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     with _lock(tracking_uri(cfg)):
         mlflow.set_tracking_uri(tracking_uri(cfg))  # also exports MLFLOW_TRACKING_URI
-        exp = mlflow.get_experiment_by_name(cfg["experiment"])
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
         if exp is None:
-            exp = mlflow.get_experiment(mlflow.create_experiment(cfg["experiment"],
+            exp = mlflow.get_experiment(mlflow.create_experiment(cfg.experiment,
                                                                  artifact_location=artifacts))
         if exp.tags.get(KIND_TAG) != MODEL_TRAINING:  # open on the model-training pages
             MlflowClient().set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_TRAINING)
         return exp.experiment_id
 
 
-def pipeline_key(params: dict, *fingerprint_files) -> str:
+def pipeline_key(params: Params, *fingerprint_files) -> str:
     """Names one pipeline run: what shapes its results, and the DVC experiment it belongs to.
     Two queued experiments with the same training params run at once in separate copies;
     with the experiment's name in the key they never share a parent run or a resume file. A
     killed experiment resumes when it is run again under the same name (`dvc exp run -n`)."""
-    payload = {k: params.get(k) for k in RESULT_KEYS}
+    values = params.as_dict()
+    payload = {k: values[k] for k in RESULT_KEYS}
     payload["dvc_experiment"] = os.environ.get("DVC_EXP_NAME", "")
     h = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode())
     for path in fingerprint_files:
@@ -107,7 +108,7 @@ def pipeline_key(params: dict, *fingerprint_files) -> str:
     return h.hexdigest()[:16]
 
 
-def parent_for_fold(experiment_id: str, key: str, fold: int, params: dict) -> str:
+def parent_for_fold(experiment_id: str, key: str, fold: int, params: Params) -> str:
     """The parent run this fold belongs to, created when this fold starts a new pipeline run."""
     client = MlflowClient()
     with _lock():
@@ -140,16 +141,16 @@ def close_killed_attempts(experiment_id: str, parent_id: str, fold: int) -> list
     return [r.info.run_id for r in stale]
 
 
-def _create_parent(client, experiment_id: str, key: str, params: dict, tags=None) -> str:
+def _create_parent(client, experiment_id: str, key: str, params: Params, tags=None) -> str:
     tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent", **source_tags(), **(tags or {})}
     run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
-    for batch in _chunks(sorted(flatten(params).items()), 100):
+    for batch in _chunks(sorted(flatten(params.as_dict()).items()), 100):
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
                                                   for k, v in batch])
     return run.info.run_id
 
 
-def parent_for_evaluation(experiment_id: str, fold_runs: list[dict], params: dict) -> str:
+def parent_for_evaluation(experiment_id: str, fold_runs: list[dict], params: Params) -> str:
     """The parent run that receives the bagged metrics: the folds' own, while it is open.
 
     Folds that DVC restored from its run-cache (or trained under several parents) point at
@@ -210,8 +211,9 @@ def _chunks(items, size):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def log_params(params: dict) -> None:
-    flat = sorted(flatten(params).items())
+def log_params(params: Params, **extra) -> None:
+    """Every param of the active run, flattened (`train.epochs`), and `extra` values."""
+    flat = sorted({**flatten(params.as_dict()), **extra}.items())
     for batch in _chunks(flat, 100):
         mlflow.log_params({k: str(v)[:6000] for k, v in batch})
 

@@ -8,10 +8,10 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from foldwise import params as P
 from foldwise.data.cache import build_cache, check_crop, decode_scale
 from foldwise.data.sources import get_source
 from foldwise.files import atomic_dir, write_csv, write_json
+from foldwise.params import Params
 
 
 def describe(source: str, data, stats: dict, size: dict) -> dict:
@@ -33,13 +33,13 @@ def report_decode_scale(train_items, size: dict) -> None:
              "source pixels, so reduced-size decoding cannot apply"))
 
 
-def preprocess(params: dict, root, out) -> None:
+def preprocess(params: Params, root, out) -> None:
     """Write `out`/{train.npy, test.npy, train.csv, test.csv, meta.json[, targets.npy]} in
     one atomic replacement."""
-    cfg, source = P.get(params, "preprocess"), P.get(params, "data.source")
+    cfg, source = params.preprocess, params.data.source
     data = get_source(source).read(root)
-    size = dict(height=int(cfg["height"]), width=int(cfg["width"]), crop=check_crop(cfg["crop"]),
-                mode=cfg["mode"], workers=int(cfg["workers"]))
+    size = dict(height=cfg.height, width=cfg.width, crop=check_crop(cfg.crop),
+                mode=cfg.mode, workers=cfg.workers)
     train_items = data.images["train"] if data.images else data.train["path"]
     test_items = data.images["test"] if data.images else data.test["path"]
     if not data.images:

@@ -7,19 +7,19 @@ import os
 import numpy as np
 import pandas as pd
 
-from foldwise import params as P
 from foldwise.data import dedupe
 from foldwise.data.folds import assign_folds
 from foldwise.data.sources import get_source
 from foldwise.errors import InputError
 from foldwise.files import write_csv
+from foldwise.params import Params
 
 CLUSTER_COLUMNS = ["cluster", "size", "id", "position", "hash"]
 
 
 def deduped_folds(params, table, labels, groups, items, k: int, seed: int):
     """Folds that keep near-duplicates together; returns (folds, the clusters found)."""
-    distance = int(P.get(params, "split.hash_distance"))
+    distance = params.split.hash_distance
     h = dedupe.hashes(items, workers=os.cpu_count() or 2)
     pairs = dedupe.near_pairs(h, distance)
     clusters = dedupe.report(table["id"], h, pairs)
@@ -41,20 +41,20 @@ def deduped_folds(params, table, labels, groups, items, k: int, seed: int):
     return folds, clusters
 
 
-def split(params: dict, root, out, dup_csv, dup_png) -> None:
+def split(params: Params, root, out, dup_csv, dup_png) -> None:
     """Write the fold table `out` (id, group, label, fold), the near-duplicate clusters found
     (`dup_csv`, empty when dedupe is off) and a contact sheet of the largest (`dup_png`)."""
-    folds = list(P.get(params, "folds"))
+    folds = list(params.folds)
     if folds != list(range(len(folds))):
         raise InputError(f"params.yaml: folds={folds} must be 0, 1, ..., k-1 (one entry per fold)")
-    data = get_source(P.get(params, "data.source")).read(root)
+    data = get_source(params.data.source).read(root)
     table = data.train[[c for c in ("id", "group", "label") if c in data.train]].copy()
     groups = None if table["group"].isna().all() else table["group"]
     labels = table["label"] if "label" in table else None  # regression: plain k-fold
-    k, seed = len(folds), P.get(params, "seed")
+    k, seed = len(folds), params.seed
     items = data.images["train"] if data.images else list(data.train["path"])
     clusters = pd.DataFrame(columns=CLUSTER_COLUMNS)
-    if P.get(params, "split.dedupe"):
+    if params.split.dedupe:
         table["fold"], clusters = deduped_folds(params, table, labels, groups, items, k, seed)
     else:
         table["fold"] = assign_folds(labels, groups, k, seed, size=len(table))

@@ -3,6 +3,7 @@ folds (`verify`), the submission written from what the shipped program predicts 
 `foldwise-predict` reproduces it), and the program logged as the pipeline's MLflow model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldwise import params as P, tracking
+from foldwise import tracking
 from foldwise.data.sources import get_source
 from foldwise.deploy import export, mlmodel
 from foldwise.deploy.verify import check_export
@@ -18,6 +19,7 @@ from foldwise.ensemble import calibration, neighbours
 from foldwise.models import load_checkpoint
 from foldwise.train import outputs, tta
 from foldwise.train.loader import open_cache
+from foldwise.params import Params
 
 TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
 
@@ -25,7 +27,7 @@ TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pa
 def log_to_mlflow(params, runs, model_dir, example, loaded) -> str:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
     parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model."""
-    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is None:
         raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
@@ -45,18 +47,18 @@ def fit_on_oof(metrics_json, neighbours_json) -> tuple[float, float, int]:
 
 def build_bag(params, task, meta, models, temperature: float) -> export.Bagged:
     """The folds' networks, each under its own test-time views, in one module."""
-    nets = [tta.wrap(load_checkpoint(outputs.checkpoint_path(models, k)), P.get(params, "tta"),
-                     task, meta["hflip_safe"]) for k in P.get(params, "folds")]
-    return export.Bagged(nets, task.head(), P.get(params, "bag.mean"), task.tempering(temperature))
+    nets = [tta.wrap(load_checkpoint(outputs.checkpoint_path(models, k)), params.tta,
+                     task, meta["hflip_safe"]) for k in params.folds]
+    return export.Bagged(nets, task.head(), params.bag.mean, task.tempering(temperature))
 
 
 def export_bag(params, meta, bag, test_images, clip, temperature, k, model_dir) -> None:
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
-                {**{key: meta[key] for key in TASK_KEYS}, "bag_mean": P.get(params, "bag.mean"),
+                {**{key: meta[key] for key in TASK_KEYS}, "bag_mean": params.bag.mean,
                  "folds": len(bag.nets), "clip": clip,
                  "neighbours": k,  # set-level: in the submission, not in predict
-                 "tta": P.get(params, "tta"), "temperature": temperature,
+                 "tta": dataclasses.asdict(params.tta), "temperature": temperature,
                  "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}},
                 model_dir)
 
@@ -73,7 +75,7 @@ def verified(bag, task, test, test_images, runs, temperature, device, model_dir)
     return got, (model, shipped_meta), check
 
 
-def ship(params: dict, task, meta: dict, paths: dict) -> str:
+def ship(params: Params, task, meta: dict, paths: dict) -> str:
     """Export, verify, write the submission and log the MLflow model. `paths`: the stage's
     arguments by name (root, models, processed, bagged, metrics_json, neighbours_dir,
     neighbours_json, submission, model_dir). Returns a one-line account."""
@@ -81,7 +83,7 @@ def ship(params: dict, task, meta: dict, paths: dict) -> str:
     bag = build_bag(params, task, meta, paths["models"], temperature)
     test_images = open_cache(Path(paths["processed"]) / "test.npy")
     export_bag(params, meta, bag, test_images, clip, temperature, k, paths["model_dir"])
-    runs = [outputs.read_run(paths["models"], f) for f in P.get(params, "folds")]
+    runs = [outputs.read_run(paths["models"], f) for f in params.folds]
     test = pd.read_csv(Path(paths["bagged"]) / "test.csv", dtype={"id": str})
     got, loaded, check = verified(bag, task, test, test_images, runs, temperature,
                                   export.default_device(), paths["model_dir"])

@@ -190,7 +190,7 @@ def log_to_mlflow(summary: dict, out_dir: Path) -> str:
     scores as metrics, blend.json and the submission as artifacts."""
     import mlflow
     from foldwise import tracking
-    experiment = tracking.open_experiment(P.get(P.load(), "mlflow"))
+    experiment = tracking.open_experiment(P.load().mlflow)
     name = "blend " + " + ".join(summary["members"])
     with mlflow.start_run(experiment_id=experiment, run_name=name[:250],
                           tags={"foldwise.role": "blend", **tracking.source_tags()}) as run:
@@ -241,7 +241,7 @@ def main() -> None:
         ids = pd.read_csv(processed / "train.csv", dtype={"id": str})["id"]
         result = blend(resolve(args.members), load_truth(processed), meta, ids, args.mean,
                        args.temperature)
-        write(result, ids, meta, args.root or P.get(P.load(), "data.root"), Path(args.out))
+        write(result, ids, meta, args.root or P.load().data.root, Path(args.out))
         print("\n".join(report_lines(result["summary"])))
         print(f"wrote {args.out}/submission.csv, blend.json, oof.csv, test.csv")
         if not args.no_mlflow:

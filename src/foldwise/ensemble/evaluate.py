@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from foldwise import params as P, report, tracking
+from foldwise import report, tracking
 from foldwise.data.cache import load_truth
 from foldwise.ensemble import calibration
 from foldwise.files import write_csv, write_json
 from foldwise.train import outputs
+from foldwise.params import Params
 
 HARDEST = 24
 
@@ -31,16 +32,16 @@ def calibrate(task, oof, truth) -> dict:
     return out
 
 
-def summarise(params: dict, task, oof: pd.DataFrame, truth, models):
+def summarise(params: Params, task, oof: pd.DataFrame, truth, models):
     """(summary, per-fold figures, baseline, breakdown table): what stays the same across
     experiments (the data's own figures, image counts) goes to the baseline, not among the
     metrics."""
     summary, per_fold, breakdown = report.evaluate(task, oof, truth)
-    if P.get(params, "calibration.temperature") and task.probabilities:
+    if params.calibration.temperature and task.probabilities:
         summary.update(calibrate(task, oof, truth))
     baseline = {"images": len(oof), **{k: summary.pop(k) for k in task.baselines if k in summary},
                 "fold_images": {k: f.pop("images") for k, f in per_fold.items()}}
-    for k in P.get(params, "folds"):
+    for k in params.folds:
         run = outputs.read_run(models, k)
         per_fold[str(k)].update(best_epoch=run["best_epoch"],
                                 train_images_per_s=round(run["train_images_per_s"], 1))
@@ -52,7 +53,7 @@ def write_reports(task, oof, truth, breakdown, params, processed: Path, models, 
     write_csv(breakdown, out / "breakdown.csv", float_format="%.6g")
     write_csv(report.confusion(task, oof, truth), out / "confusion.csv")
     write_csv(report.reliability(task, oof, truth), out / "calibration.csv", float_format="%.6g")
-    write_csv(report.curves({k: outputs.read_history(models, k) for k in P.get(params, "folds")}),
+    write_csv(report.curves({k: outputs.read_history(models, k) for k in params.folds}),
               out / "curves.csv", float_format="%.6g")
     worst = report.hardest(task, oof, truth, HARDEST)
     write_csv(worst, out / "hardest.csv", float_format="%.6g")
@@ -60,18 +61,18 @@ def write_reports(task, oof, truth, breakdown, params, processed: Path, models, 
 
 
 def finish_parent(params, task, summary, per_fold, baseline, models, out: Path) -> None:
-    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    experiment = tracking.open_experiment(params.mlflow)
     flat = {f"oof_{k}": v for k, v in summary.items()}
     flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items()})
     flat.update({k: v for k, v in baseline.items() if k in task.baselines})
-    runs = [outputs.read_run(models, k) for k in P.get(params, "folds")]
+    runs = [outputs.read_run(models, k) for k in params.folds]
     parent = tracking.parent_for_evaluation(experiment, runs, params)
     tracking.finish_parent(experiment, parent, flat,
                            [out / n for n in ("metrics.json", "baseline.json", "breakdown.csv",
                                               "hardest.csv", "hardest.png")])
 
 
-def evaluate(params: dict, task, bagged, processed, models, out) -> dict:
+def evaluate(params: Params, task, bagged, processed, models, out) -> dict:
     """Score the bag's OOF table (`bagged`/oof.csv) and write `out`'s metrics and reports;
     returns the summary."""
     bagged, processed, out = Path(bagged), Path(processed), Path(out)

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from foldwise import params as P
 from foldwise.files import atomic_dir, write_json
 from foldwise.train import outputs
+from foldwise.params import Params
 
 
-def run(params: dict, models, processed, bagged, metrics_json, out, out_json) -> None:
+def run(params: Params, models, processed, bagged, metrics_json, out, out_json) -> None:
     """Write the test graph (`out`/graph.npz), with k > 0 the OOF graph and OOF predictions
     averaged over it, and the scores with and without neighbours (`out_json`)."""
     models, processed, bagged, metrics_json, out = (Path(a) for a in (models, processed, bagged,
                                                                        metrics_json, out))
-    k = int(P.get(params, "neighbours.k"))
+    k = params.neighbours.k
     if k:
         average_over_neighbours(params, k, models, processed, bagged, metrics_json, out, out_json)
         return
@@ -82,7 +82,7 @@ def average_over_neighbours(params, k, models, processed, bagged, metrics_json, 
         before, _ = calibration.cross_fitted(before, truth, fold_of_row)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train_f, test_f = features(models, P.get(params, "folds"), open_cache(processed / "train.npy"),
+    train_f, test_f = features(models, params.folds, open_cache(processed / "train.npy"),
                                test_images, fold_of_row, device)
     oof_idx, oof_sim = neighbours.grouped_graph(train_f, fold_of_row, k)
     after = neighbours.smooth(before, oof_idx, oof_sim)
@@ -98,8 +98,8 @@ def average_over_neighbours(params, k, models, processed, bagged, metrics_json, 
         write_csv(table, tmp / "oof.csv", float_format="%.8g")
     write_json(summary, out_json)
 
-    runs = [outputs.read_run(models, f) for f in P.get(params, "folds")]
-    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    runs = [outputs.read_run(models, f) for f in params.folds]
+    experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is not None:
         tracking.log_to_run(parent, {f"neighbours_oof_{m}": v for m, v in summary["oof"].items()})

@@ -110,7 +110,7 @@ def repro(*args: str) -> None:
 def run(jobs: int) -> None:
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: at least 1")
-    folds = P.get(P.load(), "folds")
+    folds = P.load().folds
     repro(*UPSTREAM)
     train_folds(folds, min(jobs, len(folds)), Path(".foldwise") / "logs")
     repro()

@@ -71,20 +71,20 @@ def coordinate(repo: str, gpus: float, address: str | None) -> list[dict]:
     dvc("push", *UPSTREAM, cwd=".")
     # the folds join this checkout's MLflow store and experiment, and their parent run: created
     # here, once, since workers on other machines share no lock to create it under
-    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    experiment = tracking.open_experiment(params.mlflow)
     key = tracking.pipeline_key(params, "data/folds.csv", "data/processed/meta.json")
-    tracking.parent_for_fold(experiment, key, P.get(params, "folds")[0], params)
-    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(P.get(params, "mlflow"))}
+    tracking.parent_for_fold(experiment, key, params.folds[0], params)
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(params.mlflow)}
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_gpus=gpus)(train_fold)
         lock = Path("dvc.lock").read_text()
-        results = ray.get([task.remote(repo, commit, lock, k, env) for k in P.get(params, "folds")])
+        results = ray.get([task.remote(repo, commit, lock, k, env) for k in params.folds])
     finally:
         ray.shutdown()
     dvc("pull", "--run-cache", *UPSTREAM, cwd=".")  # the workers' run-cache entries
     out = dvc("repro", "--pull", cwd=".")  # folds restored from them, outputs pulled
-    retrained = [k for k in P.get(params, "folds") if f"Running stage 'train@{k}'" in out]
+    retrained = [k for k in params.folds if f"Running stage 'train@{k}'" in out]
     if retrained:
         raise InputError(f"dvc repro trained folds {retrained} again: the workers' run-cache did not arrive")
     return results

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from foldwise.errors import InputError
+from foldwise.params import Augment
 
 
-def check(cfg: dict, hflip_safe: bool) -> None:
-    if cfg["hflip"] and not hflip_safe:
+def check(cfg: Augment, hflip_safe: bool) -> None:
+    if cfg.hflip and not hflip_safe:
         raise InputError("params.yaml: train.augment.hflip is true, but a mirror image changes this "
                          "data set's labels (left/right classes); set it to false")
 
@@ -43,7 +44,7 @@ class Draw:
         return Draw(*(t.pin_memory().to(device, non_blocking=True) for t in (self.theta, self.colour)))
 
 
-def random_affine(n: int, cfg: dict, generator: torch.Generator, aspect: float = 1.0) -> torch.Tensor:
+def random_affine(n: int, cfg: Augment, generator: torch.Generator, aspect: float = 1.0) -> torch.Tensor:
     """(n, 2, 3) matrices in normalised coordinates: shift, scale, rotation, optional mirror,
     and a random resized crop (a random region of at least `crop_area` of the frame, zoomed
     to fill it) when `crop_area` < 1.
@@ -54,16 +55,16 @@ def random_affine(n: int, cfg: dict, generator: torch.Generator, aspect: float =
     def uniform(lo, hi):
         return lo + (hi - lo) * torch.rand(n, generator=generator)
 
-    angle = uniform(-1, 1) * math.radians(cfg["rotate"])
-    scale = 1 + uniform(-1, 1) * cfg["scale"]
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * cfg["shift"] * 2
-    area = float(cfg["crop_area"])
+    angle = uniform(-1, 1) * math.radians(cfg.rotate)
+    scale = 1 + uniform(-1, 1) * cfg.scale
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * cfg.shift * 2
+    area = cfg.crop_area
     if area < 1.0:
         side = uniform(area, 1.0).sqrt()  # the crop's side as a fraction of the frame
         scale = scale / side
         shift = shift + (torch.rand(n, 2, generator=generator) * 2 - 1) * (1 - side)[:, None]
     flip = torch.ones(n)
-    if cfg["hflip"]:
+    if cfg.hflip:
         flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin / aspect, shift[:, 0]], 1),
@@ -71,33 +72,33 @@ def random_affine(n: int, cfg: dict, generator: torch.Generator, aspect: float =
     return theta
 
 
-def draw(n: int, cfg: dict, generator: torch.Generator, aspect: float = 1.0) -> Draw:
+def draw(n: int, cfg: Augment, generator: torch.Generator, aspect: float = 1.0) -> Draw:
     """All random numbers of one batch's augmentation, on the CPU, in a fixed order."""
     theta = random_affine(n, cfg, generator, aspect)
     u = torch.rand(n, 3, generator=generator) * 2 - 1
-    colour = torch.stack([1 + u[:, 0] * cfg["saturation"], 1 + u[:, 1] * cfg["contrast"],
-                          1 + u[:, 2] * cfg["brightness"]], 1)
+    colour = torch.stack([1 + u[:, 0] * cfg.saturation, 1 + u[:, 1] * cfg.contrast,
+                          1 + u[:, 2] * cfg.brightness], 1)
     return Draw(theta, colour)
 
 
-def warps(cfg: dict) -> bool:
+def warps(cfg: Augment) -> bool:
     """Whether `cfg` moves pixels at all (else the warp is the identity and is skipped)."""
-    return bool(cfg["hflip"] or cfg["shift"] or cfg["scale"] or cfg["rotate"]
-                or float(cfg["crop_area"]) < 1.0)
+    return bool(cfg.hflip or cfg.shift or cfg.scale or cfg.rotate
+                or cfg.crop_area < 1.0)
 
 
-def apply(x: torch.Tensor, d: Draw, cfg: dict) -> torch.Tensor:
+def apply(x: torch.Tensor, d: Draw, cfg: Augment) -> torch.Tensor:
     """x: (N, C, H, W) float in [0, 1] on any device; `d` on the same device."""
     if warps(cfg):
         grid = F.affine_grid(d.theta.to(x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     colour = d.colour.to(x.dtype)[:, :, None, None, None]
-    if cfg["brightness"]:
+    if cfg.brightness:
         x = (x * colour[:, 2]).clamp(0, 1)
-    if cfg["contrast"]:
+    if cfg.contrast:
         mean = grey(x).mean(dim=(1, 2, 3), keepdim=True)
         x = (mean + (x - mean) * colour[:, 1]).clamp(0, 1)
-    if cfg["saturation"] and x.shape[1] == 3:
+    if cfg.saturation and x.shape[1] == 3:
         g = grey(x)
         x = (g + (x - g) * colour[:, 0]).clamp(0, 1)
     return x
@@ -112,7 +113,7 @@ def grey(x: torch.Tensor) -> torch.Tensor:
     return (x * w[:, None, None]).sum(dim=1, keepdim=True)
 
 
-def augment(x: torch.Tensor, cfg: dict, generator: torch.Generator):
+def augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator):
     """Draw and apply in one call. Returns the augmented batch and the (CPU) affine matrices."""
     d = draw(x.shape[0], cfg, generator, aspect=x.shape[-1] / x.shape[-2])
     return apply(x, d.to(x.device), cfg), d.theta

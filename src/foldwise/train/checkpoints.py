@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from foldwise.files import atomic_path
+from foldwise.train.state import LoopState
 
 log = logging.getLogger(__name__)
 
@@ -29,40 +29,36 @@ def load(path: str | Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def save_resume(path, net, optimizer, gen: torch.Generator, state: dict, ema=None) -> None:
+def save_resume(path, net, optimizer, gen: torch.Generator, state: LoopState, ema=None) -> None:
     """Everything a killed fold needs to continue as if it never stopped (with `ema`, timm's
-    moving average of the weights, too)."""
-    best_val = state["best_val"]
-    save({**state, "best_val": None if best_val is None else torch.from_numpy(np.asarray(best_val)),
-          "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+    moving average of the weights, too): the loop's state in its own format, the rest beside."""
+    save({"loop": state.to_file(), "net": net.state_dict(), "optimizer": optimizer.state_dict(),
           "ema": None if ema is None else ema.module.state_dict(),
           "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
 
 
-def load_resume(path, net, optimizer, gen: torch.Generator, ema=None) -> dict | None:
+def load_resume(path, net, optimizer, gen: torch.Generator, ema=None):
     """Restore the network, generator and RNG states saved by `save_resume`; return the loop's
-    state with the optimizer's under "optimizer" (the caller loads it once its scheduler has
-    replayed the finished epochs). None when there is nothing (usable) to resume from."""
+    state and the optimizer's (the caller loads that once its scheduler has replayed the
+    finished epochs). None when there is nothing (usable) to resume from."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        state = load(path)  # on the CPU: RNG states must be CPU tensors, the rest follows net
-        net.load_state_dict(state.pop("net"))
-        average = state.pop("ema")
+        saved = load(path)  # on the CPU: RNG states must be CPU tensors, the rest follows net
+        state = LoopState.from_file(saved["loop"])
+        net.load_state_dict(saved["net"])
         if ema is not None:
-            ema.module.load_state_dict(average)
+            ema.module.load_state_dict(saved["ema"])
     except Exception as err:  # noqa: BLE001 - any unreadable resume file means: start over
         log.warning("ignoring resume file %s (%s: %s); training this fold from the start",
                     path, type(err).__name__, err)
         return None
-    gen.set_state(state.pop("generator"))
-    torch.set_rng_state(state.pop("torch_rng"))
-    cuda_rng = state.pop("cuda_rng")
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    cuda_rng = saved["cuda_rng"]
     if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_rng)
-    if state["best_val"] is not None:
-        state["best_val"] = state["best_val"].numpy()
-    log.info("resumed from %s after epoch %d", path, len(state["history"]) - 1)
-    return state
+    log.info("resumed from %s after epoch %d", path, len(state.history) - 1)
+    return state, saved["optimizer"]

@@ -25,7 +25,7 @@ from foldwise.files import project_root, write_csv
 from foldwise.tasks import create_task
 from foldwise.train import augment, distributed, outputs, tta
 from foldwise.train.loader import Rows, open_cache
-from foldwise.train.loop import FoldResult, train_fold
+from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 
 
 @dataclass
@@ -86,11 +86,11 @@ def log_artifacts(result: FoldResult, out: Path, title: str) -> None:
     mlflow.log_artifact(str(out / "model.pt"))
 
 
-def start_fold_run(params: dict, key: str, fold: int, weights: str, device):
+def start_fold_run(params: P.Params, key: str, fold: int, weights: str, device):
     """The fold's MLflow run (an active run, for `with`) under its pipeline's parent, with the
     parent's and experiment's ids; earlier attempts of this fold that died are marked KILLED
     and named in the new run's `foldwise.resumes` tag."""
-    experiment = tracking.open_experiment(P.get(params, "mlflow"))
+    experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.parent_for_fold(experiment, key, fold, params)
     killed = tracking.close_killed_attempts(experiment, parent, fold)
     tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
@@ -105,18 +105,18 @@ def start_fold_run(params: dict, key: str, fold: int, weights: str, device):
     return run, parent, experiment
 
 
-def log_inputs(params: dict, data: FoldData, folds_csv, processed: Path, meta: dict) -> None:
-    tracking.log_params({**params, "fold": data.fold, "train_images": len(data.train_rows),
-                         "val_images": len(data.val_rows)})
+def log_inputs(params: P.Params, data: FoldData, folds_csv, processed: Path, meta: dict) -> None:
+    tracking.log_params(params, fold=data.fold, train_images=len(data.train_rows),
+                        val_images=len(data.val_rows))
     tracking.log_fold_inputs(data.table, data.train_rows, data.val_rows,
                              [folds_csv, processed / "train.csv", processed / "meta.json"],
-                             f"{meta['source']} fold {data.fold}", P.get(params, "data.root"))
+                             f"{meta['source']} fold {data.fold}", params.data.root)
 
 
 def tracked(params, data: FoldData, fit, spec, weights, key, device, paths) -> dict:
     """Rank 0's run: the fold trained inside its MLflow run, its folder and history written."""
     folds_csv, processed, out, history_csv, meta = paths
-    task, cfg = create_task(meta, params), P.get(params, "train")
+    task, cfg = create_task(meta, params), params.train
     run, parent, experiment = start_fold_run(params, key, data.fold, weights, device)
     with run:
         log_inputs(params, data, folds_csv, processed, meta)
@@ -125,32 +125,32 @@ def tracked(params, data: FoldData, fit, spec, weights, key, device, paths) -> d
         summary = summarise(result, task, data.labels[data.val_rows])
         mlflow.log_metrics(summary)
         mlflow.set_tag("foldwise.kept_weights", result.weights)
-        amp = bool(cfg["amp"]) and device.type == "cuda"
+        amp = cfg.amp and device.type == "cuda"
         info = {"run_id": run.info.run_id, "parent_run_id": parent, "experiment_id": experiment,
                 "pipeline_key": key, "weights": weights, "device": device.type,
                 "devices": distributed.world(), "precision": "bfloat16" if amp else "float32",
                 "kept_weights": result.weights, **summary}
         outputs.write(out, {"spec": spec, "state_dict": result.state_dict, "fold": data.fold},
                       *prediction_tables(data, result, task), info, result.history)
-        log_artifacts(result, Path(out), f"fold {data.fold}: {cfg['model']}, lr {float(params['lr']):g}")
+        log_artifacts(result, Path(out), f"fold {data.fold}: {cfg.model}, lr {params.lr:g}")
         write_csv(result.history, history_csv)
     return {**summary, "monitor": task.monitor, "images_per_s": result.train_images_per_s}
 
 
-def run(params: dict, fold: int, folds_csv, processed, out, history_csv) -> int:
+def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> int:
     """Train fold `fold` and write its folder; returns the exit status (torchrun's, when this
     process relaunched itself on several devices)."""
     processed = Path(processed)
-    cfg = P.get(params, "train")
+    cfg = params.train
     meta = json.loads((processed / "meta.json").read_text())
-    augment.check(cfg["augment"], meta["hflip_safe"])
-    tta.views(P.get(params, "tta"), meta["hflip_safe"])  # a refused view stops before training
-    code = distributed.relaunch(int(cfg["devices"]))  # this command, once per device, by torchrun
+    augment.check(cfg.augment, meta["hflip_safe"])
+    tta.views(params.tta, meta["hflip_safe"])  # a refused view stops before training
+    code = distributed.relaunch(cfg.devices)  # this command, once per device, by torchrun
     if code is not None:
         return code
     device = distributed.setup()
     data = load_data(folds_csv, processed, fold)
-    seed = int(P.get(params, "seed")) * 1000 + fold
+    seed = params.seed * 1000 + fold
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta, params)
     net, weights, spec = models.create_network(cfg, task.num_outputs, data.images.shape[-1],
@@ -158,10 +158,10 @@ def run(params: dict, fold: int, folds_csv, processed, out, history_csv) -> int:
     key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
     # survives a crash mid-fold; keyed by everything that shapes the result
     resume = project_root() / ".foldwise" / "resume" / f"{key}-fold{fold}.pt"
-    fit = partial(train_fold, net, task, float(P.get(params, "lr")), cfg, seed,
-                  Rows(data.images, data.train_rows), data.labels[data.train_rows],
-                  Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images,
-                  device, resume=resume, wrap=lambda n: tta.wrap(n, P.get(params, "tta"), task, meta["hflip_safe"]))
+    rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
+                   Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
+    fit = partial(train_fold, net, task, Settings(cfg, params.lr, seed, device), rows,
+                  resume=resume, wrap=lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"]))
     if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
         fit()                       # from its file), logs and writes nothing
         distributed.close()

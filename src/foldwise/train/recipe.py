@@ -17,6 +17,8 @@ import timm.utils
 import torch
 from torch import nn
 
+from foldwise.params import Train
+
 
 @dataclass
 class Recipe:
@@ -57,20 +59,20 @@ class Recipe:
             self.scheduler.step_update(num_updates=self.step)
 
 
-def create(net: nn.Module, cfg: dict, task, scheduler) -> Recipe:
+def create(net: nn.Module, cfg: Train, task, scheduler) -> Recipe:
     """The recipe of params.yaml's `train` section for `net` (already on its device)."""
-    mix, ema = cfg["mixup"], cfg["ema"]
+    mix, ema = cfg.mixup, cfg.ema
     mixup = None
-    if task.mixes and float(mix["prob"]) > 0 and (
-            float(mix["mixup_alpha"]) > 0 or float(mix["cutmix_alpha"]) > 0):
+    if task.mixes and mix.prob > 0 and (
+            mix.mixup_alpha > 0 or mix.cutmix_alpha > 0):
         # label smoothing stays with the loss (cross_entropy smooths soft targets the same way)
-        mixup = timm.data.Mixup(mixup_alpha=float(mix["mixup_alpha"]),
-                                cutmix_alpha=float(mix["cutmix_alpha"]), prob=float(mix["prob"]),
-                                switch_prob=float(mix["switch_prob"]), mode="batch",
+        mixup = timm.data.Mixup(mixup_alpha=mix.mixup_alpha,
+                                cutmix_alpha=mix.cutmix_alpha, prob=mix.prob,
+                                switch_prob=mix.switch_prob, mode="batch",
                                 label_smoothing=0.0, num_classes=task.num_outputs)
     average = None
-    if float(ema["decay"]) > 0:
-        average = timm.utils.ModelEmaV3(net, decay=float(ema["decay"]), use_warmup=bool(ema["warmup"]))
-    return Recipe(mixup=mixup, ema=average, clip_grad=float(cfg["clip_grad"]),
-                  clip_mode=cfg["clip_mode"],
+    if ema.decay > 0:
+        average = timm.utils.ModelEmaV3(net, decay=ema.decay, use_warmup=ema.warmup)
+    return Recipe(mixup=mixup, ema=average, clip_grad=cfg.clip_grad,
+                  clip_mode=cfg.clip_mode,
                   scheduler=scheduler if getattr(scheduler, "t_in_epochs", True) is False else None)

@@ -16,22 +16,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from foldwise.errors import InputError
+from foldwise.params import Tta
 
 
-def views(cfg: dict, hflip_safe: bool) -> torch.Tensor:
+def views(cfg: Tta, hflip_safe: bool) -> torch.Tensor:
     """(V, 2, 3) affine matrices of params.yaml's `tta`: the identity first, then a mirror
     (`hflip`), four shifts by `shift` of the frame (left, right, up, down), and a zoom in
     and out by `scale`. One view (the identity) means: no TTA."""
-    if cfg["hflip"] and not hflip_safe:
+    if cfg.hflip and not hflip_safe:
         raise InputError("params.yaml: tta.hflip is true, but a mirror image changes this data "
                          "set's labels (left/right classes); set it to false")
     mats = [((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))]
-    if cfg["hflip"]:
+    if cfg.hflip:
         mats.append(((-1.0, 0.0, 0.0), (0.0, 1.0, 0.0)))
-    d = 2.0 * float(cfg["shift"])  # the frame is 2 wide in grid_sample's coordinates
+    d = 2.0 * cfg.shift  # the frame is 2 wide in grid_sample's coordinates
     if d:
         mats += [((1.0, 0.0, dx), (0.0, 1.0, dy)) for dx, dy in ((-d, 0), (d, 0), (0, -d), (0, d))]
-    s = float(cfg["scale"])
+    s = cfg.scale
     if s:
         mats += [((1 / z, 0.0, 0.0), (0.0, 1 / z, 0.0)) for z in (1 + s, 1 - s)]
     return torch.tensor(mats, dtype=torch.float32)
@@ -68,7 +69,7 @@ class TTA(nn.Module):
         return torch.stack(outs).mean(dim=0) if len(outs) > 1 else outs[0]
 
 
-def wrap(net: nn.Module, cfg: dict, task, hflip_safe: bool) -> nn.Module:
+def wrap(net: nn.Module, cfg: Tta, task, hflip_safe: bool) -> nn.Module:
     """`net` under params.yaml's `tta` for `task` (its `view_outputs` say how a view's outputs
     map back to the image); `net` itself when `tta` asks for no view beyond the image."""
     thetas = views(cfg, hflip_safe)
