@@ -25,7 +25,8 @@ def main():
     params = P.load()
     task = create_task(json.loads((Path(processed) / "meta.json").read_text()), params)
     summary = evaluate(params, task, bagged, processed, models, out)
-    print("out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    print("out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
+                                      if isinstance(v, float)))
 
 
 if __name__ == "__main__":

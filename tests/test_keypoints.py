@@ -146,5 +146,5 @@ def test_the_course_variant_has_every_point_no_lookup_and_submits_30_coordinates
 
 
 def test_predictions_are_clipped_to_the_image():
-    clipped = task().postprocess(np.array([[-3.0, 100.0] * 15]))
+    clipped = task().postprocess(np.array([[-3.0, 100.0] * 15]), {})
     assert clipped.min() == 0.0 and clipped.max() == 95.0

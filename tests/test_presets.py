@@ -18,7 +18,7 @@ def keys(d, prefix=""):
 
 def test_every_preset_sets_the_same_keys_and_all_exist_in_params():
     presets = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "tasks").glob("*.yaml")}
-    assert set(presets) == {"statefarm", "keypoints", "dogscats", "folders"}
+    assert set(presets) == {"statefarm", "keypoints", "dogscats", "folders", "multilabel"}
     key_sets = {name: keys(p) for name, p in presets.items()}
     assert len({frozenset(k) for k in key_sets.values()}) == 1, key_sets
     params_keys = keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
@@ -39,5 +39,5 @@ def test_switching_keeps_other_values_and_comments_and_round_trips(tmp_path):
 
 
 def test_unknown_preset_lists_the_known_ones(tmp_path):
-    with pytest.raises(InputError, match="presets: dogscats, folders, keypoints, statefarm"):
+    with pytest.raises(InputError, match="presets: dogscats, folders, keypoints, multilabel, statefarm"):
         apply("birds", tmp_path / "params.yaml", ROOT / "tasks")

@@ -3,7 +3,8 @@ its embedded synthetic sample: the submission's exact format and a metric clearl
 the trivial baseline. Two or three folds, images no larger than the presets' and fewer epochs
 keep each task within a couple of minutes; the margins over the baselines were measured at
 these sizes (keypoints RMSE 0.36 of the mean's, dogs vs cats log loss 0.31 of the prior's,
-folders 0.86 below the prior's)."""
+folders 0.86 below the prior's, multi-label log loss 0.30 of the tag frequencies' and F2 0.93
+against their 0.71)."""
 import json
 
 import numpy as np
@@ -106,3 +107,42 @@ def test_image_folders_report_top5_and_export_label_and_probabilities(tmp_path_f
     assert list(sub.columns) == ["image", "label"] + classes
     np.testing.assert_allclose(sub[classes].sum(axis=1), 1.0, atol=1e-5)
     assert (sub["label"] == sub[classes].idxmax(axis=1)).all()
+
+
+def multilabel_params(p):
+    """Three folds (8 sites) of 48x48 scenes, 10 epochs, a mirrored test-time view."""
+    small(p, 48, 10, folds=[0, 1, 2])
+    p["sample"]["multilabel"].update(train=200, test=12, tags=5)
+
+
+def test_multilabel_runs_every_stage_and_submits_tags_past_oof_thresholds(tmp_path_factory):
+    """Multi-label through every stage: a score clearly better than the tag frequencies',
+    thresholds fit out-of-fold (F2 cross-fitted), reliability and curves plotted, the exported
+    model verified by the export stage, `foldwise-predict` writing the very submission, and
+    the thresholds on the MLflow parent."""
+    import sys
+    dst = make_project(tmp_path_factory.mktemp("ml") / "project", multilabel_params,
+                       task="multilabel")
+    sh("dvc repro", dst)
+    m = metrics(dst)
+    assert m["logloss"] < 0.5 * m["prior_logloss"] and m["f2_thresholds"] > m["prior_f2"] + 0.1, m
+    tags = ["clear", "cloudy", "primary", "water", "road"]
+    assert set(m["thresholds"]) == set(tags)
+    sub = pd.read_csv(dst / "export/submission.csv", keep_default_na=False)
+    assert list(sub.columns) == ["image_name", "tags"] and len(sub) == 12
+    assert all(set(row.split()) <= set(tags) for row in sub["tags"])
+    # the submission is the bag decided at the OOF thresholds
+    bagged = pd.read_csv(dst / "data/bagged/test.csv", dtype={"id": str}).set_index("id")
+    want = [" ".join(t for t in tags if bagged.loc[i, t] >= m["thresholds"][t]) for i in sub["image_name"]]
+    assert list(sub["tags"]) == want
+    out = dst / "predicted.csv"
+    sh(f"{sys.executable} -m foldwise.deploy.predict export/model data/sample/multilabel/test {out}", dst)
+    assert out.read_text() == (dst / "export/submission.csv").read_text()
+    shown = json.loads(sh("dvc plots show --json", dst).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    from mlflow.tracking import MlflowClient
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    run_id = json.loads((dst / "models/fold_0/run.json").read_text())["parent_run_id"]
+    parent = MlflowClient().get_run(run_id)
+    assert parent.data.metrics["oof_thresholds.clear"] == pytest.approx(m["thresholds"]["clear"])

@@ -61,12 +61,20 @@ class FoldersSample:
 
 
 @dataclass(frozen=True)
+class MultiLabelSample:
+    train: int
+    test: int
+    tags: int
+
+
+@dataclass(frozen=True)
 class Sample:
     """Each source's embedded synthetic set, under the source's name."""
     statefarm: StateFarmSample
     keypoints: KeypointsSample
     dogscats: DogsCatsSample
     folders: FoldersSample
+    multilabel: MultiLabelSample
 
 
 @dataclass(frozen=True)

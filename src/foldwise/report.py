@@ -11,7 +11,7 @@ from foldwise.files import atomic_path
 def evaluate(task, oof: pd.DataFrame, truth: np.ndarray) -> tuple[dict, dict, pd.DataFrame]:
     """`truth` is aligned with `oof` rows. Returns summary, per-fold scores, breakdown table."""
     preds = oof[task.columns].to_numpy()
-    summary, breakdown = task.report(truth, preds)
+    summary, breakdown = task.report(truth, preds, oof["fold"].to_numpy())
     per_fold = {}
     for k, rows in oof.groupby("fold").indices.items():
         per_fold[str(k)] = {**task.score(truth[rows], preds[rows]), "images": int(len(rows))}

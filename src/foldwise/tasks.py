@@ -29,6 +29,11 @@ class Softmax(nn.Module):
         return y.softmax(dim=1)
 
 
+class Sigmoid(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y.sigmoid()
+
+
 class Affine(nn.Module):
     """Outputs in [-1, 1] (grid_sample's frame) to pixels: y * scale + offset."""
 
@@ -102,7 +107,7 @@ class Classification:
         p = metrics.clip_renormalise(preds)
         return -np.log(p[np.arange(len(targets)), np.asarray(targets, dtype=int)])
 
-    def report(self, targets: np.ndarray, preds: np.ndarray) -> tuple[dict, pd.DataFrame]:
+    def report(self, targets: np.ndarray, preds: np.ndarray, folds=None) -> tuple[dict, pd.DataFrame]:
         """Out-of-fold summary and a per-class table."""
         summary = self.score(targets, preds)
         if self.num_outputs >= 5:
@@ -112,7 +117,8 @@ class Classification:
         if self.num_outputs == 2:
             # log loss punishes confident mistakes: bound the probabilities, the bound picked
             # on out-of-fold predictions (seed 003 guessed 0.005)
-            losses = [metrics.multiclass_logloss(targets, self.postprocess(preds, c)) for c in CLIP_GRID]
+            losses = [metrics.multiclass_logloss(targets, self.postprocess(preds, {"clip": c}))
+                      for c in CLIP_GRID]
             best = int(np.argmin(losses))
             summary.update(clip=float(CLIP_GRID[best]), logloss_clipped=float(losses[best]))
         return summary, pd.DataFrame(metrics.per_class(targets, preds, self.classes))
@@ -139,7 +145,13 @@ class Classification:
                 "predicted": [self.columns[i] for i in preds.argmax(1)],
                 "p_label": preds[np.arange(len(truth)), truth]}
 
-    def postprocess(self, preds: np.ndarray, clip: float = 0.0) -> np.ndarray:
+    def decision(self, summary: dict) -> dict:
+        """What the submission applies, as fit out-of-fold (`report`'s summary): a clip bound."""
+        return {"clip": float(summary.get("clip", 0.0))}
+
+    def postprocess(self, preds: np.ndarray, decision: dict) -> np.ndarray:
+        """The submission's values: probabilities, bounded by the clip fit out-of-fold."""
+        clip = decision.get("clip", 0.0)
         if not clip:
             return preds
         p = np.clip(preds, clip, 1 - clip)
@@ -209,7 +221,7 @@ class Keypoints:
         err = (np.asarray(preds) - np.asarray(targets)) ** 2
         return np.sqrt(np.nanmean(err, axis=1))
 
-    def report(self, targets: np.ndarray, preds: np.ndarray) -> tuple[dict, pd.DataFrame]:
+    def report(self, targets: np.ndarray, preds: np.ndarray, folds=None) -> tuple[dict, pd.DataFrame]:
         mean = np.nanmean(targets, axis=0)
         summary = {"rmse": metrics.masked_rmse(targets, preds),
                    "mean_baseline_rmse": metrics.masked_rmse(targets, np.tile(mean, (len(targets), 1)))}
@@ -235,9 +247,106 @@ class Keypoints:
     def item_columns(self, truth, preds) -> dict:
         return {}
 
-    def postprocess(self, preds: np.ndarray, clip: float = 0.0) -> np.ndarray:
+    def decision(self, summary: dict) -> dict:
+        return {}
+
+    def postprocess(self, preds: np.ndarray, decision: dict) -> np.ndarray:
         """Predictions clipped to the image."""
         return np.clip(preds, 0.0, self.size - 1)
+
+
+class MultiLabel:
+    """Any number of tags per image (Planet's "Understanding the Amazon", Human Protein Atlas):
+    one sigmoid per tag, trained with binary cross-entropy; the mean binary log loss picks the
+    kept epoch, and the submission lists each image's tags whose probability reaches a
+    per-tag threshold fit out-of-fold for the sample-averaged F2 (cross-fitted, like the
+    temperature: each fold's rows are decided by thresholds fit on the other folds)."""
+
+    monitor = "logloss"
+    baselines = ("prior_logloss", "prior_f2")
+    probabilities = False  # not rows that sum to one: no geometric bag, no temperature
+    mixes = False  # timm's Mixup one-hot encodes single labels
+    view_outputs = {}  # tags survive a warp
+
+    def __init__(self, tags):
+        self.columns = list(tags)
+        self.num_outputs = len(self.columns)
+
+    def targets(self, values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=torch.float32)
+
+    def augment_targets(self, targets: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return targets
+
+    def values(self, targets: torch.Tensor) -> np.ndarray:
+        return targets.cpu().numpy()
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float(), targets)
+
+    def activate(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float().sigmoid()
+
+    def score(self, targets: np.ndarray, preds: np.ndarray) -> dict:
+        """Training and validation figures: the log loss, and F2 at thresholds of 0.5."""
+        return {"logloss": metrics.binary_logloss(targets, preds),
+                "f2": metrics.f_beta_samples(targets, preds >= 0.5)}
+
+    def item_loss(self, targets: np.ndarray, preds: np.ndarray) -> np.ndarray:
+        y, p = np.asarray(targets), np.clip(preds, metrics.EPS, 1 - metrics.EPS)
+        return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p), axis=1)
+
+    def cross_fitted_f2(self, targets, preds, folds) -> float:
+        decided = np.zeros_like(preds, dtype=bool)
+        for k in np.unique(folds):
+            rows = folds == k
+            decided[rows] = preds[rows] >= metrics.fit_thresholds(targets[~rows], preds[~rows])
+        return metrics.f_beta_samples(targets, decided)
+
+    def report(self, targets: np.ndarray, preds: np.ndarray, folds=None) -> tuple[dict, pd.DataFrame]:
+        """Log loss and F2 at 0.5, thresholds fit on all rows (for the test set) and, with
+        `folds`, F2 with cross-fitted thresholds (honest); the prior's figures; a per-tag table."""
+        t = metrics.fit_thresholds(targets, preds)
+        prior = np.tile(targets.mean(axis=0), (len(targets), 1))
+        summary = {**self.score(targets, preds), "thresholds": dict(zip(self.columns, t.tolist())),
+                   "prior_logloss": metrics.binary_logloss(targets, prior),
+                   "prior_f2": metrics.f_beta_samples(targets, prior >= metrics.fit_thresholds(
+                       targets, prior))}
+        if folds is not None:
+            summary["f2_thresholds"] = self.cross_fitted_f2(targets, preds, np.asarray(folds))
+        rows = [{"tag": tag, "count": int(targets[:, k].sum()),
+                 "logloss": metrics.binary_logloss(targets[:, k], preds[:, k]),
+                 "threshold": float(t[k])} for k, tag in enumerate(self.columns)]
+        return summary, pd.DataFrame(rows)
+
+    def head(self) -> nn.Module:
+        return Sigmoid()
+
+    def tempering(self, temperature: float) -> nn.Module | None:
+        return None
+
+    def confusion(self, truth, preds) -> pd.DataFrame:
+        return pd.DataFrame(columns=["actual", "predicted"])
+
+    def reliability(self, truth: np.ndarray, preds: np.ndarray, bins: int = 10) -> pd.DataFrame:
+        """Every (image, tag) probability against how often the tag was there."""
+        return reliability_table(preds.ravel(), np.asarray(truth).ravel() > 0.5, 0.0, bins)
+
+    def tag_string(self, row) -> str:
+        return " ".join(tag for tag, on in zip(self.columns, row) if on > 0.5)
+
+    def item_columns(self, truth: np.ndarray, preds: np.ndarray) -> dict:
+        return {"label": [self.tag_string(r) for r in truth],
+                "predicted": [self.tag_string(r >= 0.5) for r in preds]}
+
+    def decision(self, summary: dict) -> dict:
+        """The per-tag thresholds fit out-of-fold, in column order."""
+        return {"thresholds": [float(summary["thresholds"][tag]) for tag in self.columns]}
+
+    def postprocess(self, preds: np.ndarray, decision: dict) -> np.ndarray:
+        """1 where a tag is predicted, else 0 (the submission lists the tags)."""
+        t = np.asarray(decision.get("thresholds", [0.5] * self.num_outputs))
+        return (np.asarray(preds) >= t).astype(np.float64)
 
 
 def create_task(meta: dict, params: Params | None = None):
@@ -248,4 +357,6 @@ def create_task(meta: dict, params: Params | None = None):
         return Classification(meta["classes"], label_smoothing=smoothing)
     if meta["task"] == "keypoints":
         return Keypoints(meta["target_names"], meta["image_size"], meta["flip_pairs"])
+    if meta["task"] == "multilabel":
+        return MultiLabel(meta["target_names"])
     raise ValueError(f"unknown task kind {meta['task']!r}")

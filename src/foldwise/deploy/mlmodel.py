@@ -4,7 +4,8 @@ N x H x W x C, decoded with `foldwise.data.cache.load_image`).
 
 The model's only artifact is the export folder (`bagged.pt2` + `meta.json`); its code is
 `mlmodel_code.py` (MLflow's models from code: nothing pickled), whose Python class, below, loads it with `export.load` and predicts through the same loop, then applies the task's
-postprocessing (the clip bound chosen out-of-fold) as the submission does.
+postprocessing (`decision`: what was fit out-of-fold, a clip bound or tag thresholds) as the
+submission does.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class BaggedModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> np.ndarray:
         images = np.ascontiguousarray(np.asarray(model_input, dtype=np.uint8))
         preds = export.run_model(self.model, images, desc="mlflow predict")
-        return self.task.postprocess(preds, self.meta.get("clip", 0.0))
+        return self.task.postprocess(preds, self.meta.get("decision", {}))
 
 
 def requirements() -> list[str]:

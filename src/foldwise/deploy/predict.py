@@ -31,7 +31,7 @@ def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers
     pre = meta["preprocess"]
     preds = [export.run_model(model, block, batch_size, desc=f"predict {i * chunk}/{len(files)}")
              for i, block in enumerate(decode_chunks(files, pre, workers, chunk))]
-    preds = create_task(meta).postprocess(np.concatenate(preds), meta.get("clip", 0.0))
+    preds = create_task(meta).postprocess(np.concatenate(preds), meta.get("decision", {}))
     get_source(meta["source"]).write_submission([p.name for p in files], preds,
                                                 {**meta, "root": str(images_dir)}, out_csv)
     return preds

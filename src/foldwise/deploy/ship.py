@@ -34,15 +34,14 @@ def log_to_mlflow(params, runs, model_dir, example, loaded) -> str:
     return mlmodel.log(model_dir, example, parent, loaded=loaded)
 
 
-def fit_on_oof(metrics_json, neighbours_json) -> tuple[float, float, int]:
-    """(clip bound, temperature, neighbours k) that evaluate and neighbours fit out-of-fold;
-    with neighbours on, the bound chosen on OOF predictions averaged as the submission is."""
+def fit_on_oof(task, metrics_json, neighbours_json) -> tuple[dict, float, int]:
+    """(the task's decision, temperature, neighbours k) that evaluate and neighbours fit
+    out-of-fold; with neighbours on, the decision (clip bound, tag thresholds) fit on OOF
+    predictions averaged as the submission is."""
     oof = json.loads(Path(metrics_json).read_text())["oof"]
-    clip, temperature = oof.get("clip", 0.0), oof.get("temperature", 1.0)
     near = json.loads(Path(neighbours_json).read_text())
-    if near["k"]:
-        clip = near["oof"].get("clip", 0.0)
-    return clip, temperature, near["k"]
+    decision = task.decision(near["oof"] if near["k"] else oof)
+    return decision, oof.get("temperature", 1.0), near["k"]
 
 
 def build_bag(params, task, meta, models, temperature: float) -> export.Bagged:
@@ -52,11 +51,11 @@ def build_bag(params, task, meta, models, temperature: float) -> export.Bagged:
     return export.Bagged(nets, task.head(), params.bag.mean, task.tempering(temperature))
 
 
-def export_bag(params, meta, bag, test_images, clip, temperature, k, model_dir) -> None:
+def export_bag(params, meta, bag, test_images, decision, temperature, k, model_dir) -> None:
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
                 {**{key: meta[key] for key in TASK_KEYS}, "bag_mean": params.bag.mean,
-                 "folds": len(bag.nets), "clip": clip,
+                 "folds": len(bag.nets), "decision": decision,
                  "neighbours": k,  # set-level: in the submission, not in predict
                  "tta": dataclasses.asdict(params.tta), "temperature": temperature,
                  "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}},
@@ -79,10 +78,10 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     """Export, verify, write the submission and log the MLflow model. `paths`: the stage's
     arguments by name (root, models, processed, bagged, metrics_json, neighbours_dir,
     neighbours_json, submission, model_dir). Returns a one-line account."""
-    clip, temperature, k = fit_on_oof(paths["metrics_json"], paths["neighbours_json"])
+    decision, temperature, k = fit_on_oof(task, paths["metrics_json"], paths["neighbours_json"])
     bag = build_bag(params, task, meta, paths["models"], temperature)
     test_images = open_cache(Path(paths["processed"]) / "test.npy")
-    export_bag(params, meta, bag, test_images, clip, temperature, k, paths["model_dir"])
+    export_bag(params, meta, bag, test_images, decision, temperature, k, paths["model_dir"])
     runs = [outputs.read_run(paths["models"], f) for f in params.folds]
     test = pd.read_csv(Path(paths["bagged"]) / "test.csv", dtype={"id": str})
     got, loaded, check = verified(bag, task, test, test_images, runs, temperature,
@@ -90,9 +89,9 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     # with neighbours, each image's prediction averaged with its test neighbours' (off: unchanged)
     graph = np.load(Path(paths["neighbours_dir"]) / "graph.npz")
     final = neighbours.smooth(got, graph["idx"], graph["sim"])
-    get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, clip),
+    get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
     uri = log_to_mlflow(params, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded)
     return (f"exported {len(bag.nets)} fold models; max |exported - {check.against}| = "
             f"{check.worst:.2e}, vs the folds' predictions {check.drift:.2e}; temperature "
-            f"{temperature:.4g}, clip {clip:g}; MLflow model {uri}")
+            f"{temperature:.4g}, decision {decision}; MLflow model {uri}")

@@ -153,7 +153,7 @@ def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool
     if temperature:
         oof, test = calibration.temper(oof, t), calibration.temper(test, t)
     cv_preds, per_fold = cross_validated(stack, truth, folds, loss, mean, temperature)
-    cv, _ = task.report(truth, cv_preds)
+    cv, _ = task.report(truth, cv_preds, folds)
     scores = {m.name: task.score(truth, s) for m, s in zip(members, stack)}
     summary = {
         "monitor": task.monitor, "mean": mean, "members": [m.name for m in members],
@@ -171,17 +171,17 @@ def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool
 def write(result, ids, meta, root: str, out_dir) -> None:
     """OUT/{blend.json, oof.csv, test.csv, submission.csv}, replaced whole."""
     task, summary = result["task"], result["summary"]
-    clip = summary["cross_validated"].get("clip", 0.0)  # two classes: the bound chosen on OOF
+    decision = task.decision(summary["cross_validated"])  # as fit on the OOF predictions
     oof = pd.DataFrame(result["oof"], columns=task.columns)
     oof.insert(0, "fold", result["folds"])
     oof.insert(0, "id", list(ids))
     test = pd.DataFrame(result["test"], columns=task.columns)
     test.insert(0, "id", result["test_ids"].to_numpy())
     with atomic_dir(out_dir) as tmp:
-        write_json({**summary, "clip": clip}, tmp / "blend.json")
+        write_json({**summary, **decision}, tmp / "blend.json")
         write_csv(oof, tmp / "oof.csv", float_format="%.8g")
         write_csv(test, tmp / "test.csv", float_format="%.8g")
-        get_source(meta["source"]).write_submission(result["test_ids"], task.postprocess(result["test"], clip),
+        get_source(meta["source"]).write_submission(result["test_ids"], task.postprocess(result["test"], decision),
                                                     {**meta, "root": root}, tmp / "submission.csv")
 
 
@@ -196,7 +196,7 @@ def log_to_mlflow(summary: dict, out_dir: Path) -> str:
                           tags={"foldwise.role": "blend", **tracking.source_tags()}) as run:
         mlflow.log_params({"mean": summary["mean"], "temperature": summary["temperature"] != 1.0,
                            **{f"weight {k}"[:250]: v for k, v in summary["weights"].items()}})
-        mlflow.log_metrics({**{f"cv_{k}": v for k, v in summary["cross_validated"].items()},
+        mlflow.log_metrics({**{f"cv_{k}": v for k, v in P.flatten(summary["cross_validated"]).items()},
                             **{f"in_sample_{k}": v for k, v in summary["fitted_in_sample"].items()},
                             **{f"equal_{k}": v for k, v in summary["equal_weights"].items()}})
         for f in ("blend.json", "submission.csv"):

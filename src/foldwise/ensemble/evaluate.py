@@ -13,7 +13,7 @@ from foldwise.data.cache import load_truth
 from foldwise.ensemble import calibration
 from foldwise.files import write_csv, write_json
 from foldwise.train import outputs
-from foldwise.params import Params
+from foldwise.params import Params, flatten
 
 HARDEST = 24
 
@@ -24,7 +24,7 @@ def calibrate(task, oof, truth) -> dict:
     the calibrated predictions, since export applies it after the temperature."""
     preds = oof[task.columns].to_numpy()
     tempered, per_fold = calibration.cross_fitted(preds, truth, oof["fold"].to_numpy())
-    after, _ = task.report(truth, tempered)
+    after, _ = task.report(truth, tempered, oof["fold"].to_numpy())
     out = {"temperature": calibration.fit(preds, truth), "logloss_calibrated": after["logloss"]}
     out.update({k: after[k] for k in ("clip", "logloss_clipped") if k in after})
     print("temperature per fold (each fit on the other folds): "
@@ -62,7 +62,7 @@ def write_reports(task, oof, truth, breakdown, params, processed: Path, models, 
 
 def finish_parent(params, task, summary, per_fold, baseline, models, out: Path) -> None:
     experiment = tracking.open_experiment(params.mlflow)
-    flat = {f"oof_{k}": v for k, v in summary.items()}
+    flat = {f"oof_{k}": v for k, v in flatten(summary).items()}  # per-tag thresholds: oof_thresholds.TAG
     flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items()})
     flat.update({k: v for k, v in baseline.items() if k in task.baselines})
     runs = [outputs.read_run(models, k) for k in params.folds]

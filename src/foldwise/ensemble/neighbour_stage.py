@@ -11,7 +11,7 @@ import numpy as np
 
 from foldwise.files import atomic_dir, write_json
 from foldwise.train import outputs
-from foldwise.params import Params
+from foldwise.params import Params, flatten
 
 
 def run(params: Params, models, processed, bagged, metrics_json, out, out_json) -> None:
@@ -50,10 +50,10 @@ def features(models: Path, folds, images, test_images, fold_of_row, device):
     return train_f, neighbours.mean_direction(test_f)
 
 
-def scores(task, truth, before, after) -> dict:
+def scores(task, truth, before, after, folds) -> dict:
     """The OOF figures with neighbours, and the monitored ones without (`*_without`)."""
-    with_n, _ = task.report(truth, after)
-    without, _ = task.report(truth, before)
+    with_n, _ = task.report(truth, after, folds)
+    without, _ = task.report(truth, before, folds)
     out = {k: v for k, v in with_n.items() if k not in task.baselines}
     out.update({f"{k}_without": without[k] for k in task.score(truth, before)})
     return out
@@ -87,7 +87,7 @@ def average_over_neighbours(params, k, models, processed, bagged, metrics_json, 
     oof_idx, oof_sim = neighbours.grouped_graph(train_f, fold_of_row, k)
     after = neighbours.smooth(before, oof_idx, oof_sim)
     idx, sim = neighbours.graph(test_f, k)
-    summary = {"k": k, "oof": scores(task, truth, before, after),
+    summary = {"k": k, "oof": scores(task, truth, before, after, fold_of_row),
                "test_similarity_mean": float(sim.mean()) if sim.size else 0.0}
     table = pd.DataFrame(after, columns=task.columns)
     table.insert(0, "fold", fold_of_row)
@@ -102,7 +102,8 @@ def average_over_neighbours(params, k, models, processed, bagged, metrics_json, 
     experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is not None:
-        tracking.log_to_run(parent, {f"neighbours_oof_{m}": v for m, v in summary["oof"].items()})
+        tracking.log_to_run(parent, {f"neighbours_oof_{m}": v
+                                     for m, v in flatten(summary["oof"]).items()})
     m = task.monitor
     print(f"out-of-fold {m} without neighbours {summary['oof'][m + '_without']:.4f}, "
           f"with {k} neighbours {summary['oof'][m]:.4f}")

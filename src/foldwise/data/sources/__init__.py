@@ -25,6 +25,7 @@ SOURCES = {
     "dogscats": "foldwise.data.sources.dogscats",
     "keypoints": "foldwise.data.sources.keypoints",
     "folders": "foldwise.data.sources.folders",
+    "multilabel": "foldwise.data.sources.multilabel",
 }
 
 
