@@ -1,5 +1,6 @@
-"""Three queued experiments, two at a time (`dvc queue start -j 2`): all complete, every parent
-and fold run is in MLflow with its metrics, the SQLite store passes its integrity check, and
+"""Three queued experiments, two at a time (`dvc queue start -j 2`): all complete, `dvc exp
+show` lists them with their params, every parent and fold run is in the project's MLflow store
+with its metrics, the SQLite store passes its integrity check, and
 two experiments with the same training params never share a parent run or a resume file."""
 import json
 import sqlite3
@@ -36,8 +37,11 @@ def test_all_three_experiments_succeed(queued):
     dst, status = queued
     assert status.count("Success") == 3, status
     show = sh("dvc exp show --no-pager --csv", dst).stdout
+    header = show.splitlines()[0]
+    assert "lr" in header and "logloss" in header, header
     for name in EXPERIMENTS:
         assert name in show
+    assert any(",0.003," in line for line in show.splitlines()[1:]), show  # -S lr=0.003 as typed
 
 
 def test_every_experiment_has_a_finished_parent_with_its_folds_and_metrics(queued):
@@ -79,6 +83,8 @@ def test_the_sqlite_store_is_intact_and_no_resume_state_is_left(queued):
     with sqlite3.connect(dst / "mlflow.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert not list((dst / ".foldwise" / "resume").glob("*.pt"))
+    # the experiments ran in DVC's temporary copies and logged to the project's own store
+    assert not list((dst / ".dvc/tmp/exps").glob("*/mlflow.db"))
 
 
 def test_experiments_blend_by_name_with_the_workspace_bag_into_one_submission(queued):

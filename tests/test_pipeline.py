@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_project, sh, wait_for_queue
+from conftest import make_project, sh
 from sklearn.metrics import log_loss
 
 FOLDS = 3
@@ -177,8 +177,8 @@ def test_repro_again_does_nothing(project):
 
 
 def test_exp_run_with_lr_reruns_only_what_depends_on_it(project):
-    """`-S lr=...` exactly as typed: DVC's dry run lists the stages it would run (the queued
-    experiment below runs one for real)."""
+    """`-S lr=...` exactly as typed: DVC's dry run lists the stages it would run (queued
+    experiments with other lr values run for real in test_concurrent_experiments.py)."""
     dst, _, _ = project
     try:
         out = sh("dvc exp run --dry -S lr=3e-3", dst).stdout
@@ -188,24 +188,6 @@ def test_exp_run_with_lr_reruns_only_what_depends_on_it(project):
         assert f"Running stage '{stage}'" not in out
     for stage in [f"train@{k}" for k in range(FOLDS)] + ["bag", "evaluate", "export"]:
         assert f"Running stage '{stage}'" in out, out
-
-
-def test_queued_experiment_logs_to_the_project_store(project):
-    dst, _, _ = project
-    sh("dvc exp run --queue -S lr=5e-4", dst)
-    sh("dvc queue start", dst)
-    status = wait_for_queue(dst)
-    assert "Success" in status, status + sh("dvc queue logs $(dvc queue status | awk 'NR==2{print $1}')",
-                                             dst, check=False).stdout
-    _, all_runs = runs(dst)
-    parents = [r for r in all_runs if r.data.tags.get("foldwise.role") == "parent"
-               and r.data.params.get("lr") == "0.0005"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags.get("dvc.experiment")
-    assert not list((dst / ".dvc/tmp/exps").glob("*/mlflow.db"))
-    show = sh("dvc exp show --no-pager --csv", dst).stdout
-    assert "lr" in show.splitlines()[0] and "logloss" in show.splitlines()[0]
-    assert any(",0.0005," in line for line in show.splitlines()[1:]), show
 
 
 def test_bad_input_stops_before_training_with_the_row_named(project, tmp_path):

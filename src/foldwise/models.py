@@ -109,19 +109,7 @@ def load_weights_file(model: nn.Module, path: str | Path, match: str = "name") -
     own = model.state_dict()
     head = model.pretrained_cfg.get("classifier", "classifier")
     body = [k for k in own if not k.startswith(head + ".") and not k.endswith("num_batches_tracked")]
-    if all(k in source for k in body):
-        pairs = [(k, k) for k in body]
-    elif match == "name":
-        missing = [k for k in body if k not in source]
-        raise InputError(f"{path}: {len(missing)} of the model's tensors are not in the file by "
-                         f"name (e.g. {missing[0]!r}); if it is the same network saved under "
-                         "other names, set train.weights_match: order")
-    else:
-        ordered = [k for k in source if not k.endswith("num_batches_tracked")]
-        if len(ordered) < len(body):
-            raise InputError(f"{path}: {len(ordered)} tensors, but {type(model).__name__} needs "
-                             f"{len(body)} besides its classifier")
-        pairs = list(zip(body, ordered))
+    pairs = _pairs(path, body, source, match, type(model).__name__)
     loaded = {}
     for mine, theirs in pairs:
         if own[mine].shape != source[theirs].shape:
@@ -139,6 +127,23 @@ def load_weights_file(model: nn.Module, path: str | Path, match: str = "name") -
         loaded.update({m: source[t] for m, t in zip(heads, rest)})
     model.load_state_dict(loaded, strict=False)
     log.info("loaded %d tensors from %s", len(loaded), path)
+
+
+def _pairs(path: Path, body: list[str], source: dict, match: str, name: str) -> list[tuple]:
+    """(the model's tensor, the file's tensor) for every tensor but the classifier: by name,
+    or with `match: order` one by one in the file's order."""
+    if all(k in source for k in body):
+        return [(k, k) for k in body]
+    if match == "name":
+        missing = [k for k in body if k not in source]
+        raise InputError(f"{path}: {len(missing)} of the model's tensors are not in the file by "
+                         f"name (e.g. {missing[0]!r}); if it is the same network saved under "
+                         "other names, set train.weights_match: order")
+    ordered = [k for k in source if not k.endswith("num_batches_tracked")]
+    if len(ordered) < len(body):
+        raise InputError(f"{path}: {len(ordered)} tensors, but {name} needs {len(body)} besides "
+                         "its classifier")
+    return list(zip(body, ordered))
 
 
 def input_normalisation(model: nn.Module, weights: str, dataset_mean, dataset_std):

@@ -37,6 +37,43 @@ def sequential(n: int, batch_size: int) -> list[np.ndarray]:
     return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+class _Staging:
+    """Where the loader thread gathers a batch: on the CPU, the gathered array itself; on CUDA,
+    one of a ring of reusable pinned buffers, copied to the device on a side stream."""
+
+    def __init__(self, array, batches, device: torch.device, slots: int):
+        self.array, self.device, self.cuda = array, device, device.type == "cuda"
+        if self.cuda:
+            biggest = max(len(b) for b in batches)
+            self.ring = [torch.empty((biggest, *array.shape[1:]), dtype=torch.uint8, pin_memory=True)
+                         for _ in range(slots)]
+            self.stream = torch.cuda.Stream(device)
+            self.events = [None] * slots
+
+    def gather(self, j: int, idx: np.ndarray):
+        """Batch `j`'s rows: (array, None) on the CPU, (device tensor, its copy's event) on CUDA."""
+        if not self.cuda:
+            return np.take(self.array, idx, axis=0), None
+        slot = j % len(self.ring)
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()  # its previous copy to the device has finished
+        host = self.ring[slot][:len(idx)]
+        np.take(self.array, idx, axis=0, out=host.numpy())
+        with torch.cuda.stream(self.stream):
+            dev = host.to(self.device, non_blocking=True)
+            self.events[slot] = torch.cuda.Event()
+            self.events[slot].record(self.stream)
+        return dev, self.events[slot]
+
+    def deliver(self, item, event) -> torch.Tensor:
+        """The batch for the consumer's stream (which waits for the copy, not the host)."""
+        if not self.cuda:
+            return torch.from_numpy(item)
+        torch.cuda.current_stream(self.device).wait_event(event)
+        item.record_stream(torch.cuda.current_stream(self.device))
+        return item
+
+
 def device_batches(array: np.ndarray, batches: Iterable[np.ndarray], device: torch.device,
                    prefetch: int = 3) -> Iterator[torch.Tensor]:
     """Yield `array[idx]` for each index batch as a uint8 tensor on `device`, `prefetch` ahead."""
@@ -45,12 +82,7 @@ def device_batches(array: np.ndarray, batches: Iterable[np.ndarray], device: tor
         return
     if isinstance(array, Rows):  # gather straight from the underlying array
         array, batches = array.array, [array.index[b] for b in batches]
-    cuda = device.type == "cuda"
-    biggest = max(len(b) for b in batches)
-    ring = [torch.empty((biggest, *array.shape[1:]), dtype=torch.uint8, pin_memory=True)
-            for _ in range(prefetch + 2)] if cuda else None
-    stream = torch.cuda.Stream(device) if cuda else None
-    events = [None] * (prefetch + 2)
+    staging = _Staging(array, batches, device, prefetch + 2)
     out: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -59,19 +91,7 @@ def device_batches(array: np.ndarray, batches: Iterable[np.ndarray], device: tor
             for j, idx in enumerate(batches):
                 if stop.is_set():
                     return
-                if not cuda:
-                    out.put((np.take(array, idx, axis=0), None))
-                    continue
-                slot = j % len(ring)
-                if events[slot] is not None:
-                    events[slot].synchronize()  # its previous copy to the device has finished
-                host = ring[slot][:len(idx)]
-                np.take(array, idx, axis=0, out=host.numpy())
-                with torch.cuda.stream(stream):
-                    dev = host.to(device, non_blocking=True)
-                    events[slot] = torch.cuda.Event()
-                    events[slot].record(stream)
-                out.put((dev, events[slot]))
+                out.put(staging.gather(j, idx))
         except BaseException as err:  # handed to the consumer, raised there
             out.put((err, None))
         finally:
@@ -86,12 +106,7 @@ def device_batches(array: np.ndarray, batches: Iterable[np.ndarray], device: tor
                 return
             if isinstance(item, BaseException):
                 raise item
-            if cuda:
-                torch.cuda.current_stream(device).wait_event(event)
-                item.record_stream(torch.cuda.current_stream(device))
-                yield item
-            else:
-                yield torch.from_numpy(item)
+            yield staging.deliver(item, event)
     finally:
         stop.set()
         while thread.is_alive():  # unblock a worker waiting on a full queue
