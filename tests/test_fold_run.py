@@ -1,7 +1,6 @@
 """The library under the thin stages, without DVC: one fold's whole run in this process (MLflow
 run, resume file, folder), the fold folder's format written and read by one module, and the
 export's check of the exported program against the folds."""
-import json
 from pathlib import Path
 
 import mlflow
@@ -82,36 +81,45 @@ def test_the_fold_folder_round_trips_through_outputs(tmp_path):
     assert outputs.read_history(tmp_path, 3).equals(history)
 
 
-FP32 = [{"precision": "float32", "device": "cpu"}] * 2
-BF16 = [{"precision": "bfloat16", "device": "cuda"}] * 2
+RUNS = [{"precision": "bfloat16", "device": "cuda"}] * 2
 
 
-def test_export_check_like_for_like_compares_with_the_folds_own_predictions():
+def test_the_export_is_checked_like_for_like_against_the_eager_networks():
+    """The exported program must match the same networks run eagerly here (1e-4), whatever
+    the folds' own predictions were."""
     bagged = np.array([[0.2, 0.8], [0.6, 0.4]])
-
-    def no_eager():
-        raise AssertionError("the folds predicted like for like: no eager rerun")
-
-    check = check_export(bagged + 1e-6, bagged, FP32, "cpu", eager=no_eager)
-    assert check.against == "bagged" and check.worst == pytest.approx(1e-6)
-    with pytest.raises(RuntimeError, match="differs from the bagged networks by 1.00e-03"):
-        check_export(bagged + 1e-3, bagged, FP32, "cpu", eager=no_eager)
+    check = check_export(bagged + 1e-6, bagged, bagged, RUNS)
+    assert check.worst == pytest.approx(1e-6) and check.drift == pytest.approx(1e-6)
+    with pytest.raises(RuntimeError, match="run eagerly by 1.00e-03"):
+        check_export(bagged + 1e-3, bagged, bagged, RUNS)
 
 
-def test_export_check_of_bf16_folds_compares_with_the_eager_networks_and_bounds_the_drift():
-    bagged = np.array([[0.2, 0.8], [0.6, 0.4]])
-    exported = bagged + 0.01  # bfloat16 folds: within what precision explains
-    check = check_export(exported, bagged, BF16, "cuda", eager=lambda: exported + TOLERANCE / 2)
-    assert check.against == "eager" and check.drift == pytest.approx(0.01)
-    with pytest.raises(RuntimeError, match="more than precision explains"):
-        check_export(bagged + 2 * DRIFT, bagged, BF16, "cuda", eager=lambda: bagged + 2 * DRIFT)
-    with pytest.raises(RuntimeError, match="differs from the bagged networks"):
-        check_export(exported, bagged, BF16, "cuda", eager=lambda: exported + 10 * TOLERANCE)
+def test_drift_from_the_folds_predictions_is_a_percentile_and_a_warning(caplog):
+    """One borderline image among many (bfloat16 folds) moves the largest difference, not the
+    99th percentile, and never fails the run; a drift of every image is warned about."""
+    rng = np.random.default_rng(0)
+    exported = rng.dirichlet([1, 1], size=2000)
+    folds = exported + rng.normal(0, 1e-3, exported.shape)
+    folds[7] += 0.3  # one image the bfloat16 folds predicted far off
+    with caplog.at_level("WARNING", logger="foldwise.deploy.verify"):
+        check = check_export(exported, exported, folds, RUNS)
+    assert check.drift_max > 0.25 and check.drift < 0.01 and not caplog.records
+    with caplog.at_level("WARNING", logger="foldwise.deploy.verify"):
+        check = check_export(exported, exported, exported + 2 * DRIFT, RUNS)
+    assert check.drift > DRIFT and "more than precision explains" in caplog.text
+    assert "bfloat16 on cuda" in caplog.text
+    assert TOLERANCE < DRIFT
 
 
-def test_the_export_check_reads_the_folds_run_files(fold0):
-    """run.json says how the fold predicted: on this CPU in float32, like for like."""
-    project, _ = fold0
-    run = json.loads((project / "models/fold_0/run.json").read_text())
-    from foldwise.deploy.verify import like_for_like
-    assert like_for_like([run], "cpu") and not like_for_like([run], "cuda")
+def test_a_change_to_the_code_moves_the_resume_file(tmp_path):
+    """A fold killed mid-training resumes only under the code that saved it: after a fix to
+    foldwise, the rerun fold starts over instead of resuming the old code's state."""
+    import shutil
+    package = tmp_path / "foldwise"
+    shutil.copytree(fold_run.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = fold_run.resume_file(tmp_path, "abc", 2, package)
+    assert before == fold_run.resume_file(tmp_path, "abc", 2, package)  # stable
+    loop = package / "train" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# a fix\n")
+    after = fold_run.resume_file(tmp_path, "abc", 2, package)
+    assert after != before and after.parent == before.parent and after.name.endswith("-fold2.pt")

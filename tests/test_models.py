@@ -118,3 +118,15 @@ def test_model_kwargs_timm_does_not_take_are_named(kwargs, message):
     for pretrained in (False, True):  # never mistaken for unreachable hub weights
         with pytest.raises(InputError, match=message):
             create_backbone("resnet10t", 3, 3, pretrained=pretrained, model_kwargs=kwargs)
+
+
+def test_a_weights_file_must_lie_where_dvc_tracks_it():
+    """The train stage depends on weights/ (dvc.yaml): a file elsewhere could be replaced
+    without DVC retraining the folds, so it is refused with the param named."""
+    from foldwise.models import check_weights_location
+    check_weights_location("")
+    check_weights_location("weights/resnet.pth")
+    check_weights_location("weights/imagenet/resnet.safetensors")
+    for bad in ("/data/resnet.pth", "resnet.pth", "weights/../resnet.pth", "other/resnet.pth"):
+        with pytest.raises(InputError, match=r"train.weights_file=.* must be a file under weights/"):
+            check_weights_location(bad)

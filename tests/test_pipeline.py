@@ -176,6 +176,20 @@ def test_repro_again_does_nothing(project):
     assert "Running stage" not in second
 
 
+def test_a_replaced_weights_file_reruns_the_folds(project):
+    """weights/ is a dependency of every fold: a file replaced there, even under the same
+    name, makes DVC retrain (train.weights_file must point there)."""
+    dst, _, _ = project
+    weights = dst / "weights" / "pretrained.pth"
+    try:
+        weights.write_bytes(b"another file")
+        status = sh("dvc status train@0", dst).stdout
+        assert "modified:" in status and "weights" in status, status
+    finally:
+        weights.unlink()
+    assert "changed" not in sh("dvc status train@0", dst).stdout
+
+
 def test_exp_run_with_lr_reruns_only_what_depends_on_it(project):
     """`-S lr=...` exactly as typed: DVC's dry run lists the stages it would run (queued
     experiments with other lr values run for real in test_concurrent_experiments.py)."""

@@ -302,7 +302,7 @@ def test_the_loop_state_is_the_resume_files_format(tmp_path):
     """LoopState.to_file/from_file are the loop's part of the resume file: a state saved by
     save_resume comes back field for field (predictions as arrays), and a file written in
     another format is ignored with a warning, not half-loaded."""
-    from foldwise.train import checkpoints
+    from foldwise.train import state as checkpoints
     from foldwise.train.state import LoopState
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -317,3 +317,20 @@ def test_the_loop_state_is_the_resume_files_format(tmp_path):
     np.testing.assert_array_equal(back.best_val, state.best_val)
     torch.save({"best": 0.1, "history": []}, tmp_path / "old.pt")  # an older, flat format
     assert checkpoints.load_resume(tmp_path / "old.pt", net, opt, gen) is None
+
+
+def test_sync_batchnorm_keeps_timms_activations():
+    """`train.sync_bn` converts through timm: EfficientNet's BatchNormAct2d keeps its activation,
+    so the converted network computes what the original does (torch's own conversion drops the
+    activation: shown here, so this test can fail)."""
+    import copy
+    from foldwise.train import distributed
+    torch.manual_seed(0)
+    net = timm.create_model("efficientnet_b0", num_classes=3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    converted = distributed.sync_batchnorm(copy.deepcopy(net)).eval()
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    torch.testing.assert_close(converted(x), net(x))
+    plain = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(net)).eval()
+    assert (plain(x) - net(x)).abs().max() > 1.0
+    assert set(converted.state_dict()) == set(net.state_dict())  # the checkpoint's names

@@ -37,6 +37,16 @@ def project_root(cwd: str | Path | None = None) -> Path:
     return path
 
 
+def source_digest(package: str | Path) -> str:
+    """A digest of every .py file under `package` (names and contents): which code ran."""
+    import hashlib
+    package = Path(package)
+    h = hashlib.sha1()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -85,6 +85,21 @@ def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool
 BN_PARTS = ("weight", "bias", "running_mean", "running_var")
 
 
+WEIGHTS_DIR = "weights"  # the train stage's DVC dependency (dvc.yaml)
+
+
+def check_weights_location(weights_file: str) -> None:
+    """`train.weights_file` must lie under `weights/`, which DVC tracks for the train stage:
+    a file elsewhere could be replaced without DVC retraining the folds."""
+    if not weights_file:
+        return
+    parts = Path(weights_file).parts
+    if Path(weights_file).is_absolute() or len(parts) < 2 or parts[0] != WEIGHTS_DIR or ".." in parts:
+        raise InputError(f"params.yaml: train.weights_file={weights_file!r} must be a file under "
+                         f"{WEIGHTS_DIR}/ (e.g. {WEIGHTS_DIR}/{Path(weights_file).name}): DVC tracks "
+                         "that folder for the train stage, so replacing the file retrains the folds")
+
+
 def load_weights_file(model: nn.Module, path: str | Path, match: str = "name") -> None:
     """Load pretrained weights from a local file into every tensor but the classifier.
 

@@ -3,13 +3,13 @@ one clear line."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 from pathlib import Path
 
 import foldwise
 from foldwise.errors import InputError
+from foldwise.files import project_root, source_digest
 
 
 def arguments(doc: str, *names: tuple[str, str]) -> list[str]:
@@ -25,13 +25,6 @@ def arguments(doc: str, *names: tuple[str, str]) -> list[str]:
     return [getattr(args, name) for name, _ in names]
 
 
-def _code_digest(package: Path) -> str:
-    h = hashlib.sha1()
-    for path in sorted(package.rglob("*.py")):
-        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
 def check_code(cwd: str | Path | None = None) -> None:
     """The editable install is the one way foldwise reaches the path, so a stage run in another
     checkout of the project (a DVC experiment's temporary copy, a test's project) imports the
@@ -39,8 +32,7 @@ def check_code(cwd: str | Path | None = None) -> None:
     results would not be what dvc.lock records, so the stage refuses to run."""
     own = Path(cwd or Path.cwd()).resolve() / "src" / "foldwise"
     imported = Path(foldwise.__file__).resolve().parent
-    if own.is_dir() and own != imported and _code_digest(own) != _code_digest(imported):
-        from foldwise.files import project_root  # pandas: only on the way to the error
+    if own.is_dir() and own != imported and source_digest(own) != source_digest(imported):
         raise InputError(f"this checkout's code ({own}) differs from the foldwise installed in "
                          f"this Python ({imported}); run `pip install -e .` here, or commit the "
                          f"change in {project_root()} before queuing experiments")

@@ -1,50 +1,53 @@
 """The exported bag checked before anything is shipped: it must compute what the folds'
 networks compute.
 
-Like for like (the folds predicted the test set in float32 on the device that runs the export)
-the exported program is compared with the folds' bagged test predictions themselves. Otherwise
-(bfloat16 folds, another device) it is compared with the same networks run eagerly in float32
-on this device, and the folds' own predictions only have to agree within what precision
-explains (`DRIFT`).
+The exported program is compared like for like: with the same networks run eagerly, on the
+same device, over the same batches, in float32 (`TOLERANCE`). The folds' own test predictions
+were made another way (another batch size and memory layout, perhaps compiled, in bfloat16,
+with cuDNN free to pick TF32 kernels), so against them the export only reports the drift, as a
+percentile of the differences, and warns when it passes `DRIFT`: one borderline image among
+80,000 must not fail a run after all its training.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 TOLERANCE = 1e-4  # the exported program against the same networks run eagerly, like for like
-DRIFT = 0.05  # vs fold predictions made in bfloat16 or on another device, relative to their scale
+DRIFT = 0.05  # the folds' own predictions, relative to their scale: more is worth a warning
+PERCENTILE = 99.0
 
 
 @dataclass(frozen=True)
 class Check:
-    worst: float  # |exported - reference|, the reference being `against`
-    drift: float  # |exported - the folds' bagged predictions| relative to their scale
-    against: str  # "bagged" (the folds' own predictions) or "eager" (the networks rerun here)
+    worst: float  # max |exported - eager|
+    drift: float  # the PERCENTILE-th |exported - the folds' bagged predictions|, relative
+    drift_max: float  # ... and the largest of them
 
 
-def like_for_like(runs: list[dict], device_type: str) -> bool:
-    """Every fold predicted in float32 on this kind of device (run.json of each)."""
-    return all(r.get("precision") == "float32" and r.get("device") == device_type for r in runs)
-
-
-def check_export(exported: np.ndarray, bagged: np.ndarray, runs: list[dict], device_type: str,
-                 eager=None) -> Check:
-    """Raise RuntimeError unless the exported bag's predictions `exported` reproduce the folds'.
-    `bagged`: the folds' bagged test predictions (tempered as the bag is); `eager()`: the same
-    networks run eagerly here, called only when the folds predicted another way."""
-    drift = float(np.abs(exported - bagged).max()) / max(1.0, float(np.abs(bagged).max()))
-    if like_for_like(runs, device_type):
-        check = Check(drift, drift, "bagged")
-    else:
-        check = Check(float(np.abs(exported - eager()).max()), drift, "eager")
-        if drift > DRIFT:
-            raise RuntimeError(
-                f"exported model differs from the folds' bagged test predictions "
-                f"({', '.join(sorted({r.get('precision', '?') for r in runs}))} on "
-                f"{', '.join(sorted({r.get('device', '?') for r in runs}))}) by {drift:.2e}: "
-                "more than precision explains")
-    if check.worst > TOLERANCE:
-        raise RuntimeError(f"exported model differs from the bagged networks by {check.worst:.2e}")
+def check_export(exported: np.ndarray, eager: np.ndarray, bagged: np.ndarray,
+                 runs: list[dict]) -> Check:
+    """Raise RuntimeError unless the exported bag's predictions reproduce the same networks run
+    eagerly; warn when they drift from the folds' bagged test predictions (`bagged`, tempered
+    as the bag is; `runs`: the folds' run.json, which say how they predicted)."""
+    worst = float(np.abs(exported - eager).max())
+    if worst > TOLERANCE:
+        raise RuntimeError(f"exported model differs from the bagged networks run eagerly by "
+                           f"{worst:.2e} (more than {TOLERANCE:g})")
+    scale = max(1.0, float(np.abs(bagged).max()))
+    diff = np.abs(exported - bagged) / scale
+    check = Check(worst, float(np.percentile(diff, PERCENTILE)), float(diff.max()))
+    if check.drift > DRIFT:
+        log.warning("the exported model's predictions differ from the folds' own (%s on %s) by "
+                    "%.2e at the %gth percentile (largest %.2e): more than precision explains; "
+                    "check the folds' predictions", describe(runs, "precision"),
+                    describe(runs, "device"), check.drift, PERCENTILE, check.drift_max)
     return check
+
+
+def describe(runs: list[dict], key: str) -> str:
+    return ", ".join(sorted({str(r.get(key, "?")) for r in runs}))

@@ -128,6 +128,17 @@ def epoch_totals(loss_sum: torch.Tensor, n: int, *rows: torch.Tensor):
             *(torch.cat([p[2][i] for p in parts]).to(device) for i in range(len(rows))))
 
 
+def sync_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm over the whole batch, every rank's part of it (SyncBatchNorm), through timm's
+    conversion: timm's BatchNormAct2d becomes SyncBatchNormAct, which keeps the activation and
+    drop-out that follow the normalisation; torch's own conversion makes it a plain
+    SyncBatchNorm whose forward skips them, so EfficientNet, MobileNet, RegNet and CSP models
+    would train without their post-BN activations (and be rebuilt with them from the
+    checkpoint)."""
+    from timm.layers import convert_sync_batchnorm
+    return convert_sync_batchnorm(net)
+
+
 def wrap(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The module the training step calls: DDP over `net` when there are several ranks.
     Buffers are not broadcast at every forward (the prediction loops of the ranks run unequal

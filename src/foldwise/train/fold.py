@@ -21,11 +21,13 @@ import torch
 from foldwise import models, params as P, tracking
 from foldwise.data.cache import load_truth
 from foldwise.errors import InputError
-from foldwise.files import project_root, write_csv
+from foldwise.files import project_root, source_digest, write_csv
 from foldwise.tasks import create_task
 from foldwise.train import augment, distributed, outputs, tta
 from foldwise.train.loader import Rows, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+
+PACKAGE = Path(__file__).resolve().parents[1]  # foldwise's own code, as installed
 
 
 @dataclass
@@ -59,6 +61,13 @@ def load_data(folds_csv, processed: Path, fold: int) -> FoldData:
     return FoldData(fold, table, tr, va, open_cache(processed / "train.npy"),
                     open_cache(processed / "test.npy"), load_truth(processed),
                     pd.read_csv(processed / "test.csv", dtype={"id": str})["id"])
+
+
+def resume_file(root: Path, key: str, fold: int, package: Path = PACKAGE) -> Path:
+    """Where a fold killed mid-training keeps its state: keyed by everything that shapes the
+    result, the code included, so a fold rerun after a fix to foldwise starts over instead of
+    resuming the old code's weights, optimiser and history."""
+    return Path(root) / ".foldwise" / "resume" / f"{key}-{source_digest(package)[:12]}-fold{fold}.pt"
 
 
 def summarise(result: FoldResult, task, y_val) -> dict:
@@ -144,6 +153,7 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
     cfg = params.train
     meta = json.loads((processed / "meta.json").read_text())
     augment.check(cfg.augment, meta["hflip_safe"])
+    models.check_weights_location(cfg.weights_file)
     tta.views(params.tta, meta["hflip_safe"])  # a refused view stops before training
     code = distributed.relaunch(cfg.devices)  # this command, once per device, by torchrun
     if code is not None:
@@ -156,8 +166,7 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
     net, weights, spec = models.create_network(cfg, task.num_outputs, data.images.shape[-1],
                                                meta["mean"], meta["std"])
     key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
-    # survives a crash mid-fold; keyed by everything that shapes the result
-    resume = project_root() / ".foldwise" / "resume" / f"{key}-fold{fold}.pt"
+    resume = resume_file(project_root(), key, fold)
     rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
                    Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
     fit = partial(train_fold, net, task, Settings(cfg, params.lr, seed, device), rows,

@@ -22,11 +22,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from foldwise.train import augment, checkpoints, distributed, recipe
+from foldwise.train import augment, distributed, recipe, state
 from foldwise.errors import InputError
 from foldwise.train.loader import device_batches, predict_array, to_float
 from foldwise.params import Train
-from foldwise.train.state import LoopState
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +175,7 @@ def prepare(net: nn.Module, run: Settings, task, n_train: int):
     cfg = run.cfg
     net = net.to(run.device)
     if distributed.world() > 1 and run.device.type == "cuda" and cfg.sync_bn:
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # statistics of the whole batch
+        net = distributed.sync_batchnorm(net)  # statistics of the whole batch
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = distributed.wrap(net, run.device)  # DDP over several devices
@@ -219,8 +218,8 @@ def history_row(epoch, lr_now, train_loss, train_scores, val_columns, monitored,
     return row
 
 
-def keep_best(s: LoopState, epoch: int, monitored: float, train_loss: float, val_preds, module,
-              weights: str, cfg: Train) -> None:
+def keep_best(s: state.LoopState, epoch: int, monitored: float, train_loss: float, val_preds,
+              module, weights: str, cfg: Train) -> None:
     """Early-stopping bookkeeping: a better (finite) validation figure keeps this epoch's
     weights (`module`'s: the network's or its moving average's) and predictions; otherwise the
     epoch counts as stale (past the warm-up, whose loss spikes are no signal); a non-finite
@@ -234,13 +233,13 @@ def keep_best(s: LoopState, epoch: int, monitored: float, train_loss: float, val
         s.stale = cfg.patience
 
 
-def resumed(net, optimizer, scheduler, gen, rec, resume, on_epoch) -> LoopState:
+def resumed(net, optimizer, scheduler, gen, rec, resume, on_epoch) -> state.LoopState:
     """The loop's state: from the resume file when there is one (the schedule replays the
     finished epochs, their rows are reported again, then the saved optimiser state wins), else
     a fresh one."""
-    saved = checkpoints.load_resume(resume, net, optimizer, gen, rec.ema) if resume else None
+    saved = state.load_resume(resume, net, optimizer, gen, rec.ema) if resume else None
     if saved is None:
-        return LoopState()
+        return state.LoopState()
     s, optimizer_state = saved
     rec.step = s.step
     for row in s.history:
@@ -300,14 +299,15 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
         scheduler.step(epoch + 1, metric=monitored)
         keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, run.cfg)
         if resume and distributed.is_lead():
-            checkpoints.save_resume(resume, net, optimizer, gen, s, rec.ema)
+            state.save_resume(resume, net, optimizer, gen, s, rec.ema)
         if s.stale >= patience:
             log.info("stopped after epoch %d (best %d)", epoch, s.best_epoch)
             break
     return kept_result(s, net, model, wrap, task, data, run)
 
 
-def kept_result(s: LoopState, net, model, wrap, task, data: FitData, run: Settings) -> FoldResult:
+def kept_result(s: state.LoopState, net, model, wrap, task, data: FitData,
+                run: Settings) -> FoldResult:
     """The fold's result from the loop state: the kept epoch's weights in `net`, which predict
     validation (again only with test-time views, `wrap`) and test."""
     if s.best_state is None:

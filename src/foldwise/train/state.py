@@ -1,9 +1,10 @@
-"""The training loop's state between epochs, and the resume file's format.
+"""The training loop's state between epochs, and the resume file that keeps it.
 
 `LoopState.to_file` and `LoopState.from_file` are the whole format of the loop's part of a
-resume file (`checkpoints.save_resume` adds the network's, optimiser's, moving average's and
-random generators' states beside it): a field added here is saved and restored with no other
-change, and a file without it (an older format) is refused and training starts over.
+resume file (`save_resume` adds the network's, optimiser's, moving average's and random
+generators' states beside it): a field added here is saved and restored with no other change,
+and a file without it (an older format) is refused and training starts over. Like a
+checkpoint, the file holds tensors and plain data only and is written atomically.
 """
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from foldwise.train.checkpoints import load, save
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,3 +58,38 @@ class LoopState:
         if values["best_val"] is not None:
             values["best_val"] = values["best_val"].numpy()
         return cls(**values)
+
+
+def save_resume(path, net, optimizer, gen: torch.Generator, state: LoopState, ema=None) -> None:
+    """Everything a killed fold needs to continue as if it never stopped (with `ema`, timm's
+    moving average of the weights, too): the loop's state in its own format, the rest beside."""
+    save({"loop": state.to_file(), "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+          "ema": None if ema is None else ema.module.state_dict(),
+          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
+
+
+def load_resume(path, net, optimizer, gen: torch.Generator, ema=None):
+    """Restore the network, generator and RNG states saved by `save_resume`; return the loop's
+    state and the optimizer's (the caller loads that once its scheduler has replayed the
+    finished epochs). None when there is nothing (usable) to resume from."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        saved = load(path)  # on the CPU: RNG states must be CPU tensors, the rest follows net
+        state = LoopState.from_file(saved["loop"])
+        net.load_state_dict(saved["net"])
+        if ema is not None:
+            ema.module.load_state_dict(saved["ema"])
+    except Exception as err:  # noqa: BLE001 - any unreadable resume file means: start over
+        log.warning("ignoring resume file %s (%s: %s); training this fold from the start",
+                    path, type(err).__name__, err)
+        return None
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    cuda_rng = saved["cuda_rng"]
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
+    log.info("resumed from %s after epoch %d", path, len(state.history) - 1)
+    return state, saved["optimizer"]
