@@ -130,3 +130,26 @@ def test_a_weights_file_must_lie_where_dvc_tracks_it():
     for bad in ("/data/resnet.pth", "resnet.pth", "weights/../resnet.pth", "other/resnet.pth"):
         with pytest.raises(InputError, match=r"train.weights_file=.* must be a file under weights/"):
             check_weights_location(bad)
+
+
+def test_a_regression_head_predicts_in_float32_under_bfloat16_autocast():
+    """Keypoints keep their classifier in float32 under autocast (bfloat16's step near 1 is
+    2^-7, a third of a pixel at 96 px): the features come in bfloat16, the coordinates do not.
+    The plain network (classes) stays bfloat16 throughout; outside autocast both are equal."""
+    import timm
+    from foldwise.models import Normalised
+    from foldwise.tasks import Keypoints
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet10t", num_classes=30)
+    precise = Normalised(backbone, [0.5] * 3, [0.25] * 3, fp32_head=Keypoints(
+        [f"p{i}" for i in range(30)], (96, 96)).fp32_head).eval()
+    plain = Normalised(backbone, [0.5] * 3, [0.25] * 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fine, coarse = precise(x), plain(x)
+        features = backbone.forward_head(backbone.forward_features((x - 0.5) / 0.25), pre_logits=True)
+    assert fine.dtype == torch.float32 and coarse.dtype == torch.bfloat16
+    want = backbone.get_classifier()(features.float())
+    torch.testing.assert_close(fine, want)
+    with torch.no_grad():
+        torch.testing.assert_close(precise(x), plain(x))

@@ -5,6 +5,7 @@ through params.yaml's `mlflow.tracking_uri`; every parent and fold run is there 
 and artifacts, the rows are in PostgreSQL, the files in the server's artifact folder, and nothing
 is written to a store beside the project."""
 import json
+import os
 import shutil
 import signal
 import socket
@@ -171,3 +172,19 @@ def test_a_database_that_cannot_be_reached_is_one_clear_error(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.startswith("error: cannot reach the backend store postgresql+psycopg://nobody@"
                                  "127.0.0.1:"), res.stderr
+
+
+def test_the_servers_own_cluster_asks_for_its_password(server):
+    """The server's PostgreSQL trusts nobody: every rule of pg_hba.conf asks for SCRAM, a
+    client without the password is refused, and the password lies beside the cluster, readable
+    by its owner only."""
+    from foldwise.scale.server import pg_tool
+    rules = [line.split() for line in (server["base"] / "pg" / "pg_hba.conf").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules), rules
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    res = subprocess.run([pg_tool("psql"), "-h", "127.0.0.1", "-p", str(server["pg_port"]), "-U",
+                          "foldwise", "-d", "mlflow", "-w", "-c", "select 1"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and "password" in res.stderr, res.stderr
+    assert (server["base"] / "pg.password").stat().st_mode & 0o077 == 0

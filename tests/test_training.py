@@ -310,7 +310,7 @@ def test_the_loop_state_is_the_resume_files_format(tmp_path):
     state = LoopState(best=0.5, best_epoch=2, best_state=net.state_dict(),
                       best_val=np.array([[0.2, 0.8]]), weights="ema", stale=1,
                       history=[{"epoch": 0, "val_metric": 0.7}], seen=64, train_time=1.5, step=8)
-    checkpoints.save_resume(tmp_path / "r.pt", net, opt, gen, state)
+    checkpoints.save_resume(tmp_path / "r.pt", net, opt, gen, state, checkpoints.rng_states())
     back, optimizer_state = checkpoints.load_resume(tmp_path / "r.pt", net, opt, gen)
     assert back.best_epoch == 2 and back.weights == "ema" and back.history == state.history
     assert back.step == 8 and back.seen == 64 and "state" in optimizer_state

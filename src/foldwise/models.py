@@ -19,14 +19,22 @@ log = logging.getLogger(__name__)
 
 
 class Normalised(nn.Module):
-    def __init__(self, backbone: nn.Module, mean, std):
+    """`fp32_head`: under autocast, the classifier still runs in float32 (regression outputs
+    such as keypoints: bfloat16's step near 1 is 2^-7, a third of a pixel at 96 px)."""
+
+    def __init__(self, backbone: nn.Module, mean, std, fp32_head: bool = False):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.fp32_head = backbone, fp32_head
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if not (self.fp32_head and torch.is_autocast_enabled(x.device.type)):
+            return self.backbone(x)
+        features = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.backbone.get_classifier()(features.float())
 
 
 RESERVED_KWARGS = ("num_classes", "in_chans", "pretrained", "pretrained_cfg", "checkpoint_path")
@@ -174,7 +182,8 @@ def input_normalisation(model: nn.Module, weights: str, dataset_mean, dataset_st
     return mean, std
 
 
-def create_network(cfg: Train, num_outputs: int, in_chans: int, data_mean, data_std):
+def create_network(cfg: Train, num_outputs: int, in_chans: int, data_mean, data_std,
+                   fp32_head: bool = False):
     """params.yaml's `train` network: timm's model with its input normalisation inside. Returns
     the network, where its weights came from, and its spec, which the checkpoint stores and
     `load_checkpoint` rebuilds the same network from."""
@@ -183,8 +192,8 @@ def create_network(cfg: Train, num_outputs: int, in_chans: int, data_mean, data_
                                         cfg.pretrained_fallback, cfg.model_kwargs)
     mean, std = input_normalisation(backbone, weights, data_mean, data_std)
     spec = {"model": cfg.model, "mean": mean, "std": std, "num_outputs": num_outputs,
-            "in_chans": in_chans, "model_kwargs": cfg.model_kwargs}
-    return Normalised(backbone, mean, std), weights, spec
+            "in_chans": in_chans, "model_kwargs": cfg.model_kwargs, "fp32_head": fp32_head}
+    return Normalised(backbone, mean, std, fp32_head), weights, spec
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:
@@ -193,6 +202,6 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     spec = ckpt["spec"]
     backbone = timm_model(spec["model"], False, spec.get("model_kwargs"),
                           num_classes=spec["num_outputs"], in_chans=spec["in_chans"])
-    net = Normalised(backbone, spec["mean"], spec["std"])
+    net = Normalised(backbone, spec["mean"], spec["std"], spec.get("fp32_head", False))
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()

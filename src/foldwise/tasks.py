@@ -2,12 +2,13 @@
 
 Every difference between task kinds is a member of its class here, and nothing outside this
 module asks which kind a task is:
-- training: `targets`, `augment_targets`, `loss`, `activate`, `score`, `monitor`, `mixes`;
+- training: `targets`, `augment_targets`, `loss`, `activate`, `score`, `monitor`, `mixes`,
+  `fp32_head`;
 - test-time views: `view_outputs` (how a warped view's outputs map back to the image);
 - the bag and calibration: `probabilities` (geometric means and temperatures apply);
 - evaluate: `report`, `item_loss`, `baselines`, `confusion`, `reliability`, `item_columns`;
-- export and predict: `head`, `tempering`, `postprocess`.
-A third kind is one more class and one line in `create_task`.
+- export and predict: `head`, `tempering`, `decision` (what is fit out-of-fold), `postprocess`.
+Another kind is one more class and one line in `create_task`.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class Classification:
     probabilities = True  # outputs are probabilities: geometric bags and temperatures apply
     mixes = True  # timm's mixup and cutmix blend its targets
     view_outputs = {}  # a class survives a warp: the views' outputs average as they are
+    fp32_head = False  # logits: bfloat16 is fine under autocast
 
     def __init__(self, classes, label_smoothing: float = 0.0):
         self.classes = tuple(classes)
@@ -166,6 +168,7 @@ class Keypoints:
     baselines = ("mean_baseline_rmse",)
     probabilities = False
     mixes = False
+    fp32_head = True  # coordinates: the classifier stays in float32 under autocast
 
     def __init__(self, names, image_size, flip_pairs=()):
         self.columns = list(names)
@@ -267,6 +270,7 @@ class MultiLabel:
     probabilities = False  # not rows that sum to one: no geometric bag, no temperature
     mixes = False  # timm's Mixup one-hot encodes single labels
     view_outputs = {}  # tags survive a warp
+    fp32_head = False
 
     def __init__(self, tags):
         self.columns = list(tags)

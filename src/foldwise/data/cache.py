@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from multiprocessing import Pool
+import sys
+from multiprocessing import Pool, get_context
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +94,16 @@ def decode_chunks(paths, size: dict, workers: int = 2, chunk: int = 512):
     of the consumer (which predicts meanwhile)."""
     jobs = [(paths[i:i + chunk], size["height"], size["width"], tuple(size["crop"]), size["mode"],
              False) for i in range(0, len(paths), chunk)]
-    with Pool(max(1, workers)) as pool:
+    with get_context(pool_start_method()).Pool(max(1, workers)) as pool:
         for block, _ in pool.imap(_load_chunk, jobs):
             yield block
+
+
+def pool_start_method() -> str:
+    """`spawn` once this process has started CUDA (a forked child of a CUDA process cannot use
+    it, and may hang or crash); `fork` otherwise, which starts workers without re-importing."""
+    torch = sys.modules.get("torch")
+    return "spawn" if torch is not None and torch.cuda.is_initialized() else "fork"
 
 
 def check_crop(crop) -> tuple:

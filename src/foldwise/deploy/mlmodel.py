@@ -41,7 +41,8 @@ class BaggedModel(mlflow.pyfunc.PythonModel):
 def requirements() -> list[str]:
     """What loading the model needs besides foldwise's own code (copied into the model)."""
     from importlib.metadata import version
-    return [f"{name}=={version(name)}" for name in
+    # a local label (torch 2.14.1+cu128) names a build no registry serves: the release only
+    return [f"{name}=={version(name).split('+')[0]}" for name in
             ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "tqdm", "mlflow")]
 
 

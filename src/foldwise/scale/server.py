@@ -9,18 +9,23 @@ of every machine, queued experiment and worker then meet their parent runs there
 `--backend-store-uri postgresql+psycopg://USER:PASSWORD@HOST:5432/DB` uses a database the team already
 runs. Without it the server gets a PostgreSQL cluster of its own in `--pgdata` (created with the
 distribution's `initdb` on first start, listening on 127.0.0.1 only, stopped when the server
-stops); as root the cluster runs as the `postgres` user, as PostgreSQL requires. The SQLite
-store beside the project stays the default for one person.
+stops); as root the cluster runs as the `postgres` user, as PostgreSQL requires. Its role has a
+random password (SCRAM), kept beside the cluster in `<pgdata>.password` (mode 600) and handed
+to the MLflow server through its environment, never on a command line, so other local users
+can neither connect nor read it. The SQLite store beside the project stays the default for one
+person.
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from foldwise.errors import InputError
@@ -51,22 +56,46 @@ def _run(cmd: list[str], what: str) -> None:
         raise InputError(f"{what} failed ({' '.join(cmd)}):\n{(res.stdout + res.stderr)[-2000:]}")
 
 
+def password_file(pgdata: Path) -> Path:
+    return pgdata.with_name(pgdata.name + ".password")
+
+
+def init_cluster(pgdata: Path) -> None:
+    """initdb in the empty `pgdata`: the role's random password asked for over TCP (SCRAM),
+    written beside the cluster readable by this user only."""
+    if pgdata.exists() and any(pgdata.iterdir()):
+        raise InputError(f"{pgdata}: not empty and not a PostgreSQL cluster; name another --pgdata")
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(pgdata, "postgres", "postgres")
+        if subprocess.run(_as_owner(["test", "-w", str(pgdata)])).returncode != 0:
+            raise InputError(f"{pgdata}: the postgres user cannot reach it; every folder above "
+                             "it must be open to others (chmod o+x), or name another --pgdata")
+    password = secrets.token_urlsafe(24)
+    fd, pwfile = tempfile.mkstemp(prefix="foldwise-pw-")  # initdb reads it, then it goes
+    try:
+        os.write(fd, password.encode())
+        os.close(fd)
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres", "postgres")
+        _run([pg_tool("initdb"), "-D", str(pgdata), "-U", ROLE, "--auth=scram-sha-256",
+              f"--pwfile={pwfile}", "-E", "UTF8"], f"initdb of {pgdata}")
+    finally:
+        os.unlink(pwfile)
+    secret = password_file(pgdata)
+    secret.touch(mode=0o600)
+    secret.write_text(password)
+
+
 def start_postgres(pgdata: str | Path, port: int) -> str:
     """Start (creating it the first time) the PostgreSQL cluster in `pgdata` on 127.0.0.1:`port`
-    with a database for MLflow; its SQLAlchemy URI."""
+    with a database for MLflow; its SQLAlchemy URI, whose password is in this process's
+    PGPASSWORD (inherited by the MLflow server, read by libpq)."""
     pgdata = Path(pgdata).resolve()
     if not (pgdata / "PG_VERSION").exists():
-        if pgdata.exists() and any(pgdata.iterdir()):
-            raise InputError(f"{pgdata}: not empty and not a PostgreSQL cluster; name another --pgdata")
-        pgdata.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(pgdata, "postgres", "postgres")
-            if subprocess.run(_as_owner(["test", "-w", str(pgdata)])).returncode != 0:
-                raise InputError(f"{pgdata}: the postgres user cannot reach it; every folder above "
-                                 "it must be open to others (chmod o+x), or name another --pgdata")
-        # local connections only (listen_addresses below), so trust is the whole authentication
-        _run([pg_tool("initdb"), "-D", str(pgdata), "-U", ROLE, "--auth=trust", "-E", "UTF8"],
-             f"initdb of {pgdata}")
+        init_cluster(pgdata)
+    if password_file(pgdata).is_file():  # a cluster made before passwords: trust, none needed
+        os.environ["PGPASSWORD"] = password_file(pgdata).read_text().strip()
     _run([pg_tool("pg_ctl"), "-D", str(pgdata), "-l", str(pgdata / "server.log"), "-w", "start",
           "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"],
          f"starting PostgreSQL in {pgdata} on port {port} (its log: {pgdata / 'server.log'})")

@@ -60,6 +60,15 @@ def train_fold(repo: str, commit: str, lock: str, fold: int, env: dict) -> dict:
                 "trained": f"Running stage 'train@{fold}'" in out, "log": out[-1500:]}
 
 
+def check_store_for_workers(uri: str, address: str | None) -> None:
+    """Workers on a Ray cluster elsewhere (`--address`) log their folds to the coordinator's
+    tracking URI: a SQLite file there is one they cannot reach."""
+    if address and uri.startswith("sqlite:"):
+        raise InputError(f"--address {address}: workers on other machines cannot log to {uri}, a "
+                         "file on this one; run a tracking server (make mlflow-server) and set "
+                         "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to its http:// address")
+
+
 def coordinate(repo: str, gpus: float, address: str | None) -> list[dict]:
     """Upstream built and pushed here, one Ray task per fold, then the rest of the DAG here."""
     import ray
@@ -67,6 +76,7 @@ def coordinate(repo: str, gpus: float, address: str | None) -> list[dict]:
         raise InputError("the checkout has uncommitted changes: workers clone a commit; commit first")
     commit = git("rev-parse", "HEAD", cwd=".")
     params = P.load()
+    check_store_for_workers(tracking.tracking_uri(params.mlflow), address)
     dvc("repro", *UPSTREAM, cwd=".")
     dvc("push", *UPSTREAM, cwd=".")
     # the folds join this checkout's MLflow store and experiment, and their parent run: created

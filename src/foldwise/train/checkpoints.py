@@ -15,7 +15,6 @@ import torch
 from foldwise.files import atomic_path
 
 
-
 def save(obj, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

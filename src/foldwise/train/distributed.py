@@ -89,6 +89,40 @@ def is_lead() -> bool:
     return rank() == 0
 
 
+def rank_seed(seed: int) -> int:
+    """The seed of this rank's own random numbers (dropout and drop-path masks): rank 0 keeps
+    the fold's seed, the others differ, so their parts of a batch get masks of their own. The
+    shared draws (order, augmentation) come from the fold's generator, the same on every rank."""
+    return seed + 7919 * rank()
+
+
+def bf16_native(device: torch.device) -> bool:
+    """bfloat16 autocast pays on this device: CUDA from Ampere (compute capability 8.0) on.
+    Older GPUs (T4, V100) pass torch's is_bf16_supported through emulation, and run slower
+    than float32: there a fold trains in float32, and says so once."""
+    if device.type != "cuda":
+        return False
+    if _capability(device.index) >= (8, 0):
+        return True
+    _warn_once(f"train.amp: {torch.cuda.get_device_name(device)} has no native bfloat16 "
+               "(compute capability below 8.0); training in float32")
+    return False
+
+
+def _capability(index) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        import logging
+        logging.getLogger(__name__).warning(message)
+
+
 def part(n: int) -> slice:
     """This rank's contiguous share of n rows (np.array_split's: sizes differ by one at most)."""
     size, extra = divmod(n, world())
@@ -103,6 +137,15 @@ def shard(images):
     from foldwise.train.loader import Rows
     rows = np.arange(len(images))[part(len(images))]
     return Rows(images.array, images.index[rows]) if isinstance(images, Rows) else Rows(images, rows)
+
+
+def gather_objects(obj) -> list:
+    """`obj` of every rank, in rank order (one element with one process)."""
+    if world() == 1:
+        return [obj]
+    parts = [None] * world()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def gather(array: np.ndarray) -> np.ndarray:

@@ -122,9 +122,10 @@ def log_inputs(params: P.Params, data: FoldData, folds_csv, processed: Path, met
                              f"{meta['source']} fold {data.fold}", params.data.root)
 
 
-def tracked(params, data: FoldData, fit, spec, weights, key, device, paths) -> dict:
+def tracked(params, data: FoldData, fit, spec, weights, key, settings: Settings, paths) -> dict:
     """Rank 0's run: the fold trained inside its MLflow run, its folder and history written."""
     folds_csv, processed, out, history_csv, meta = paths
+    device = settings.device
     task, cfg = create_task(meta, params), params.train
     run, parent, experiment = start_fold_run(params, key, data.fold, weights, device)
     with run:
@@ -134,7 +135,7 @@ def tracked(params, data: FoldData, fit, spec, weights, key, device, paths) -> d
         summary = summarise(result, task, data.labels[data.val_rows])
         mlflow.log_metrics(summary)
         mlflow.set_tag("foldwise.kept_weights", result.weights)
-        amp = cfg.amp and device.type == "cuda"
+        amp = settings.amp
         info = {"run_id": run.info.run_id, "parent_run_id": parent, "experiment_id": experiment,
                 "pipeline_key": key, "weights": weights, "device": device.type,
                 "devices": distributed.world(), "precision": "bfloat16" if amp else "float32",
@@ -155,6 +156,8 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
     augment.check(cfg.augment, meta["hflip_safe"])
     models.check_weights_location(cfg.weights_file)
     tta.views(params.tta, meta["hflip_safe"])  # a refused view stops before training
+    if not distributed.launched():  # an unreachable server fails here, not in DDP's set-up
+        tracking.open_experiment(params.mlflow)
     code = distributed.relaunch(cfg.devices)  # this command, once per device, by torchrun
     if code is not None:
         return code
@@ -164,18 +167,19 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta, params)
     net, weights, spec = models.create_network(cfg, task.num_outputs, data.images.shape[-1],
-                                               meta["mean"], meta["std"])
+                                               meta["mean"], meta["std"], task.fp32_head)
     key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
     resume = resume_file(project_root(), key, fold)
     rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
                    Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
-    fit = partial(train_fold, net, task, Settings(cfg, params.lr, seed, device), rows,
+    settings = Settings(cfg, params.lr, seed, device)
+    fit = partial(train_fold, net, task, settings, rows,
                   resume=resume, wrap=lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"]))
     if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
         fit()                       # from its file), logs and writes nothing
         distributed.close()
         return 0
-    done = tracked(params, data, fit, spec, weights, key, device,
+    done = tracked(params, data, fit, spec, weights, key, settings,
                    (folds_csv, processed, out, history_csv, meta))
     resume.unlink(missing_ok=True)
     distributed.close()

@@ -52,7 +52,8 @@ class Settings:
 
     @property
     def amp(self) -> bool:
-        return self.cfg.amp and self.device.type == "cuda"  # bfloat16 autocast, CUDA only
+        """bfloat16 autocast: asked for, on a CUDA device that has it natively."""
+        return self.cfg.amp and distributed.bf16_native(self.device)
 
     @property
     def channels_last(self) -> bool:
@@ -282,8 +283,8 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
     through `wrap(net)` (test-time augmentation, `tta.wrap`); epochs are chosen on plain
     validation.
     """
-    torch.manual_seed(run.seed)
-    gen = torch.Generator().manual_seed(run.seed)
+    torch.manual_seed(distributed.rank_seed(run.seed))  # this rank's masks
+    gen = torch.Generator().manual_seed(run.seed)  # the draws every rank shares
     net, model, optimizer, scheduler, rec = prepare(net, run, task, len(data.x_train))
     targets = task.targets(data.y_train)
     s = resumed(net, optimizer, scheduler, gen, rec, resume, on_epoch)
@@ -298,8 +299,10 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         scheduler.step(epoch + 1, metric=monitored)
         keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, run.cfg)
-        if resume and distributed.is_lead():
-            state.save_resume(resume, net, optimizer, gen, s, rec.ema)
+        if resume:
+            rngs = state.rng_states()  # every rank's: a collective call
+            if distributed.is_lead():
+                state.save_resume(resume, net, optimizer, gen, s, rngs, rec.ema)
         if s.stale >= patience:
             log.info("stopped after epoch %d (best %d)", epoch, s.best_epoch)
             break

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foldwise.train import distributed
 from foldwise.train.checkpoints import load, save
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,33 @@ class LoopState:
         return cls(**values)
 
 
-def save_resume(path, net, optimizer, gen: torch.Generator, state: LoopState, ema=None) -> None:
+def rng_states() -> list:
+    """Every rank's own random number states (CPU, and each CUDA device's), in rank order: a
+    collective call under DDP, so every rank makes it."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    return distributed.gather_objects(mine)
+
+
+def restore_rng(states: list) -> None:
+    """This rank's states from `rng_states`' list, when the launch has as many ranks."""
+    if len(states) != distributed.world():
+        log.warning("the resume file holds the random states of %d rank(s), this launch has %d: "
+                    "the remaining epochs draw other dropout masks", len(states), distributed.world())
+        return
+    cpu, cuda = states[distributed.rank()]
+    torch.set_rng_state(cpu)
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_resume(path, net, optimizer, gen: torch.Generator, state: LoopState, rngs: list,
+                ema=None) -> None:
     """Everything a killed fold needs to continue as if it never stopped (with `ema`, timm's
-    moving average of the weights, too): the loop's state in its own format, the rest beside."""
+    moving average of the weights, too): the loop's state in its own format, the rest beside;
+    `rngs`: every rank's random states (`rng_states`)."""
     save({"loop": state.to_file(), "net": net.state_dict(), "optimizer": optimizer.state_dict(),
           "ema": None if ema is None else ema.module.state_dict(),
-          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
+          "generator": gen.get_state(), "rng": rngs}, path)
 
 
 def load_resume(path, net, optimizer, gen: torch.Generator, ema=None):
@@ -82,14 +103,12 @@ def load_resume(path, net, optimizer, gen: torch.Generator, ema=None):
         net.load_state_dict(saved["net"])
         if ema is not None:
             ema.module.load_state_dict(saved["ema"])
+        rngs = saved["rng"]
     except Exception as err:  # noqa: BLE001 - any unreadable resume file means: start over
         log.warning("ignoring resume file %s (%s: %s); training this fold from the start",
                     path, type(err).__name__, err)
         return None
     gen.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
-    cuda_rng = saved["cuda_rng"]
-    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_rng)
+    restore_rng(rngs)
     log.info("resumed from %s after epoch %d", path, len(state.history) - 1)
     return state, saved["optimizer"]
