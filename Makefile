@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 
 J ?= 2
 
-.PHONY: here repro test test-fast bench mlflow-ui mlflow-server task folds
+.PHONY: here repro test test-fast gpu-check peers bench mlflow-ui mlflow-server task folds
 
 # the pipeline's own dependencies; the tests' (pytest, Playwright, Ray, psycopg) on top, only for
 # `make test`, so that a first `make repro` does not wait for them
@@ -43,6 +43,17 @@ test: here $(VENV)/.foldwise-test-installed
 
 test-fast: here $(VENV)/.foldwise-test-installed
 	$(BIN)/python -m pytest -q -m "not e2e and not extended and not gpu" --durations=10
+
+# on a lent GPU machine, with its own Python (no venv, no DVC, no MLflow): docs/gpu.md
+OUT ?= gpu-check
+gpu-check:
+	bash benchmarks/gpu_check.sh $(OUT)
+
+# timm's benchmark.py beside foldwise's bench, from a fetched copy of timm's repository
+# (TIMM_GIT=path/to/its/git dir); .peers/ is ignored by git and carried to the GPU machine
+peers:
+	mkdir -p .peers/timm
+	git --git-dir=$(TIMM_GIT) show HEAD:benchmark.py > .peers/timm/benchmark.py
 
 folds: here  # make folds J=4: the folds 4 at a time (a GPU each), then the rest
 	$(BIN)/python -m foldwise.scale.parallel --jobs $(J)

@@ -333,6 +333,8 @@ def measure(args, res: dict, device, amp: bool, cl: bool) -> None:
             rates["aug"].append(ours_train(args.model, images, labels, args.batch, args.steps, cl,
                                            amp, device, augmented))
         bare, ours, aug = (max(rates[k]) for k in ("bare", "ours", "aug"))
+        if device.type == "cuda":
+            res["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         res.update(bare_train_images_per_s=bare, train_images_per_s=ours, train_ratio=ours / bare,
                    train_augmented_images_per_s=aug, augment_cost_ratio=aug / ours,
                    loader_to_model_ratio=res["loader_images_per_s"] / bare)

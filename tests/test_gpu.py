@@ -1,0 +1,129 @@
+"""The CUDA paths, run on a GPU: marked `gpu`, skipped where there is none (the reason says
+so). `make gpu-check` runs them on a lent GPU machine, whose Python has torch, timm, numpy,
+pandas and pytest but neither DVC nor MLflow: nothing here imports either.
+
+`FOLDWISE_GPU_TESTS_ON_CPU=1 pytest -m gpu tests/test_gpu.py` runs the same tests on the CPU
+(a dry run of their logic; bfloat16 autocast is then off)."""
+import os
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from foldwise import params as P
+from foldwise.deploy import export
+from foldwise.deploy.verify import check_export
+from foldwise.models import Normalised
+from foldwise.tasks import Classification
+from foldwise.train.loop import FitData, Settings, predict, train_fold
+from test_training import CFG, toy_data
+
+pytestmark = pytest.mark.gpu
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TASK = Classification(["a", "b"])
+
+
+def net(seed=0):
+    torch.manual_seed(seed)
+    return Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+
+
+def fit(model, changes, seed=0, **kwargs):
+    x, y = toy_data(n=64)
+    cfg = P.evolve(CFG, changes)
+    return train_fold(model, TASK, Settings(cfg, 3e-3, seed, DEVICE),
+                      FitData(x[:48], y[:48], x[48:], y[48:], x[:8]), **kwargs)
+
+
+def test_a_fold_trains_with_amp_channels_last_compile_ema_and_mixup():
+    """The whole recipe at once on the device; the kept weights, loaded into a network on the
+    CPU in float32, predict what the fold kept (within bfloat16's rounding)."""
+    result = fit(net(), {"amp": True, "channels_last": True, "compile": True, "epochs": 3,
+                         "ema": {"decay": 0.9, "warmup": True},
+                         "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 1.0,
+                                   "switch_prob": 0.5}})
+    assert np.isfinite(result.history["train_loss"]).all()
+    np.testing.assert_allclose(result.val_preds.sum(axis=1), 1.0, atol=1e-5)
+    cpu = net()
+    cpu.load_state_dict(result.state_dict)
+    x, _ = toy_data(n=64)
+    again = predict(cpu, x[48:], TASK, 16, torch.device("cpu"))
+    assert np.abs(again - result.val_preds).max() < 0.05
+
+
+def test_a_fold_killed_on_the_device_resumes_to_the_same_result(tmp_path):
+    """Killed after epoch 1 and resumed: the same kept epoch and predictions as an
+    uninterrupted fold (cuDNN made deterministic for the comparison)."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    changes = {"amp": True, "epochs": 4, "ema": {"decay": 0.8, "warmup": True}}
+    whole = fit(net(5), changes, seed=5)
+
+    def crash(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(net(5), changes, seed=5, on_epoch=crash, resume=tmp_path / "r.pt")
+    resumed = fit(net(5), changes, seed=5, resume=tmp_path / "r.pt")
+    assert resumed.best_epoch == whole.best_epoch
+    np.testing.assert_allclose(resumed.val_preds, whole.val_preds, atol=1e-4)
+
+
+@pytest.mark.parametrize("amp", [True, False], ids=["amp", "fp32"])
+def test_the_exported_bag_on_the_device_matches_eager_and_foldwise_predict(tmp_path, amp):
+    """Two folds trained with and without bfloat16, exported as the export stage exports them,
+    loaded onto the device: like for like with the eager bag (1e-4), and `foldwise-predict`
+    over the same images as PNG files writes the same probabilities."""
+    from PIL import Image
+    from foldwise.deploy.predict import predict_folder
+    folds = [fit(net(k), {"amp": amp, "epochs": 1}, seed=k) for k in range(2)]
+    nets = []
+    for k, result in enumerate(folds):
+        model = net(k)
+        model.load_state_dict(result.state_dict)
+        nets.append(model.eval())
+    bag = export.Bagged(nets, TASK.head(), "arithmetic", TASK.tempering(1.0))
+    x, _ = toy_data(n=64)
+    meta = {"source": "folders", "task": "classification", "classes": ["a", "b"],
+            "decision": {"clip": 0.0},
+            "preprocess": {"height": 16, "width": 16, "crop": [0, 0, 1, 1], "mode": "RGB"}}
+    export.save(bag, torch.from_numpy(x[:2]), meta, tmp_path / "model")
+    model, _ = export.load(tmp_path / "model", DEVICE)
+    got = export.run_model(model, x, device=DEVICE)
+    eager = export.run_model(bag.to(DEVICE), x, device=DEVICE)
+    bagged = np.mean([f.test_preds for f in folds], axis=0)
+    check = check_export(got[:8], eager[:8], bagged, [{"precision": "bfloat16" if amp else "float32",
+                                                        "device": DEVICE.type}])
+    assert check.worst <= 1e-4
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, pixels in enumerate(x):
+        Image.fromarray(pixels).save(images / f"{i:03d}.png")
+    preds = predict_folder(tmp_path / "model", images, tmp_path / "sub.csv", workers=1)
+    np.testing.assert_allclose(preds, got, atol=1e-4)
+
+
+def test_sync_batchnorm_trains_like_timms_batchnorm_on_one_device():
+    """timm's SyncBatchNormAct on the device, in training mode (one process: no peers to sync
+    with), gives the outputs and gradients of the BatchNormAct it replaced."""
+    import copy
+    from foldwise.train import distributed
+    torch.manual_seed(0)
+    original = timm.create_model("efficientnet_b0", num_classes=3).to(DEVICE).train()
+    converted = distributed.sync_batchnorm(copy.deepcopy(original)).train()
+    x = torch.rand(4, 3, 64, 64, device=DEVICE)
+    a, b = original(x), converted(x)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    a.sum().backward()
+    b.sum().backward()
+    ga = dict(original.named_parameters())["conv_stem.weight"].grad
+    gb = dict(converted.named_parameters())["conv_stem.weight"].grad
+    torch.testing.assert_close(ga, gb, atol=1e-3, rtol=1e-3)
+
+
+def test_the_run_is_on_the_gpu_when_there_is_one():
+    """On the lent machine these tests must not pass by running on its CPU."""
+    if os.environ.get("FOLDWISE_GPU_TESTS_ON_CPU"):
+        pytest.skip("dry run on the CPU")
+    assert DEVICE.type == "cuda" and torch.cuda.get_device_capability()[0] >= 8
