@@ -43,6 +43,15 @@ class FoldData:
     test_ids: pd.Series
 
 
+@dataclass(frozen=True)
+class FoldPaths:
+    """The train stage's arguments: what it reads and where it writes."""
+    folds_csv: Path
+    processed: Path
+    out: Path
+    history_csv: Path
+
+
 def fold_rows(folds_csv, processed: Path, fold: int):
     """The training table and this fold's train and validation rows, checked against the split."""
     folds = pd.read_csv(folds_csv, dtype={"id": str, "group": str})
@@ -114,22 +123,23 @@ def start_fold_run(params: P.Params, key: str, fold: int, weights: str, device):
     return run, parent, experiment
 
 
-def log_inputs(params: P.Params, data: FoldData, folds_csv, processed: Path, meta: dict) -> None:
+def log_inputs(params: P.Params, data: FoldData, paths: FoldPaths, meta: dict) -> None:
     tracking.log_params(params, fold=data.fold, train_images=len(data.train_rows),
                         val_images=len(data.val_rows))
     tracking.log_fold_inputs(data.table, data.train_rows, data.val_rows,
-                             [folds_csv, processed / "train.csv", processed / "meta.json"],
+                             [paths.folds_csv, paths.processed / "train.csv",
+                              paths.processed / "meta.json"],
                              f"{meta['source']} fold {data.fold}", params.data.root)
 
 
-def tracked(params, data: FoldData, fit, spec, weights, key, settings: Settings, paths) -> dict:
+def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, weights, key,
+            settings: Settings) -> dict:
     """Rank 0's run: the fold trained inside its MLflow run, its folder and history written."""
-    folds_csv, processed, out, history_csv, meta = paths
     device = settings.device
     task, cfg = create_task(meta, params), params.train
     run, parent, experiment = start_fold_run(params, key, data.fold, weights, device)
     with run:
-        log_inputs(params, data, folds_csv, processed, meta)
+        log_inputs(params, data, paths, meta)
         result = fit(on_epoch=lambda row: mlflow.log_metrics(
             {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
         summary = summarise(result, task, data.labels[data.val_rows])
@@ -140,17 +150,18 @@ def tracked(params, data: FoldData, fit, spec, weights, key, settings: Settings,
                 "pipeline_key": key, "weights": weights, "device": device.type,
                 "devices": distributed.world(), "precision": "bfloat16" if amp else "float32",
                 "kept_weights": result.weights, **summary}
-        outputs.write(out, {"spec": spec, "state_dict": result.state_dict, "fold": data.fold},
+        outputs.write(paths.out, {"spec": spec, "state_dict": result.state_dict, "fold": data.fold},
                       *prediction_tables(data, result, task), info, result.history)
-        log_artifacts(result, Path(out), f"fold {data.fold}: {cfg.model}, lr {params.lr:g}")
-        write_csv(result.history, history_csv)
+        log_artifacts(result, paths.out, f"fold {data.fold}: {cfg.model}, lr {params.lr:g}")
+        write_csv(result.history, paths.history_csv)
     return {**summary, "monitor": task.monitor, "images_per_s": result.train_images_per_s}
 
 
 def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> int:
     """Train fold `fold` and write its folder; returns the exit status (torchrun's, when this
     process relaunched itself on several devices)."""
-    processed = Path(processed)
+    paths = FoldPaths(Path(folds_csv), Path(processed), Path(out), Path(history_csv))
+    processed = paths.processed
     cfg = params.train
     meta = json.loads((processed / "meta.json").read_text())
     augment.check(cfg.augment, meta["hflip_safe"])
@@ -179,8 +190,7 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
         fit()                       # from its file), logs and writes nothing
         distributed.close()
         return 0
-    done = tracked(params, data, fit, spec, weights, key, settings,
-                   (folds_csv, processed, out, history_csv, meta))
+    done = tracked(params, meta, paths, data, fit, spec, weights, key, settings)
     resume.unlink(missing_ok=True)
     distributed.close()
     print(f"fold {fold}: best epoch {done['best_epoch']}, val {done['monitor']} "
