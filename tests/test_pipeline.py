@@ -190,17 +190,23 @@ def test_a_replaced_weights_file_reruns_the_folds(project):
     assert "changed" not in sh("dvc status train@0", dst).stdout
 
 
-def test_exp_run_with_lr_reruns_only_what_depends_on_it(project):
-    """`-S lr=...` exactly as typed: DVC's dry run lists the stages it would run (queued
-    experiments with other lr values run for real in test_concurrent_experiments.py)."""
+def test_a_new_lr_reruns_the_folds_and_nothing_upstream(project):
+    """`lr` is a top-level key that only the folds read: DVC's dry run after changing it (as
+    `dvc exp run -S lr=...` does; queued experiments run that for real in
+    test_concurrent_experiments.py) lists every train stage and nothing before them (bag,
+    evaluate and export follow from the folds' new outputs)."""
     dst, _, _ = project
+    params = dst / "params.yaml"
+    original = params.read_text()
     try:
-        out = sh("dvc exp run --dry -S lr=3e-3", dst).stdout
+        params.write_text(original.replace("\nlr: 0.002\n", "\nlr: 0.003\n"))
+        assert params.read_text() != original
+        out = sh("dvc repro --dry", dst).stdout
     finally:
-        sh("git checkout -- params.yaml", dst)
+        params.write_text(original)
     for stage in ("sample", "split", "preprocess"):
         assert f"Running stage '{stage}'" not in out
-    for stage in [f"train@{k}" for k in range(FOLDS)] + ["bag", "evaluate", "export"]:
+    for stage in [f"train@{k}" for k in range(FOLDS)]:
         assert f"Running stage '{stage}'" in out, out
 
 

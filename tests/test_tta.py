@@ -20,7 +20,7 @@ def test_no_views_means_the_network_itself_and_a_refused_mirror_names_the_key():
     assert tta.wrap(net, OFF, Classification(["a", "b"]), True) is net
     with pytest.raises(InputError, match="tta.hflip"):
         tta.views(P.evolve(OFF, {"hflip": True}), hflip_safe=False)
-    assert len(tta.views({"hflip": True, "shift": 0.05, "scale": 0.1}, True)) == 1 + 1 + 4 + 2
+    assert len(tta.views(P.build(P.Tta, {"hflip": True, "shift": 0.05, "scale": 0.1}), True)) == 1 + 1 + 4 + 2
 
 
 def test_class_outputs_average_the_logits_of_the_image_and_its_mirror():
