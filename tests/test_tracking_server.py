@@ -144,8 +144,9 @@ def test_artifacts_travel_through_the_server_byte_for_byte(server, pipeline, tmp
 def test_the_runs_are_rows_of_the_postgresql_backend(server, pipeline):
     import psycopg
     _, runs = runs_of(server["uri"])
+    password = (server["base"] / "pg.password").read_text().strip()  # the owner's to read
     with psycopg.connect(host="127.0.0.1", port=server["pg_port"], user="foldwise",
-                         dbname="mlflow") as db:
+                         password=password, dbname="mlflow") as db:
         counts = dict(db.execute("SELECT status, count(*) FROM runs WHERE lifecycle_stage = 'active' "
                                  "GROUP BY status").fetchall())
     assert counts == {"FINISHED": len(runs)}, counts
