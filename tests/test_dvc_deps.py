@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 # modules that shape no output: error types, logging, writing files, reading params.yaml
 # (whose values DVC tracks key by key), MLflow bookkeeping
-NEUTRAL = {f"src/foldwise/{m}.py" for m in ("errors", "stage", "files", "params", "tracking")}
+NEUTRAL = {f"src/foldwise/{m}.py" for m in ("errors", "stage", "files", "params", "tracking",
+                                              "scale/twins")}  # when a stage runs, not what it writes
 
 
 RUNTIME_PACKAGE = "foldwise.data.sources"

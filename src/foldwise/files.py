@@ -47,7 +47,8 @@ def source_digest(package: str | Path) -> str:
     return h.hexdigest()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` is running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +67,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
         return removed
     for entry in path.parent.iterdir():
         m = pattern.match(entry.name)
-        if m and not _alive(int(m.group(1))):
+        if m and not alive(int(m.group(1))):
             _remove(entry)
             removed.append(entry)
     old = path.with_name(f".{path.name}.old")

@@ -10,6 +10,7 @@ from pathlib import Path
 import foldwise
 from foldwise.errors import InputError
 from foldwise.files import project_root, source_digest
+from foldwise.scale import twins
 
 
 def arguments(doc: str, *names: tuple[str, str]) -> list[str]:
@@ -45,7 +46,8 @@ def run(main) -> None:
     logging.getLogger("foldwise").setLevel(logging.INFO)
     try:
         check_code()
-        main()
+        with twins.turn(sys.argv):
+            main()
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

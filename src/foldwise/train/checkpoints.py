@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from foldwise.errors import InputError
 from foldwise.files import atomic_path
 
 
@@ -22,4 +23,7 @@ def save(obj, path: str | Path) -> None:
 
 
 def load(path: str | Path):
+    if Path(path).stat().st_size == 0:  # what a broken cache link leaves (docs/scaling.md)
+        raise InputError(f"{path} is empty (0 bytes); run `dvc checkout --relink` or rerun the "
+                         "stage that wrote it")
     return torch.load(path, map_location="cpu", weights_only=True)
