@@ -85,18 +85,29 @@ def tiny(params) -> None:
     params["preprocess"].update(height=32, width=48)
 
 
+def settled(dst: Path) -> str:
+    """`dvc queue status` once nothing is queued or running and every worker has exited (a
+    `dvc queue start` while the last round's workers shut down leaves the new round stranded)."""
+    while True:
+        status = run("dvc queue status", dst).stdout
+        if "Queued" not in status and "Running" not in status and "0 active, 0 idle" in status:
+            return status
+        time.sleep(2)
+
+
 def queue_round(dst: Path, i: int) -> dict:
     lr = f"{0.001 + 1e-5 * i:.5f}"
     names = [f"twin{i}a", f"twin{i}b"]
+    settled(dst)
     for name in names:
         run(f"dvc exp run --queue -n {name} -S lr={lr}", dst)
     t0 = time.time()
     run("dvc queue start -v -j 2", dst)  # debug log for the workers
-    while "Queued" in (status := run("dvc queue status", dst).stdout) or "Running" in status:
-        time.sleep(2)
+    time.sleep(5)
+    status = settled(dst)
     logs = {n: run(f"dvc queue logs {n}", dst).stdout for n in names}
     return {"round": i, "lr": lr, "seconds": round(time.time() - t0, 1),
-            "succeeded": sum(f"{n}" in line and "Success" in line
+            "succeeded": sum(line.split()[1:2] == [n] and "Success" in line
                              for line in status.splitlines() for n in names),
             "waited": sum(log.count("an identical run is in progress") for log in logs.values())}
 

@@ -27,12 +27,18 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+# where other checkouts of a project live inside it: DVC's temporary experiment copies and
+# foldwise-search's worker checkouts
+CHECKOUTS = ((".dvc", "tmp", "exps"), (".foldwise", "workers"))
+
+
 def project_root(cwd: str | Path | None = None) -> Path:
-    """The project directory, also from inside a DVC experiment's temporary copy."""
+    """The project directory, also from inside a DVC experiment's temporary copy or a search
+    worker's checkout."""
     path = Path(cwd or os.getcwd()).resolve()
     parts = path.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+    for i in range(len(parts)):
+        if any(parts[i:i + len(m)] == m for m in CHECKOUTS):
             return Path(*parts[:i])
     return path
 

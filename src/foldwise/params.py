@@ -199,6 +199,29 @@ def names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def field_type(cls, dotted: str):
+    """The type of params key `dotted` (`train.ema.decay` -> float) in the dataclass `cls`, or
+    None where there is no such key."""
+    kind = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(kind) or part not in names(kind):
+            return None
+        kind = typing.get_type_hints(kind)[part]
+    return kind
+
+
+def nested(changes: dict) -> dict:
+    """{"train.epochs": 3, "lr": 0.1} -> {"train": {"epochs": 3}, "lr": 0.1}"""
+    out: dict = {}
+    for dotted, value in changes.items():
+        *head, last = dotted.split(".")
+        node = out
+        for part in head:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
 def _value(value, kind, name: str, where: str):
     """`value` as `kind` (a float key takes an int), or an InputError naming the key."""
     if kind is float:

@@ -31,10 +31,16 @@ def apply(name: str, params_file: str | Path = "params.yaml", tasks_dir: str | P
     if not preset.is_file():
         names = sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
         raise InputError(f"no preset {preset}; presets: {', '.join(names)}")
+    rewrite(params_file, YAML().load(preset.read_text()))
+
+
+def rewrite(params_file: str | Path, overlay: dict) -> None:
+    """Set `overlay`'s keys (a nested mapping) in params.yaml, keeping every other value and
+    the file's comments; written atomically."""
     yaml = YAML()
     yaml.preserve_quotes = True
     params = yaml.load(Path(params_file).read_text())
-    merge(params, yaml.load(preset.read_text()))
+    merge(params, overlay)
     with atomic_path(params_file) as tmp:
         with open(tmp, "w") as f:
             yaml.dump(params, f)

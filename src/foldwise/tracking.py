@@ -31,6 +31,8 @@ from foldwise.params import Mlflow, Params, flatten
 
 # params that shape a fold's results; tracking settings themselves are not among them
 RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train", "tta")
+# how foldwise-search tells the pipelines it runs which study run and trial they belong to
+STUDY, STUDY_RUN, TRIAL = "FOLDWISE_STUDY", "FOLDWISE_STUDY_RUN", "FOLDWISE_TRIAL"
 # MLflow's own experiment tag for which UI an experiment opens in (training, not GenAI)
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -141,8 +143,18 @@ def close_killed_attempts(experiment_id: str, parent_id: str, fold: int) -> list
     return [r.info.run_id for r in stale]
 
 
+def study_tags() -> dict:
+    """Under foldwise-search, a pipeline's parent is a child of the study's run, tagged with
+    the study and trial (the search sets these for the DVC commands it runs)."""
+    if not os.environ.get(STUDY_RUN):
+        return {}
+    return {"mlflow.parentRunId": os.environ[STUDY_RUN],
+            "foldwise.study": os.environ.get(STUDY, ""), "foldwise.trial": os.environ.get(TRIAL, "")}
+
+
 def _create_parent(client, experiment_id: str, key: str, params: Params, tags=None) -> str:
-    tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent", **source_tags(), **(tags or {})}
+    tags = {"foldwise.pipeline_key": key, "foldwise.role": "parent", **source_tags(),
+            **study_tags(), **(tags or {})}
     run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
     for batch in _chunks(sorted(flatten(params.as_dict()).items()), 100):
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])

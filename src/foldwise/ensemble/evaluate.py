@@ -65,11 +65,22 @@ def finish_parent(params, task, summary, per_fold, baseline, models, out: Path) 
     flat = {f"oof_{k}": v for k, v in flatten(summary).items()}  # per-tag thresholds: oof_thresholds.TAG
     flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items()})
     flat.update({k: v for k, v in baseline.items() if k in task.baselines})
+    flat.update(fold_spread(task.monitor, per_fold))
     runs = [outputs.read_run(models, k) for k in params.folds]
     parent = tracking.parent_for_evaluation(experiment, runs, params)
     tracking.finish_parent(experiment, parent, flat,
                            [out / n for n in ("metrics.json", "baseline.json", "breakdown.csv",
                                               "hardest.csv", "hardest.png")])
+
+
+def fold_spread(metric: str, per_fold: dict) -> dict:
+    """The folds' mean and standard deviation (n - 1) of `metric`, which MLflow cannot
+    aggregate over child runs itself (mlflow#3762)."""
+    values = np.array([f[metric] for f in per_fold.values() if metric in f], dtype=float)
+    if not len(values):
+        return {}
+    return {f"folds_mean_{metric}": float(values.mean()),
+            f"folds_std_{metric}": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
 def evaluate(params: Params, task, bagged, processed, models, out) -> dict:

@@ -1,0 +1,160 @@
+"""`search.yaml`: what `foldwise-search` searches, for what, and for how long, read into typed
+settings and checked against params.yaml before anything trains.
+
+    study: search            # the study's name; its trials are DVC experiments search-000, ...
+    trials: 20               # the study ends with this many finished or pruned trials
+    objective: logloss       # a figure of metrics/metrics.json's "oof" (its _calibrated value
+    direction: minimize      #   where calibration is on); minimize | maximize
+    sampler: tpe             # tpe | random (Optuna's), seeded by `seed`
+    seed: 0
+    pruner: median           # median | none: after the first fold, against earlier trials'
+    startup_trials: 3        #   first folds, once this many trials have finished
+    epochs: 0                # > 0: train.epochs of the search's trials (a cheaper search)
+    storage: ''              # the study's database; '' = sqlite:///.foldwise/search.db
+    space:                   # params.yaml keys, dotted
+      lr: {low: 3.0e-4, high: 3.0e-3, log: true}
+      train.model: {choices: [test_resnet, resnet10t]}
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from foldwise import params as P
+from foldwise.errors import InputError
+
+FIXED = ("folds", "split", "sample", "data")  # shared by every trial: DVC's run-cache reuses them
+DIRECTIONS = ("minimize", "maximize")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "none")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key: a range (`low`..`high`, `log` scale, integers for an int key) or
+    `choices`."""
+    key: str
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial):
+        if self.choices:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind is int:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class Search:
+    study: str
+    trials: int
+    objective: str
+    direction: str
+    sampler: str
+    seed: int
+    pruner: str
+    startup_trials: int
+    epochs: int
+    storage: str
+    space: tuple
+
+    def changes(self, trial) -> dict:
+        """The trial's params.yaml changes, dotted: its suggestions and the search's epochs."""
+        values = {d.key: d.suggest(trial) for d in self.space}
+        if self.epochs:
+            values["train.epochs"] = self.epochs
+        return values
+
+
+DEFAULTS = {"study": "search", "trials": 20, "objective": "logloss", "direction": "minimize",
+            "sampler": "tpe", "seed": 0, "pruner": "median", "startup_trials": 3, "epochs": 0,
+            "storage": ""}
+
+
+def load(path: str | Path, base: P.Params) -> Search:
+    """search.yaml as typed settings; an InputError naming the file and key at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not found (foldwise-search reads its search space there)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping")
+    unknown = sorted(set(raw) - set(DEFAULTS) - {"space"})
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} (known: "
+                         f"{', '.join([*DEFAULTS, 'space'])})")
+    settings = {k: raw.get(k, v) for k, v in DEFAULTS.items()}
+    for key, value in settings.items():
+        kind = type(DEFAULTS[key])
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(f"{path}: {key}={value!r} must be {kind.__name__}")
+    for key, allowed in (("direction", DIRECTIONS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if settings[key] not in allowed:
+            raise InputError(f"{path}: {key}={settings[key]!r} must be one of {', '.join(allowed)}")
+    if settings["trials"] < 1 or settings["epochs"] < 0 or settings["startup_trials"] < 0:
+        raise InputError(f"{path}: trials must be >= 1, epochs and startup_trials >= 0")
+    space = raw.get("space") or {}
+    if not isinstance(space, dict) or not space:
+        raise InputError(f"{path}: space must map params.yaml keys to a range or choices")
+    dims = tuple(dimension(path, key, spec, base) for key, spec in space.items())
+    return Search(**settings, space=dims)
+
+
+def dimension(path: Path, key: str, spec, base: P.Params) -> Dimension:
+    """One key of `space`, checked: a params key outside the fixed sections, a non-empty range
+    or choice list, values of the key's type (and timm models for train.model)."""
+    where = f"{path}: space.{key}"
+    kind = P.field_type(P.Params, key)
+    if kind is None or dataclasses.is_dataclass(kind):
+        raise InputError(f"{where}: not a key of params.yaml (dotted, like train.epochs)")
+    if key.split(".")[0] in FIXED:
+        raise InputError(f"{where}: {', '.join(FIXED)} stay fixed across trials, so that DVC's "
+                         "run-cache shares their stages")
+    if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
+        raise InputError(f"{where}: give {{low: , high: [, log: true]}} or {{choices: [...]}}")
+    extra = sorted(set(spec) - {"low", "high", "log", "choices"})
+    if extra:
+        raise InputError(f"{where}: unknown field(s) {', '.join(extra)}")
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise InputError(f"{where}: choices must be a non-empty list")
+        for value in choices:
+            _check_value(where, key, value, base)
+        return Dimension(key, kind, choices=tuple(choices))
+    return _range(where, key, kind, spec, base)
+
+
+def _range(where: str, key: str, kind, spec: dict, base: P.Params) -> Dimension:
+    if kind not in (int, float):
+        raise InputError(f"{where}: a {kind.__name__} key takes choices, not a range")
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    numbers = (int,) if kind is int else (int, float)
+    if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in (low, high)):
+        raise InputError(f"{where}: low and high must be {kind.__name__}s")
+    if not low < high:
+        raise InputError(f"{where}: empty range: low {low} is not below high {high}")
+    if not isinstance(log, bool) or (log and low <= 0):
+        raise InputError(f"{where}: log must be true or false, and a log range above 0")
+    for value in (low, high):
+        _check_value(where, key, value, base)
+    return Dimension(key, kind, low=float(low), high=float(high), log=log)
+
+
+def _check_value(where: str, key: str, value, base: P.Params) -> None:
+    try:
+        P.evolve(base, P.nested({key: value}))
+    except InputError as err:
+        raise InputError(f"{where}: {value!r} is not a valid value ({err})") from None
+    if key == "train.model":
+        import timm
+        if not timm.is_model(value):
+            raise InputError(f"{where}: {value!r} is not a timm model (timm.list_models() names "
+                             "them)")

@@ -1,0 +1,106 @@
+"""One trial in a worker's checkout: its params set, its first fold trained (`dvc repro
+train@K`) and scored for the pruner, then, unless pruned, the whole pipeline as a DVC
+experiment (`dvc exp run -n NAME`), which restores that fold from DVC's run-cache.
+
+Every DVC command of a trial runs with the trial's DVC experiment name (so its folds meet one
+MLflow parent, also across a kill and retry) and the study's run and trial number (so that
+parent is the study run's child). Its output goes to `.foldwise/search/logs/NAME.log`.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from foldwise import params as P
+from foldwise import tracking
+from foldwise.errors import InputError
+from foldwise.scale.parallel import dvc
+from foldwise.search.checkouts import Checkout
+from foldwise.train import outputs
+
+CALIBRATED = "_calibrated"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str               # "complete" | "pruned"
+    value: float | None      # the objective of a complete trial, fold 0's of a pruned one
+    first_fold: float | None
+
+
+def experiment_name(study: str, number: int) -> str:
+    return f"{study}-{number:03d}"
+
+
+def run(checkout: Checkout, trial, search, study_run: str, root: Path) -> Outcome:
+    """Run `trial` in `checkout`; raises (naming the log) when a DVC command fails."""
+    name = trial.user_attrs.get("experiment") or experiment_name(search.study, trial.number)
+    trial.set_user_attr("experiment", name)
+    checkout.set_params(search.changes(trial))
+    env = checkout.env({"DVC_EXP_NAME": name, tracking.STUDY: search.study,
+                        tracking.STUDY_RUN: study_run, tracking.TRIAL: str(trial.number)})
+    log = root / ".foldwise" / "search" / "logs" / f"{name}.log"
+    first = P.load(checkout.path / "params.yaml").folds[0]
+    command(checkout.path, ["repro", f"train@{first}"], env, log)
+    score = first_fold_score(checkout.path / "models", first, search.objective)
+    if score is not None:
+        trial.report(score, step=0)
+        if trial.should_prune():
+            return Outcome("pruned", score, score)
+    if name in experiments(checkout.path):  # finished before a kill reached the study
+        command(checkout.path, ["exp", "apply", name], env, log)
+    else:
+        command(checkout.path, ["exp", "run", "-n", name], env, log)
+    return Outcome("complete", objective(checkout.path / "metrics" / "metrics.json",
+                                         search.objective), score)
+
+
+def first_fold_score(models: Path, fold: int, objective_name: str) -> float | None:
+    """The fold's validation figure of the objective at its kept epoch (None where the fold
+    does not record that figure: then the trial is not pruned)."""
+    base = objective_name.removesuffix(CALIBRATED)
+    value = outputs.read_run(models, fold).get(f"best_val_{base}")
+    return None if value is None else float(value)
+
+
+def objective(metrics_file: Path, name: str) -> float:
+    """`name` from evaluate's out-of-fold figures, calibrated where calibration ran."""
+    oof = json.loads(metrics_file.read_text())["oof"]
+    calibrated = f"{name}{CALIBRATED}"
+    if not name.endswith(CALIBRATED) and calibrated in oof:
+        return float(oof[calibrated])
+    if name in oof:
+        return float(oof[name])
+    known = ", ".join(k for k, v in oof.items() if isinstance(v, (int, float)))
+    raise InputError(f"search.yaml: objective {name!r} is not among {metrics_file}'s oof "
+                     f"figures ({known})")
+
+
+def experiments(path: Path) -> set[str]:
+    res = subprocess.run(dvc("exp", "list", "--name-only"), cwd=path, capture_output=True,
+                         text=True)
+    return set(res.stdout.split()) if res.returncode == 0 else set()
+
+
+def _die_with_parent() -> None:
+    """A DVC command ends when the search that started it is killed (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (AttributeError, OSError):
+        pass
+
+
+def command(cwd: Path, args: list[str], env: dict, log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        out.write(f"$ dvc {' '.join(args)}\n")
+        out.flush()
+        res = subprocess.run(dvc(*args), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                             preexec_fn=_die_with_parent)
+    if res.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {cwd} (log: {log}):\n{tail}")
