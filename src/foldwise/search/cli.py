@@ -1,0 +1,151 @@
+"""`foldwise-search`: an Optuna study over params.yaml keys (search.yaml), each trial a DVC
+experiment and an MLflow run, pruned after its first fold, resumable after a kill, N at once.
+
+    foldwise-search                      # search.yaml's study, one worker
+    foldwise-search --workers 2          # two trials at once, each on its own GPU where there are
+    foldwise-search --apply              # ... then the best trial's params into params.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from foldwise import params as P
+from foldwise import presets, tracking
+from foldwise.errors import InputError
+from foldwise.files import project_root
+from foldwise.scale.parallel import devices, gpu_count
+from foldwise.search import checkouts, space, study as S, trial as T
+
+log = logging.getLogger("foldwise.search")
+MAX_FAILURES_IN_A_ROW = 3
+
+
+@dataclass
+class Shared:
+    """What the workers share: the study, its settings and runs, and a lock for the budget."""
+    study: optuna.Study
+    search: space.Search
+    root: Path
+    experiment_id: str
+    run_id: str
+    budget: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    failures: list = field(default_factory=list)
+
+
+def committed_params(root: Path) -> P.Params:
+    """HEAD's params.yaml: the trials' base (the workspace's, if it differs, is not used)."""
+    text = checkouts.git(root, "show", "HEAD:params.yaml").stdout
+    if (root / "params.yaml").read_text() != text:
+        log.warning("params.yaml differs from HEAD's: the trials start from the committed one")
+    return P.build(P.Params, yaml.safe_load(text), where="params.yaml (HEAD)")
+
+
+def work(checkout: checkouts.Checkout, shared: Shared) -> None:
+    """Trials in `checkout` until the study has its budget of them."""
+    while True:
+        with shared.lock:
+            if S.left(shared.study, shared.budget) <= 0 or len(shared.failures) >= MAX_FAILURES_IN_A_ROW:
+                return
+            trial = shared.study.ask()
+            S.claim(trial)
+        one_trial(checkout, trial, shared)
+
+
+def one_trial(checkout: checkouts.Checkout, trial, shared: Shared) -> None:
+    search = shared.search
+    try:
+        outcome = T.run(checkout, trial, search, shared.run_id, shared.root)
+    except RuntimeError as err:
+        shared.study.tell(trial, state=TrialState.FAIL)
+        S.close_trial_runs(search, shared.experiment_id, trial.user_attrs["experiment"], "FAIL")
+        shared.failures.append(err)
+        log.error("trial %d failed: %s", trial.number, err)
+        return
+    except BaseException:
+        shared.study.tell(trial, state=TrialState.FAIL)
+        raise
+    shared.failures.clear()
+    name = trial.user_attrs["experiment"]
+    if outcome.state == "pruned":
+        shared.study.tell(trial, state=TrialState.PRUNED)
+    else:
+        shared.study.tell(trial, outcome.value)
+    S.close_trial_runs(search, shared.experiment_id, name, outcome.state.upper(), trial.number)
+    with shared.lock:
+        S.record(shared.study, search, shared.run_id)
+    log.info("trial %d (%s) %s: %s %s", trial.number, name, outcome.state, search.objective,
+             f"{outcome.value:.5g}" if outcome.value is not None else "-")
+
+
+def run_search(config: Path, workers: int, trials: int | None) -> Shared:
+    root = project_root()
+    base = committed_params(root)
+    search_ = space.load(config, base)
+    experiment_id = tracking.open_experiment(base.mlflow)  # exports MLFLOW_TRACKING_URI
+    study = S.open_study(search_, root, workers)
+    for number in S.retry_killed(study):
+        log.info("trial %d was killed: failed in the study, queued again", number)
+    shared = Shared(study, search_, root, experiment_id, S.study_run(search_, experiment_id),
+                    trials or search_.trials)
+    slots = [checkouts.prepare(root, k, d) for k, d in enumerate(devices(workers, gpu_count()))]
+    threads = [threading.Thread(target=work, args=(c, shared), daemon=True) for c in slots]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    if shared.failures:
+        raise InputError(f"{len(shared.failures)} trials failed in a row; the last: "
+                         f"{shared.failures[-1]}")
+    S.finish(search_, experiment_id, shared.run_id)
+    return shared
+
+
+def apply_best(shared: Shared) -> None:
+    """The best trial's searched params into the workspace's params.yaml."""
+    best = shared.study.best_trial
+    presets.rewrite(shared.root / "params.yaml", P.nested(best.params))
+    again = ("`dvc repro` restores its results from DVC's run-cache" if not shared.search.epochs
+             else f"`dvc repro` trains it at params.yaml's epochs (the search ran "
+                  f"{shared.search.epochs})")
+    print(f"params.yaml: trial {best.number} ({best.user_attrs.get('experiment')}) applied; {again}")
+
+
+def table(study: optuna.Study) -> str:
+    rows = [f"{'trial':>5}  {'state':8}  {'experiment':14}  {'value':>9}  {'fold 0':>9}  params"]
+    for t in sorted(study.trials, key=lambda t: t.number):
+        first = t.intermediate_values.get(0)
+        rows.append(f"{t.number:>5}  {t.state.name:8}  {t.user_attrs.get('experiment', ''):14}  "
+                    f"{t.value if t.value is not None else float('nan'):>9.5g}  "
+                    f"{first if first is not None else float('nan'):>9.5g}  "
+                    + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in t.params.items()))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    from foldwise import stage
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=Path("search.yaml"))
+    ap.add_argument("--workers", type=int, default=1, help="trials at once (each its own GPU)")
+    ap.add_argument("--trials", type=int, help="the study's size (search.yaml's trials)")
+    ap.add_argument("--apply", action="store_true", help="the best trial's params into params.yaml")
+    args = ap.parse_args()
+
+    def go() -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        shared = run_search(args.config, max(1, args.workers), args.trials)
+        print(table(shared.study))
+        if args.apply:
+            apply_best(shared)
+    stage.run(go)
+
+
+if __name__ == "__main__":
+    main()
