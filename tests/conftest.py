@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # markers by module (pyproject.toml describes them); single tests carry their own
 E2E = {"test_pipeline", "test_tasks_pipeline", "test_kill_resume", "test_parallel_folds",
-       "test_concurrent_experiments", "test_distributed"}
+       "test_concurrent_experiments", "test_distributed", "test_search"}
 EXTENDED = {"test_tracking_server", "test_workers", "test_bench"}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def table(study: optuna.Study) -> str:
     for t in sorted(study.trials, key=lambda t: t.number):
         first = t.intermediate_values.get(0)
         rows.append(f"{t.number:>5}  {t.state.name:8}  {t.user_attrs.get('experiment', ''):14}  "
-                    f"{t.value if t.value is not None else float('nan'):>9.5g}  "
+                    f"{t.value if t.state == TrialState.COMPLETE else float('nan'):>9.5g}  "
                     f"{first if first is not None else float('nan'):>9.5g}  "
                     + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in t.params.items()))
@@ -140,6 +141,8 @@ def main() -> None:
 
     def go() -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # the figures' functions are marked experimental since Optuna 2.2: nothing to act on
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         shared = run_search(args.config, max(1, args.workers), args.trials)
         print(table(shared.study))
         if args.apply:

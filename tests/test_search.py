@@ -1,0 +1,191 @@
+"""`foldwise-search` on the tiny sample, one project: a 4-trial study killed during its second
+trial and run again ends with exactly 4 finished or pruned trials, none trained twice and no
+MLflow run left RUNNING; the absurd learning rate is pruned after its first fold; the trials are
+DVC experiments and MLflow runs (study -> trial -> fold); `--apply` then `dvc repro` restores
+the best trial from the run-cache; two workers run trials at once; DVC's own grid sweep works
+beside it; bad input is one line before anything trains."""
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+import yaml
+from conftest import make_project, project_env, sh, tiny_statefarm, wait_for_queue
+
+FOLDS = 2
+SEARCH = {"study": "s", "trials": 4, "pruner": "median", "startup_trials": 1,
+          "space": {"lr": {"low": 1e-3, "high": 2.0, "log": True}}}
+# the first trials are queued in the study (Optuna's enqueue_trial): a known order, so that the
+# kill lands in trial 1 and trial 2's learning rate is absurd
+QUEUED = [0.002, 0.003, 1.5, 0.0025]
+
+
+def tiny(params):
+    tiny_statefarm(params, FOLDS, 1)
+
+
+def start_search(dst, *args):
+    return subprocess.Popen(["foldwise-search", *args], cwd=dst, env=project_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wait_for(path, text, proc, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    dst = make_project(tmp_path_factory.mktemp("search") / "project", tiny)
+    (dst / "search.yaml").write_text(yaml.safe_dump(SEARCH))
+    sh("git add search.yaml && git commit -qm search", dst)
+    (dst / ".foldwise").mkdir()
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}")
+    for lr in QUEUED:
+        study.enqueue_trial({"lr": lr})
+    params_before = (dst / "params.yaml").read_bytes()
+    first = start_search(dst)
+    log = dst / ".foldwise/search/logs/s-001.log"
+    wait_for(log, "$ dvc repro train@0", first)
+    time.sleep(6)  # inside trial 1's first fold
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = start_search(dst)
+    out, _ = second.communicate(timeout=1800)
+    assert second.returncode == 0, out
+    return dst, out, params_before
+
+
+def trials(dst):
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}").trials
+
+
+def mlflow_runs(dst):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("foldwise")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_the_killed_study_ends_with_exactly_its_trials_the_killed_one_retried(searched):
+    dst, out, _ = searched
+    done = [t for t in trials(dst) if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 4, out
+    failed = [t for t in trials(dst) if t.state.name == "FAIL"]
+    assert [t.number for t in failed] == [1]
+    retry = [t for t in done if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].user_attrs["experiment"] == "s-001"
+    assert retry[0].params == failed[0].params
+    assert "trial" in out and "COMPLETE" in out and "PRUNED" in out  # the table
+
+
+def test_the_absurd_learning_rate_is_pruned_after_its_first_fold(searched):
+    dst, _, _ = searched
+    absurd = [t for t in trials(dst) if t.params.get("lr") == 1.5]
+    assert [t.state.name for t in absurd] == ["PRUNED"]
+    assert list(absurd[0].intermediate_values) == [0]
+    _, runs = mlflow_runs(dst)
+    folds = [r for r in runs if r.data.tags.get("foldwise.role") == "fold"
+             and r.data.tags.get("dvc.experiment") == "s-002"]
+    assert [r.data.tags["foldwise.fold"] for r in folds] == ["0"]  # fold 1 never started
+
+
+def test_finished_trials_are_dvc_experiments_and_the_workspace_is_untouched(searched):
+    dst, _, params_before = searched
+    complete = {t.user_attrs["experiment"] for t in trials(dst) if t.state.name == "COMPLETE"}
+    listed = set(sh("dvc exp list --name-only", dst).stdout.split())
+    assert complete and complete <= listed and "s-002" not in listed
+    show = sh("dvc exp show --no-pager --csv", dst).stdout
+    assert "oof.logloss" in show.splitlines()[0]
+    assert (dst / "params.yaml").read_bytes() == params_before
+    assert not (dst / "models").exists()  # the trials ran in the workers' checkouts
+
+
+def test_mlflow_holds_study_trials_and_folds_none_trained_twice_none_running(searched):
+    dst, _, _ = searched
+    client, runs = mlflow_runs(dst)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    [study] = [r for r in runs if r.data.tags.get("foldwise.role") == "study"]
+    assert study.info.status == "FINISHED" and "best_logloss" in study.data.metrics
+    assert study.data.tags["best.experiment"].startswith("s-")
+    artifacts = {a.path for a in client.list_artifacts(study.info.run_id)}
+    assert "trials.csv" in artifacts and "figures" in artifacts
+    figures = {a.path for a in client.list_artifacts(study.info.run_id, "figures")}
+    assert "figures/history.png" in figures
+    parents = [r for r in runs if r.data.tags.get("foldwise.role") == "parent"]
+    assert parents and all(p.data.tags["mlflow.parentRunId"] == study.info.run_id for p in parents)
+    by_state = {}
+    for p in parents:
+        by_state.setdefault(p.data.tags.get("foldwise.trial_state"), []).append(p)
+    assert len(by_state["COMPLETE"]) == 3 and len(by_state["PRUNED"]) == 1
+    for p in by_state["COMPLETE"]:
+        assert p.info.status == "FINISHED"
+        assert {"oof_logloss", "folds_mean_logloss", "folds_std_logloss"} <= set(p.data.metrics)
+    trained = [(r.data.tags["dvc.experiment"], r.data.tags["foldwise.fold"]) for r in runs
+               if r.data.tags.get("foldwise.role") == "fold" and r.info.status == "FINISHED"]
+    assert len(trained) == len(set(trained)) == 3 * FOLDS + 1  # the killed fold resumed, once
+
+
+def test_apply_puts_the_best_params_in_params_yaml_and_dvc_repro_restores_them(searched):
+    dst, _, _ = searched
+    best = optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}").best_trial
+    out = sh("foldwise-search --apply", dst).stdout
+    assert f"trial {best.number}" in out
+    assert yaml.safe_load((dst / "params.yaml").read_text())["lr"] == pytest.approx(best.params["lr"])
+    _, before = mlflow_runs(dst)
+    repro = sh("dvc repro", dst).stdout
+    assert "Running stage 'train@" not in repro and "is cached - skipping run" in repro, repro
+    _, after = mlflow_runs(dst)
+    assert len(after) == len(before)  # nothing trained, nothing evaluated again
+
+
+def test_dvcs_own_grid_sweep_works_beside_it(searched):
+    dst, _, _ = searched
+    sh("dvc exp run --queue -S 'bag.mean=arithmetic,geometric'", dst)
+    sh("dvc queue start -j 1", dst)
+    status = wait_for_queue(dst)
+    assert status.count("Success") == 2, status
+
+
+def test_two_workers_run_trials_at_once_and_study_dvc_and_mlflow_agree(searched):
+    dst, _, _ = searched
+    config = {**SEARCH, "study": "p", "trials": 2, "pruner": "none",
+              "space": {"lr": {"low": 1e-3, "high": 4e-3, "log": True}}}
+    (dst / "search-p.yaml").write_text(yaml.safe_dump(config))
+    sh("git add search-p.yaml && git commit -qm search-p", dst)
+    sh("foldwise-search --config search-p.yaml --workers 2", dst)
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{dst / '.foldwise/search.db'}")
+    a, b = study.trials
+    assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+    names = {t.user_attrs["experiment"] for t in study.trials}
+    assert names == {"p-000", "p-001"}
+    assert names <= set(sh("dvc exp list --name-only", dst).stdout.split())
+    _, runs = mlflow_runs(dst)
+    parents = {r.data.tags["dvc.experiment"]: r for r in runs
+               if r.data.tags.get("foldwise.study") == "p" and r.data.tags.get("foldwise.role") == "parent"}
+    assert set(parents) == names
+    for t in study.trials:
+        assert parents[t.user_attrs["experiment"]].data.metrics["oof_logloss"] == pytest.approx(t.value)
+
+
+def test_bad_input_is_one_line_before_anything_trains(searched):
+    dst, _, _ = searched
+    (dst / "bad.yaml").write_text(yaml.safe_dump({"study": "bad", "space": {
+        "train.model": {"choices": ["resnet18", "resnet999"]}}}))
+    res = sh("foldwise-search --config bad.yaml", dst, check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: bad.yaml: space.train.model: 'resnet999' is not a timm model "
+        "(timm.list_models() names them)")
+    study_names = optuna.get_all_study_names(f"sqlite:///{dst / '.foldwise/search.db'}")
+    assert "bad" not in study_names
