@@ -1,10 +1,13 @@
-"""The search's workers' checkouts: `.foldwise/workers/K`, git worktrees of the project's HEAD
-sharing its DVC cache (and so its run-cache), one per worker, each pinned to its own GPU.
+"""The search's workers' checkouts: `.foldwise/workers/K`, clones of the project at its HEAD
+(`git clone --shared`: no copy of its objects) sharing its DVC cache, and so its run-cache, one
+per worker, each pinned to its own GPU.
 
 A worker runs its trials in its own checkout, so the user's workspace (params.yaml, outputs) is
-never touched, and N workers never write one workspace. Git worktrees share the repository's
-refs, so the DVC experiments a worker makes are the project's: `dvc exp show` lists them and
-`dvc exp apply NAME` brings one into the workspace.
+never touched, and N workers never write one workspace. Each finished experiment is pushed to
+the project (`dvc exp push --no-cache`: its outputs are in the shared cache already), where
+`dvc exp show` lists it and `dvc exp apply NAME` brings it into the workspace. Clones, not git
+worktrees: worktrees share every ref, DVC's own refs of the experiment running
+(`refs/exps/exec/`) too, and two `dvc exp run` at once then break each other.
 """
 from __future__ import annotations
 
@@ -39,6 +42,13 @@ class Checkout:
         return env
 
 
+def experiments(root: Path) -> set[str]:
+    """The names of the project's DVC experiments."""
+    res = subprocess.run(dvc("exp", "list", "--all-commits", "--name-only"), cwd=root,
+                         capture_output=True, text=True)
+    return set(res.stdout.split()) if res.returncode == 0 else set()
+
+
 def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if res.returncode:
@@ -51,11 +61,11 @@ def prepare(root: Path, k: int, device: str | None) -> Checkout:
     its DVC cache the project's."""
     path = root / ".foldwise" / "workers" / str(k)
     head = git(root, "rev-parse", "HEAD").stdout.strip()
-    if not (path / ".git").exists():
-        git(root, "worktree", "prune")
-        git(root, "worktree", "add", "--detach", "--force", str(path), head)
-    else:
-        git(path, "reset", "--hard", "--quiet", head)
+    if not (path / ".git").is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        git(root, "clone", "--quiet", "--shared", "--no-checkout", str(root), str(path))
+    git(path, "fetch", "--quiet", "origin")
+    git(path, "checkout", "--quiet", "--force", "--detach", head)
     own = root / ".dvc" / "config.local"  # remotes' credentials and such, then the shared cache
     (path / ".dvc" / "config.local").write_text(own.read_text() if own.is_file() else "")
     res = subprocess.run(dvc("cache", "dir", "--local", str(root / ".dvc" / "cache")), cwd=path,

@@ -19,7 +19,7 @@ from foldwise import params as P
 from foldwise import tracking
 from foldwise.errors import InputError
 from foldwise.scale.parallel import dvc
-from foldwise.search.checkouts import Checkout
+from foldwise.search.checkouts import Checkout, experiments
 from foldwise.train import outputs
 
 CALIBRATED = "_calibrated"
@@ -51,10 +51,12 @@ def run(checkout: Checkout, trial, search, study_run: str, root: Path) -> Outcom
         trial.report(score, step=0)
         if trial.should_prune():
             return Outcome("pruned", score, score)
-    if name in experiments(checkout.path):  # finished before a kill reached the study
-        command(checkout.path, ["exp", "apply", name], env, log)
-    else:
+    if name not in experiments(root):
         command(checkout.path, ["exp", "run", "-n", name], env, log)
+        command(checkout.path, ["exp", "push", "--no-cache", "origin", name], env, log)
+    else:  # it finished before a kill reached the study: its results, not a second run
+        command(checkout.path, ["exp", "pull", "--no-cache", "origin", name], env, log)
+        command(checkout.path, ["exp", "apply", name], env, log)
     return Outcome("complete", objective(checkout.path / "metrics" / "metrics.json",
                                          search.objective), score)
 
@@ -78,12 +80,6 @@ def objective(metrics_file: Path, name: str) -> float:
     known = ", ".join(k for k, v in oof.items() if isinstance(v, (int, float)))
     raise InputError(f"search.yaml: objective {name!r} is not among {metrics_file}'s oof "
                      f"figures ({known})")
-
-
-def experiments(path: Path) -> set[str]:
-    res = subprocess.run(dvc("exp", "list", "--name-only"), cwd=path, capture_output=True,
-                         text=True)
-    return set(res.stdout.split()) if res.returncode == 0 else set()
 
 
 def _die_with_parent() -> None:
