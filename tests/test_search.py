@@ -144,6 +144,8 @@ def test_mlflow_holds_study_trials_and_folds_none_trained_twice_none_running(sea
     killed = [r for r in runs if r.data.tags.get("dvc.experiment") == "s-001"
               and r.data.tags.get("foldwise.role") == "fold" and r.info.status == "KILLED"]
     assert len(killed) == 1  # the attempt the kill stopped, closed when its fold resumed
+    [resumed] = [r for r in runs if r.data.tags.get("foldwise.resumes") == killed[0].info.run_id]
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["dvc.experiment"] == "s-001"
 
 
 def test_apply_puts_the_best_params_in_params_yaml_and_dvc_repro_restores_them(searched):

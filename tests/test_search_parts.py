@@ -42,7 +42,7 @@ def test_a_good_space_is_read_with_types_ranges_and_choices(tmp_path):
         "calibration.temperature": {"choices": [True, False]}})
     search = space.load(path, BASE)
     dims = {d.key: d for d in search.space}
-    assert dims["train.batch_size"].kind is int and dims["lr"].log
+    assert dims["train.batch_size"].value_type is int and dims["lr"].log
     assert dims["train.model"].choices == ("test_resnet", "resnet10t")
     fixed = optuna.trial.FixedTrial({"lr": 1e-3, "train.batch_size": 16, "train.model": "resnet10t",
                                      "train.ema.decay": 0.99, "calibration.temperature": False})

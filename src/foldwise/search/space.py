@@ -37,7 +37,7 @@ class Dimension:
     """One searched key: a range (`low`..`high`, `log` scale, integers for an int key) or
     `choices`."""
     key: str
-    kind: type
+    value_type: type
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -46,7 +46,7 @@ class Dimension:
     def suggest(self, trial):
         if self.choices:
             return trial.suggest_categorical(self.key, list(self.choices))
-        if self.kind is int:
+        if self.value_type is int:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
