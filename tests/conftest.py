@@ -56,6 +56,17 @@ def sh(cmd, cwd, check=True):
     return res
 
 
+def mlflow_runs(project_dir):
+    """(client, every run) of a project's own MLflow store."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project_dir / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("foldwise")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
 def tiny_statefarm(params, folds: int, epochs: int) -> None:
     """Params of a State Farm project small enough for a test: 4 training drivers, 32x48 images,
     resnet10t (slower per image than the default test_resnet: the kill test's mid-epoch point

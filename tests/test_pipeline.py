@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_project, sh
+from conftest import make_project, mlflow_runs, sh
 from sklearn.metrics import log_loss
 
 FOLDS = 3
@@ -34,16 +34,6 @@ def project(tmp_path_factory):
     dst = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny)
     out = sh("dvc repro", dst)
     return dst, yaml.safe_load((dst / "params.yaml").read_text()), out.stdout
-
-
-def runs(project_dir):
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(f"sqlite:///{project_dir / 'mlflow.db'}")
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("foldwise")
-    return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def test_submission_is_in_the_competition_format(project):
@@ -91,7 +81,7 @@ def test_metrics_match_scikit_learn_on_the_oof_table(project):
 
 def test_mlflow_has_one_parent_with_a_child_per_fold(project):
     dst, params, _ = project
-    client, all_runs = runs(dst)
+    client, all_runs = mlflow_runs(dst)
     parents = [r for r in all_runs if r.data.tags.get("foldwise.role") == "parent"]
     assert len(parents) == 1
     parent = parents[0]
@@ -127,7 +117,7 @@ def test_mlflow_reads_as_a_training_dashboard(project, tmp_path):
     foldwise-predict's, file for file."""
     import mlflow
     dst, params, _ = project
-    client, all_runs = runs(dst)
+    client, all_runs = mlflow_runs(dst)
     exp = client.get_experiment_by_name("foldwise")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     parent = next(r for r in all_runs if r.data.tags.get("foldwise.role") == "parent")
@@ -230,12 +220,12 @@ def test_bagging_unchanged_folds_again_gets_its_own_parent_run(project):
     the first run's metrics. The new evaluation must not overwrite them: it gets a new parent
     that names the fold runs it bags."""
     dst, _, _ = project
-    client, before = runs(dst)
+    client, before = mlflow_runs(dst)
     first = client.get_run(json.loads((dst / "models/fold_0/run.json").read_text())["parent_run_id"])
     assert first.info.status == "FINISHED"
     out = sh("dvc exp run -S bag.mean=geometric", dst).stdout
     assert "Running stage 'train@0'" not in out and "Running stage 'evaluate'" in out
-    _, after = runs(dst)
+    _, after = mlflow_runs(dst)
     new = [r for r in after if r.data.tags.get("foldwise.role") == "parent"
            and r.info.run_id not in {b.info.run_id for b in before}]
     assert len(new) == 1 and new[0].info.status == "FINISHED"
@@ -287,7 +277,7 @@ def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlf
     every fold; the screenshots stay in the test's temporary folder."""
     playwright = pytest.importorskip("playwright.sync_api")
     dst, params, _ = project
-    client, all_runs = runs(dst)
+    client, all_runs = mlflow_runs(dst)
     parent = next(r for r in all_runs if r.data.tags.get("foldwise.role") == "parent")
     experiment = parent.info.experiment_id
     with playwright.sync_playwright() as p:
@@ -348,7 +338,7 @@ def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(
     want = neighbours.smooth(before[classes].to_numpy(), graph["idx"], graph["sim"])
     np.testing.assert_allclose(after[classes].to_numpy(), want, atol=2e-6)
     assert "oof.logloss_without" in sh("dvc metrics show", dst).stdout  # DVC reads it as metrics
-    _, all_runs = runs(dst)  # the figures on the parent run that evaluate finished
+    _, all_runs = mlflow_runs(dst)  # the figures on the parent run that evaluate finished
     evaluated = [r for r in all_runs if "neighbours_oof_logloss" in r.data.metrics]
     assert len(evaluated) == 1 and evaluated[0].data.tags["foldwise.role"] == "parent"
     assert evaluated[0].data.metrics["neighbours_oof_logloss"] == pytest.approx(near["oof"]["logloss"])

@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import make_project, project_env, sh, tiny_statefarm, wait_for_queue
+from conftest import make_project, mlflow_runs, project_env, sh, tiny_statefarm, wait_for_queue
 
 FOLDS = 2
 # Trials differ in test-time augmentation, which changes their OOF predictions but not the
@@ -73,15 +73,6 @@ def searched(tmp_path_factory):
 
 def trials(dst):
     return optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}").trials
-
-
-def mlflow_runs(dst):
-    import mlflow
-    from mlflow.tracking import MlflowClient
-    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("foldwise")
-    return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def test_the_killed_study_ends_with_exactly_its_trials_the_killed_one_retried(searched):
