@@ -1,9 +1,10 @@
 """`foldwise-search` on the tiny sample, one project: a 4-trial study killed during its second
-trial and run again ends with exactly 4 finished or pruned trials, none trained twice and no
-MLflow run left RUNNING; the absurd learning rate is pruned after its first fold; the trials are
-DVC experiments and MLflow runs (study -> trial -> fold); `--apply` then `dvc repro` restores
-the best trial from the run-cache; two workers run trials at once; DVC's own grid sweep works
-beside it; bad input is one line before anything trains."""
+trial and run again with two workers ends with exactly 4 finished or pruned trials, none trained
+twice and no MLflow run left RUNNING; the two workers ran trials at once; the absurd learning
+rate is pruned after its first fold; the trials are DVC experiments and MLflow runs (study ->
+trial -> fold) that agree with the study; `--apply` then `dvc repro` restores the best trial
+from the run-cache; DVC's own grid sweep works beside it; bad input is one line before anything
+trains."""
 import os
 import signal
 import subprocess
@@ -65,7 +66,7 @@ def searched(tmp_path_factory):
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the searcher and its DVC commands, as Ctrl-C would
     first.wait()
-    second = start_search(dst)
+    second = start_search(dst, "--workers", "2")
     out, _ = second.communicate(timeout=1800)
     assert second.returncode == 0, out
     return dst, out, params_before
@@ -160,25 +161,21 @@ def test_dvcs_own_grid_sweep_works_beside_it(searched):
     assert status.count("Success") == 2, status
 
 
-def test_two_workers_run_trials_at_once_and_study_dvc_and_mlflow_agree(searched):
+def test_two_workers_ran_trials_at_once_and_study_dvc_and_mlflow_agree(searched):
     dst, _, _ = searched
-    config = {**SEARCH, "study": "p", "trials": 2, "pruner": "none", "sampler": "random",
-              "space": {"lr": {"low": 1e-3, "high": 4e-3, "log": True}}}
-    (dst / "search-p.yaml").write_text(yaml.safe_dump(config))
-    sh("git add search-p.yaml && git commit -qm search-p", dst)
-    sh("foldwise-search --config search-p.yaml --workers 2", dst)
-    study = optuna.load_study(study_name="p", storage=f"sqlite:///{dst / '.foldwise/search.db'}")
-    a, b = study.trials
-    assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
-    names = {t.user_attrs["experiment"] for t in study.trials}
-    assert names == {"p-000", "p-001"}
-    assert names <= set(sh("dvc exp list --name-only", dst).stdout.split())
+    resumed = [t for t in trials(dst) if t.number >= 2 and t.state.name in ("COMPLETE", "PRUNED")]
+    assert any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+               for a in resumed for b in resumed if a.number < b.number)
     _, runs = mlflow_runs(dst)
     parents = {r.data.tags["dvc.experiment"]: r for r in runs
-               if r.data.tags.get("foldwise.study") == "p" and r.data.tags.get("foldwise.role") == "parent"}
-    assert set(parents) == names
-    for t in study.trials:
-        assert parents[t.user_attrs["experiment"]].data.metrics["oof_logloss"] == pytest.approx(t.value)
+               if r.data.tags.get("foldwise.study") == "s" and r.data.tags.get("foldwise.role") == "parent"}
+    listed = set(sh("dvc exp list --name-only", dst).stdout.split())
+    for t in trials(dst):
+        if t.state.name == "COMPLETE":
+            name = t.user_attrs["experiment"]
+            assert name in listed
+            assert parents[name].data.tags["foldwise.trial"] == str(t.number)
+            assert parents[name].data.metrics["oof_logloss"] == pytest.approx(t.value)
 
 
 def test_bad_input_is_one_line_before_anything_trains(searched):
