@@ -155,10 +155,14 @@ def test_apply_puts_the_best_params_in_params_yaml_and_dvc_repro_restores_them(s
 
 def test_dvcs_own_grid_sweep_works_beside_it(searched):
     dst, _, _ = searched
-    sh("dvc exp run --queue -S 'bag.mean=arithmetic,geometric'", dst)
+    # a grid over a param of the last stages only: one point is the workspace's own (restored
+    # whole from the run-cache), the other reruns evaluate onwards
+    sh("dvc exp run --queue -S 'calibration.temperature=false,true'", dst)
     sh("dvc queue start -j 1", dst)
     status = wait_for_queue(dst)
     assert status.count("Success") == 2, status
+    show = sh("dvc exp show --no-pager --csv", dst).stdout
+    assert "oof.logloss_calibrated" in show.splitlines()[0]  # the calibrated point's figure
 
 
 def test_two_workers_ran_trials_at_once_and_study_dvc_and_mlflow_agree(searched):
