@@ -25,6 +25,8 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "data").mkdir()
     (tmp_path / "data/folds.csv").write_text("img,fold\na.jpg,0\n")
     (tmp_path / "data/big.bin").write_bytes(b"\0" * (twins.SMALL + 10))
+    (tmp_path / "data/images").mkdir()
+    (tmp_path / "data/images/a.png").write_bytes(b"\1" * 100)
     return tmp_path
 
 
@@ -48,7 +50,7 @@ def test_the_listed_params_their_values_and_the_foreach_item_are_read(tmp_path):
 
 def test_runs_are_twins_only_when_name_command_listed_params_and_inputs_agree(tmp_path):
     root = project(tmp_path)
-    argv = ["stages/train.py", "0", "data/folds.csv", "data/big.bin", "models/fold_0"]
+    argv = ["stages/train.py", "0", "data/folds.csv", "data/big.bin", "data/images", "models/fold_0"]
     base = twins.identity(root, "train@0", argv)
     assert twins.identity(root, "train@0", argv) == base
     change(root, "params.yaml", "lr", 0.2)                 # not listed for train
@@ -62,6 +64,12 @@ def test_runs_are_twins_only_when_name_command_listed_params_and_inputs_agree(tm
     moved = twins.identity(root, "train@0", argv)
     (root / "data/big.bin").write_bytes(b"\0" * (twins.SMALL + 11))  # a large input's size
     assert twins.identity(root, "train@0", argv) != moved
+    moved = twins.identity(root, "train@0", argv)
+    (root / "data/images/b.png").write_bytes(b"\1" * 100)          # a folder's listing
+    assert twins.identity(root, "train@0", argv) != moved
+    moved = twins.identity(root, "train@0", argv)
+    (root / "data/images/b.png").write_bytes(b"\2" * 100)          # not its files' contents
+    assert twins.identity(root, "train@0", argv) == moved
     change(root, "other.yaml", "x.z", 5)                   # another file, key not listed
     bag = twins.identity(root, "bag", ["stages/bag.py"])
     change(root, "other.yaml", "x.z", 6)

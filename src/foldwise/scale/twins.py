@@ -34,7 +34,7 @@ from foldwise.files import alive, project_root, source_digest
 
 log = logging.getLogger(__name__)
 
-SMALL = 1 << 16        # inputs up to this size count by content, larger ones by size
+SMALL = 1 << 20        # a file input up to this size counts by its content, a larger one by size
 COMMIT_WAIT_S = 600.0  # longest wait for the other run's commit before going ahead anyway
 SHELLS = {"sh", "bash", "dash", "zsh", "fish"}
 
@@ -76,12 +76,18 @@ def _lookup(tree: dict, dotted: str):
 
 
 def _fingerprint(h, path: Path) -> None:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0{size}\0".encode())
+    """A file on the command line by its content (by its size above SMALL); a folder by its
+    files' names and sizes, read in no time even for 100,000 images. Runs that differ only
+    inside a folder's files of equal sizes would be taken for twins: they then wait for each
+    other, which costs time, never a result."""
+    if path.is_file():
+        size = path.stat().st_size
+        h.update(f"{path.name}\0{size}\0".encode())
         if size <= SMALL:
-            h.update(f.read_bytes())
+            h.update(path.read_bytes())
+        return
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path)}\0{f.stat().st_size}\0".encode())
 
 
 @contextlib.contextmanager
