@@ -189,3 +189,20 @@ def test_the_servers_own_cluster_asks_for_its_password(server):
                          capture_output=True, text=True, timeout=30)
     assert res.returncode != 0 and "password" in res.stderr, res.stderr
     assert (server["base"] / "pg.password").stat().st_mode & 0o077 == 0
+
+
+def test_a_search_study_lives_in_the_servers_own_cluster(server):
+    """foldwise-search's storage beside the server: a database of its own in the same cluster
+    (Optuna's tables and MLflow's share names), reached with the cluster's password."""
+    import optuna
+    import psycopg
+    from foldwise.scale.server import search_storage
+    url = search_storage(server["base"] / "pg")
+    assert url == f"postgresql+psycopg://foldwise@127.0.0.1:{server['pg_port']}/foldwise_search"
+    study = optuna.create_study(study_name="t", storage=url)
+    study.tell(study.ask(), 0.5)
+    password = (server["base"] / "pg.password").read_text().strip()
+    with psycopg.connect(host="127.0.0.1", port=server["pg_port"], user="foldwise",
+                         password=password, dbname="foldwise_search") as db:
+        assert db.execute("SELECT count(*) FROM trials").fetchone()[0] == 1
+    assert search_storage(server["base"] / "no-cluster") is None

@@ -13,7 +13,8 @@ stops); as root the cluster runs as the `postgres` user, as PostgreSQL requires.
 random password (SCRAM), kept beside the cluster in `<pgdata>.password` (mode 600) and handed
 to the MLflow server through its environment, never on a command line, so other local users
 can neither connect nor read it. The SQLite store beside the project stays the default for one
-person.
+person. The cluster also holds `foldwise_search`, where `foldwise-search` keeps its study when
+this cluster (the default `--pgdata`) is running.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ from pathlib import Path
 from foldwise.errors import InputError
 
 DATABASE, ROLE = "mlflow", "foldwise"
+# foldwise-search's Optuna study: a database of its own, since Optuna's tables and MLflow's
+# share names (alembic_version among them)
+SEARCH_DATABASE = "foldwise_search"
 
 
 def pg_tool(name: str) -> str:
@@ -99,14 +103,33 @@ def start_postgres(pgdata: str | Path, port: int) -> str:
     _run([pg_tool("pg_ctl"), "-D", str(pgdata), "-l", str(pgdata / "server.log"), "-w", "start",
           "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"],
          f"starting PostgreSQL in {pgdata} on port {port} (its log: {pgdata / 'server.log'})")
+    for name in (DATABASE, SEARCH_DATABASE):
+        ensure_database(port, name)
+    return f"postgresql+psycopg://{ROLE}@127.0.0.1:{port}/{DATABASE}"
+
+
+def ensure_database(port: int, name: str) -> None:
     res = subprocess.run(_as_owner([pg_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", ROLE,
                                     "-d", "postgres", "-tAc",
-                                    f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"]),
+                                    f"SELECT 1 FROM pg_database WHERE datname = '{name}'"]),
                          capture_output=True, text=True)
     if res.stdout.strip() != "1":
-        _run([pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", ROLE, DATABASE],
-             "creating MLflow's database")
-    return f"postgresql+psycopg://{ROLE}@127.0.0.1:{port}/{DATABASE}"
+        _run([pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", ROLE, name],
+             f"creating the database {name}")
+
+
+def search_storage(pgdata: str | Path) -> str | None:
+    """foldwise-search's study database in the server's own cluster, if that cluster is running
+    (None otherwise); its password goes to this process's PGPASSWORD, not into the URL."""
+    pgdata = Path(pgdata).resolve()
+    try:
+        port = int((pgdata / "postmaster.pid").read_text().splitlines()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+    if password_file(pgdata).is_file():
+        os.environ["PGPASSWORD"] = password_file(pgdata).read_text().strip()
+    ensure_database(port, SEARCH_DATABASE)  # a cluster started before the search existed
+    return f"postgresql+psycopg://{ROLE}@127.0.0.1:{port}/{SEARCH_DATABASE}"
 
 
 def stop_postgres(pgdata: str | Path) -> None:

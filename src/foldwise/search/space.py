@@ -10,7 +10,7 @@ settings and checked against params.yaml before anything trains.
     pruner: median           # median | none: after the first fold, against earlier trials'
     startup_trials: 3        #   first folds, once this many trials have finished
     epochs: 0                # > 0: train.epochs of the search's trials (a cheaper search)
-    storage: ''              # the study's database; '' = sqlite:///.foldwise/search.db
+    storage: ''              # the study's database; '' = the team server's PostgreSQL here, else SQLite
     space:                   # params.yaml keys, dotted
       lr: {low: 3.0e-4, high: 3.0e-3, log: true}
       train.model: {choices: [test_resnet, resnet10t]}

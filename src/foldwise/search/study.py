@@ -1,7 +1,7 @@
 """The Optuna study and its MLflow run.
 
-The study lives in a database (`search.yaml` storage; default `.foldwise/search.db` beside the
-project), so a search resumes where it was killed: trials that finished or were pruned stay
+The study lives in a database (`search.yaml` storage; else the PostgreSQL cluster of the team's
+MLflow server when it runs here; else `.foldwise/search.db` beside the project), so a search resumes where it was killed: trials that finished or were pruned stay
 done, and a trial left RUNNING by a searcher of this machine that is gone is marked FAIL and
 queued again with the same params and DVC experiment name (so its folds resume). The study ends
 with exactly `trials` finished or pruned trials.
@@ -31,8 +31,14 @@ HOST = socket.gethostname()
 
 
 def storage_url(search: Search, root: Path) -> str:
+    """search.yaml's storage; else the team server's PostgreSQL when `make mlflow-server` runs
+    its own cluster here (`.foldwise/postgres`); else SQLite beside the project."""
     if search.storage:
         return search.storage
+    from foldwise.scale.server import search_storage
+    served = search_storage(root / ".foldwise" / "postgres")
+    if served:
+        return served
     (root / ".foldwise").mkdir(exist_ok=True)
     return f"sqlite:///{root / '.foldwise' / 'search.db'}"
 
