@@ -166,8 +166,9 @@ def parent_for_evaluation(experiment_id: str, fold_runs: list[dict], params: Par
     """The parent run that receives the bagged metrics: the folds' own, while it is open.
 
     Folds that DVC restored from its run-cache (or trained under several parents) point at
-    parents that are already finished, with other results: then this pipeline run gets a new
-    parent, tagged with the fold runs it bags (`foldwise.fold_runs`)."""
+    parents of other pipeline runs: then the parent that this run's own folds opened, if some
+    trained here (a twin experiment's folds come partly from its twin), else a new one, is
+    tagged with the fold runs it bags (`foldwise.fold_runs`)."""
     client = MlflowClient()
     parents = {r["parent_run_id"] for r in fold_runs}
     if len(parents) == 1:
@@ -176,10 +177,31 @@ def parent_for_evaluation(experiment_id: str, fold_runs: list[dict], params: Par
                 return next(iter(parents))
         except mlflow.exceptions.MlflowException:
             pass  # not in this store (deleted, or tracked elsewhere)
+    tags = {"foldwise.fold_runs": ",".join(r["run_id"] for r in fold_runs),
+            "foldwise.folds_restored": "true"}
+    own = own_open_parent(client, parents)
+    if own:  # some folds trained here, the others restored: the parent they opened takes them all
+        for key, value in tags.items():
+            client.set_tag(own, key, value)
+        return own
     with _lock():
         return _create_parent(client, experiment_id, fold_runs[0].get("pipeline_key", ""), params,
-                              {"foldwise.fold_runs": ",".join(r["run_id"] for r in fold_runs),
-                               "foldwise.folds_restored": "true"})
+                              tags)
+
+
+def own_open_parent(client, parents) -> str | None:
+    """The one unfinished parent among `parents` of this DVC experiment (its folds trained in
+    this pipeline run), or None where there is none or more than one."""
+    name = os.environ.get("DVC_EXP_NAME", "")
+    own = []
+    for run_id in parents:
+        try:
+            run = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            continue
+        if run.info.status != "FINISHED" and run.data.tags.get("dvc.experiment", "") == name:
+            own.append(run_id)
+    return own[0] if len(own) == 1 else None
 
 
 def evaluated_parent(experiment_id: str, fold_runs: list[dict]) -> str | None:
