@@ -82,12 +82,16 @@ def objective(metrics_file: Path, name: str) -> float:
                      f"figures ({known})")
 
 
+try:  # resolved here, once: the forked child only makes the system call (threads may be running)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (AttributeError, OSError):
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """A DVC command ends when the search that started it is killed (Linux: PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-    except (AttributeError, OSError):
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
 
 
 def command(cwd: Path, args: list[str], env: dict, log: Path) -> None:
