@@ -133,3 +133,20 @@ def test_different_runs_do_not_wait_and_a_failed_holder_leaves_no_wait(tmp_path)
     with twins.turn(["anything"], {}):  # not under DVC: no lock at all
         pass
     assert not (Path.cwd() / ".foldwise/locks").exists() or Path.cwd() == root
+
+
+def test_processes_a_stage_run_starts_share_its_turn(tmp_path):
+    """torchrun's ranks run the stage's script again under the same DVC_STAGE: they must not
+    wait for the turn their own parent holds (they did, and the ranks never met)."""
+    import subprocess
+    import sys
+    root = project(tmp_path)
+    env = {"DVC_STAGE": "train@0", "DVC_ROOT": str(root)}
+    argv = ["stages/train.py", "0", "data/folds.csv"]
+    child = (f"import os; from foldwise.scale import twins; "
+             f"env = {{**os.environ, **{env!r}}}\n"
+             f"with twins.turn({argv!r}, env): print('rank ran')")
+    with twins.turn(argv, env):
+        res = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "rank ran" in res.stdout, res.stderr
+    assert twins.HELD not in os.environ

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SMALL = 1 << 20        # a file input up to this size counts by its content, a larger one by size
 COMMIT_WAIT_S = 600.0  # longest wait for the other run's commit before going ahead anyway
 SHELLS = {"sh", "bash", "dash", "zsh", "fish"}
+HELD = "FOLDWISE_TURN_HELD"  # the lock this process's stage run holds, for the processes it starts
 
 
 def identity(root: Path, stage: str, argv: list[str]) -> str:
@@ -99,8 +100,11 @@ def turn(argv: list[str], env=os.environ) -> Iterator[None]:
         return
     root = Path(env.get("DVC_ROOT") or os.getcwd())
     path = project_root(root) / ".foldwise" / "locks" / f"{identity(root, stage, argv)}.lock"
+    if env.get(HELD) == path.name:  # a process this run started (a torchrun rank): its turn
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with open(path, "a+") as f, _holding(path.name):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,6 +119,18 @@ def turn(argv: list[str], env=os.environ) -> Iterator[None]:
         yield
         _write(f, {"stage": stage, "experiment": env.get("DVC_EXP_NAME", ""), "pid": os.getpid(),
                    "finished": time.time(), "dvc_lock": str(root / "dvc.lock"), "dvc_pid": dvc_pid()})
+
+
+@contextlib.contextmanager
+def _holding(name: str) -> Iterator[None]:
+    """Tell the processes this stage starts (torchrun's ranks run the same stage again) that
+    the turn is theirs already: waiting for it would wait for their own parent."""
+    os.environ[HELD] = name
+    try:
+        yield
+    finally:
+        if os.environ.get(HELD) == name:
+            del os.environ[HELD]
 
 
 def wait_for_commit(last: dict, limit_s: float = COMMIT_WAIT_S, poll_s: float = 0.2) -> None:
