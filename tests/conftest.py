@@ -56,6 +56,43 @@ def sh(cmd, cwd, check=True):
     return res
 
 
+def reap_orphans():
+    """Reap the killed processes this process adopted, as an init process would: the kill
+    tests make it a child subreaper, and a zombie's PID still exists, so DVC (rightly) waits
+    for a lock holder whose PID exists."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def kill_group(proc, timeout=30):
+    """SIGKILL the process group `proc` leads (started with start_new_session), and wait until
+    none of it is left, reaping what this process adopted."""
+    import signal
+    import time
+
+    import psutil
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        reap_orphans()
+        left = []
+        for pid in psutil.pids():
+            try:
+                if os.getpgid(pid) == proc.pid:
+                    left.append(pid)
+            except ProcessLookupError:
+                pass
+        if not left:
+            return
+        time.sleep(0.1)
+
+
 def mlflow_runs(project_dir):
     """(client, every run) of a project's own MLflow store."""
     import mlflow

@@ -16,22 +16,9 @@ import time
 
 import pytest
 from conftest import REFERENCE_FOLDS as FOLDS
-from conftest import make_project, project_env, reference_params, sh
+from conftest import make_project, project_env, reap_orphans, reference_params, sh
 
 PR_SET_CHILD_SUBREAPER = 36
-
-
-def reap_orphans():
-    """This process adopts the killed stage processes (a child subreaper) and reaps them, as
-    an init process would: a zombie's PID still exists, and DVC (rightly) waits for a lock
-    holder whose PID exists."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def repro_until(dst, trigger, delay=0.0, timeout=600):

@@ -5,15 +5,14 @@ rate is pruned after its first fold; the trials are DVC experiments and MLflow r
 trial -> fold) that agree with the study; `--apply` then `dvc repro` restores the best trial
 from the run-cache; DVC's own grid sweep works beside it; bad input is one line before anything
 trains."""
-import os
-import signal
 import subprocess
 import time
 
 import optuna
 import pytest
 import yaml
-from conftest import make_project, mlflow_runs, project_env, sh, tiny_statefarm, wait_for_queue
+from conftest import (kill_group, make_project, mlflow_runs, project_env, sh, tiny_statefarm,
+                      wait_for_queue)
 
 FOLDS = 2
 # Trials differ in test-time augmentation, which changes their OOF predictions but not the
@@ -64,8 +63,7 @@ def searched(tmp_path_factory):
     while not list((dst / ".foldwise/resume").glob("*-fold0.pt")):  # trial 1's first epoch done
         assert time.time() < deadline and first.poll() is None
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)  # the searcher and its DVC commands, as Ctrl-C would
-    first.wait()
+    kill_group(first)  # the searcher and its DVC commands, as Ctrl-C would, all of them gone
     second = start_search(dst, "--workers", "2")
     out, _ = second.communicate(timeout=1800)
     assert second.returncode == 0, out
