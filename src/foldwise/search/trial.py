@@ -29,7 +29,6 @@ CALIBRATED = "_calibrated"
 class Outcome:
     state: str               # "complete" | "pruned"
     value: float | None      # the objective of a complete trial, fold 0's of a pruned one
-    first_fold: float | None
 
 
 def experiment_name(study: str, number: int) -> str:
@@ -50,7 +49,7 @@ def run(checkout: Checkout, trial, search, study_run: str, root: Path) -> Outcom
     if score is not None:
         trial.report(score, step=0)
         if trial.should_prune():
-            return Outcome("pruned", score, score)
+            return Outcome("pruned", score)
     if name not in experiments(root):
         command(checkout.path, ["exp", "run", "-n", name], env, log)
         command(checkout.path, ["exp", "push", "--no-cache", "origin", name], env, log)
@@ -58,7 +57,7 @@ def run(checkout: Checkout, trial, search, study_run: str, root: Path) -> Outcom
         command(checkout.path, ["exp", "pull", "--no-cache", "origin", name], env, log)
         command(checkout.path, ["exp", "apply", name], env, log)
     return Outcome("complete", objective(checkout.path / "metrics" / "metrics.json",
-                                         search.objective), score)
+                                         search.objective))
 
 
 def first_fold_score(models: Path, fold: int, objective_name: str) -> float | None:
