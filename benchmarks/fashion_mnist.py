@@ -91,7 +91,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def write(out: Path) -> None:
+def write(out: Path, per_class: int = 0) -> None:
+    """The image folders; `per_class` > 0: only the first that many training images of each
+    class (the 10,000 test images always)."""
     if not IDX.is_dir():
         sys.exit(f"{IDX}: not found; apt-get install dataset-fashion-mnist")
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -101,8 +103,11 @@ def write(out: Path) -> None:
             if split == "train":
                 (out / "train" / c).mkdir(parents=True, exist_ok=True)
         (out / "test").mkdir(parents=True, exist_ok=True)
-        names = []
+        names, kept = [], np.zeros(len(CLASSES), dtype=int)
         for n, (img, label) in enumerate(zip(images, labels)):
+            if split == "train" and per_class and kept[label] >= per_class:
+                continue
+            kept[label] += 1
             name = f"{n:05d}.png"
             folder = out / "train" / CLASSES[label] if split == "train" else out / "test"
             Image.fromarray(img).save(folder / name)
@@ -110,7 +115,9 @@ def write(out: Path) -> None:
         if split == "test":
             pd.DataFrame({"image": names, "label": [CLASSES[i] for i in labels]}).to_csv(
                 out / "test_labels.csv", index=False)
-    print(f"wrote {out}: 60,000 train images in {len(CLASSES)} class folders, 10,000 test")
+        else:
+            trained = int(kept.sum())
+    print(f"wrote {out}: {trained:,} train images in {len(CLASSES)} class folders, 10,000 test")
 
 
 def base_params(data: Path, folds: int, epochs: int):
@@ -287,6 +294,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="image folders from the Debian package's IDX files")
     w.add_argument("data_dir", type=Path)
+    w.add_argument("--per-class", type=int, default=0,
+                   help="only the first N training images of each class (default: all 60,000)")
     r = sub.add_parser("run", help="train and score each variant with dvc exp run")
     r.add_argument("data_dir", type=Path)
     r.add_argument("work_dir", type=Path)
@@ -319,7 +328,7 @@ def main(argv=None) -> None:
     t.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist-timm.json")
     args = parser.parse_args(argv)
     if args.command == "write":
-        write(args.data_dir)
+        write(args.data_dir, args.per_class)
     elif args.command == "blend":
         blend(args.data_dir, args.work_dir, args.experiments, args.mean, args.out, args.temperature)
     elif args.command == "timm":

@@ -20,11 +20,10 @@ FOLDS = 2
 # in two epochs, the sensible trials' first folds then score exactly alike and only the absurd
 # learning rate can be pruned
 SEARCH = {"study": "s", "trials": 4, "pruner": "median", "startup_trials": 1,
-          "space": {"lr": {"choices": [0.002, 1.5]}, "tta.shift": {"choices": [0.0, 0.02, 0.04]}}}
-# queued in the study (Optuna's enqueue_trial): a known order, so that the kill lands in trial 1
-# and trial 2's learning rate is absurd
-QUEUED = [{"lr": 0.002, "tta.shift": 0.0}, {"lr": 0.002, "tta.shift": 0.02},
-          {"lr": 1.5, "tta.shift": 0.0}, {"lr": 0.002, "tta.shift": 0.04}]
+          "space": {"lr": {"choices": [0.002, 1.5]}, "tta.shift": {"choices": [0.0, 0.02, 0.04]}},
+          # tried first, in this order: the kill lands in trial 1, trial 2's lr is absurd
+          "start": {"t0": {"lr": 0.002, "tta.shift": 0.0}, "t1": {"lr": 0.002, "tta.shift": 0.02},
+                    "absurd": {"lr": 1.5, "tta.shift": 0.0}, "t3": {"lr": 0.002, "tta.shift": 0.04}}}
 
 
 def tiny(params):
@@ -52,10 +51,6 @@ def searched(tmp_path_factory):
     dst = make_project(tmp_path_factory.mktemp("search") / "project", tiny)
     (dst / "search.yaml").write_text(yaml.safe_dump(SEARCH))
     sh("git add search.yaml && git commit -qm search", dst)
-    (dst / ".foldwise").mkdir()
-    study = optuna.create_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}")
-    for trial_params in QUEUED:
-        study.enqueue_trial(trial_params)
     params_before = (dst / "params.yaml").read_bytes()
     first = start_search(dst)
     wait_for(dst / ".foldwise/search/logs/s-001.log", "$ dvc repro train@0", first)
@@ -82,6 +77,7 @@ def test_the_killed_study_ends_with_exactly_its_trials_the_killed_one_retried(se
     assert [t.number for t in failed] == [1]
     retry = [t for t in done if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].user_attrs["experiment"] == "s-001"
+    assert retry[0].user_attrs["start"] == "t1"  # search.yaml's start, kept by the retry
     assert retry[0].params == failed[0].params
     assert "trial" in out and "COMPLETE" in out and "PRUNED" in out  # the table
 

@@ -70,6 +70,9 @@ def test_a_good_space_is_read_with_types_ranges_and_choices(tmp_path):
     ({"direction": "down"}, "direction='down' must be one of minimize, maximize"),
     ({"trials": 0}, "trials must be >= 1"),
     ({"space": {}}, "space must map params.yaml keys"),
+    ({"start": {"defaults": {"train.epochs": 3}}}, "start.defaults.train.epochs: not a key of space"),
+    ({"start": {"defaults": {"lr": 0.5}}}, "start.defaults.lr: 0.5 is outside its space"),
+    ({"start": [{"lr": 0.001}]}, "start must map names to settings"),
 ])
 def test_bad_input_is_one_line_naming_the_key(tmp_path, change, message):
     with pytest.raises(InputError) as err:
@@ -106,6 +109,23 @@ def test_the_folds_spread_is_their_mean_and_sample_standard_deviation():
 
 def _exit_now():
     pass
+
+
+def test_a_new_study_tries_its_starts_first_in_order_and_only_once(tmp_path):
+    path = config(tmp_path, space={"lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                   "tta.hflip": {"choices": [False, True]}},
+                  start={"defaults": {"lr": 0.002, "tta.hflip": False}, "recipe": {"lr": 0.004}},
+                  storage=f"sqlite:///{tmp_path / 's.db'}")
+    search = space.load(path, BASE)
+    assert search.start == (("defaults", {"lr": 0.002, "tta.hflip": False}),
+                            ("recipe", {"lr": 0.004}))
+    study = S.open_study(search, tmp_path)
+    first, second = study.ask(), study.ask()
+    assert search.changes(first) == {"lr": 0.002, "tta.hflip": False}
+    assert first.user_attrs["start"] == "defaults" and second.user_attrs["start"] == "recipe"
+    assert search.changes(second)["lr"] == 0.004  # hflip, left out, sampled
+    again = S.open_study(search, tmp_path)  # reopened (a resumed search): not queued again
+    assert len(again.trials) == 2
 
 
 def dead_pid() -> int:

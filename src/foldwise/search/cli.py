@@ -119,10 +119,12 @@ def apply_best(shared: Shared) -> None:
 
 
 def table(study: optuna.Study) -> str:
-    rows = [f"{'trial':>5}  {'state':8}  {'experiment':14}  {'value':>9}  {'fold 0':>9}  params"]
+    rows = [f"{'trial':>5}  {'state':8}  {'experiment':14}  {'start':10}  {'value':>9}  "
+            f"{'fold 0':>9}  params"]
     for t in sorted(study.trials, key=lambda t: t.number):
         first = t.intermediate_values.get(0)
         rows.append(f"{t.number:>5}  {t.state.name:8}  {t.user_attrs.get('experiment', ''):14}  "
+                    f"{t.user_attrs.get('start', ''):10}  "
                     f"{t.value if t.state == TrialState.COMPLETE else float('nan'):>9.5g}  "
                     f"{first if first is not None else float('nan'):>9.5g}  "
                     + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

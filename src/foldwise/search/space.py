@@ -14,6 +14,8 @@ settings and checked against params.yaml before anything trains.
     space:                   # params.yaml keys, dotted
       lr: {low: 3.0e-4, high: 3.0e-3, log: true}
       train.model: {choices: [test_resnet, resnet10t]}
+    start:                   # optional: named settings tried first, in this order (a key left
+      defaults: {lr: 1.0e-3} #   out is sampled), e.g. the defaults and a known recipe
 """
 from __future__ import annotations
 
@@ -50,6 +52,13 @@ class Dimension:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
+    def holds(self, value) -> bool:
+        """Whether `value` is one this dimension can suggest."""
+        if self.choices:
+            return value in self.choices
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and self.low <= value <= self.high)
+
 
 @dataclass(frozen=True)
 class Search:
@@ -64,6 +73,7 @@ class Search:
     epochs: int
     storage: str
     space: tuple
+    start: tuple = ()        # (name, {key: value}) pairs: the first trials, enqueued
 
     def changes(self, trial) -> dict:
         """The trial's params.yaml changes, dotted: its suggestions and the search's epochs."""
@@ -86,10 +96,10 @@ def load(path: str | Path, base: P.Params) -> Search:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping")
-    unknown = sorted(set(raw) - set(DEFAULTS) - {"space"})
+    unknown = sorted(set(raw) - set(DEFAULTS) - {"space", "start"})
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} (known: "
-                         f"{', '.join([*DEFAULTS, 'space'])})")
+                         f"{', '.join([*DEFAULTS, 'space', 'start'])})")
     settings = {k: raw.get(k, v) for k, v in DEFAULTS.items()}
     for key, value in settings.items():
         kind = type(DEFAULTS[key])
@@ -104,7 +114,24 @@ def load(path: str | Path, base: P.Params) -> Search:
     if not isinstance(space, dict) or not space:
         raise InputError(f"{path}: space must map params.yaml keys to a range or choices")
     dims = tuple(dimension(path, key, spec, base) for key, spec in space.items())
-    return Search(**settings, space=dims)
+    return Search(**settings, space=dims, start=starts(path, raw.get("start"), dims))
+
+
+def starts(path: Path, raw, dims: tuple) -> tuple:
+    """`start`: named settings of searched keys, each value one its dimension can suggest."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) and v for v in raw.values()):
+        raise InputError(f"{path}: start must map names to settings ({{lr: 0.001, ...}})")
+    by_key = {d.key: d for d in dims}
+    for name, values in raw.items():
+        for key, value in values.items():
+            if key not in by_key:
+                raise InputError(f"{path}: start.{name}.{key}: not a key of space (a start "
+                                 "sets searched keys only)")
+            if not by_key[key].holds(value):
+                raise InputError(f"{path}: start.{name}.{key}: {value!r} is outside its space")
+    return tuple((str(name), dict(values)) for name, values in raw.items())
 
 
 def dimension(path: Path, key: str, spec, base: P.Params) -> Dimension:

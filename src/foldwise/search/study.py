@@ -51,9 +51,13 @@ def open_study(search: Search, root: Path, workers: int = 1) -> optuna.Study:
         sampler = optuna.samplers.RandomSampler(seed=search.seed)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials)
               if search.pruner == "median" else optuna.pruners.NopPruner())
-    return optuna.create_study(study_name=search.study, storage=storage_url(search, root),
-                               sampler=sampler, pruner=pruner, direction=search.direction,
-                               load_if_exists=True)
+    study = optuna.create_study(study_name=search.study, storage=storage_url(search, root),
+                                sampler=sampler, pruner=pruner, direction=search.direction,
+                                load_if_exists=True)
+    if not study.get_trials(deepcopy=False):  # a new study: search.yaml's starts go first
+        for name, values in search.start:
+            study.enqueue_trial(values, user_attrs={"start": name})
+    return study
 
 
 def claim(trial) -> None:
@@ -69,8 +73,8 @@ def retry_killed(study: optuna.Study) -> list[int]:
         owner = t.user_attrs.get("owner") or {}
         if owner.get("host") == HOST and owner.get("pid") != os.getpid() and not alive(owner["pid"]):
             study.tell(t.number, state=TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"experiment": t.user_attrs.get("experiment"),
-                                                      "retry_of": t.number})
+            again = {k: t.user_attrs[k] for k in ("experiment", "start") if k in t.user_attrs}
+            study.enqueue_trial(t.params, user_attrs={**again, "retry_of": t.number})
             killed.append(t.number)
     return killed
 
