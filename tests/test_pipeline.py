@@ -342,3 +342,46 @@ def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(
     evaluated = [r for r in all_runs if "neighbours_oof_logloss" in r.data.metrics]
     assert len(evaluated) == 1 and evaluated[0].data.tags["foldwise.role"] == "parent"
     assert evaluated[0].data.metrics["neighbours_oof_logloss"] == pytest.approx(near["oof"]["logloss"])
+
+
+def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_the_submission(project):
+    """`stack.model`: only stack and export run; its OOF predictions are scikit-learn's
+    logistic regression fit fold by fold on the other folds' rows (features: the bag's OOF log
+    probabilities and the within-fold neighbours'), its figure scikit-learn's log loss on them;
+    the submission is the saved model applied to the test predictions and their neighbours'."""
+    from sklearn.linear_model import LogisticRegression
+
+    from foldwise.data.cache import load_truth
+    from foldwise.ensemble import stack
+    dst, _, _ = project
+    out = sh("dvc exp run -S neighbours.k=3 -S stack.model=logistic -S stack.neighbours=3", dst).stdout
+    for stage in ("train@0", "bag", "evaluate", "neighbours"):
+        assert f"Running stage '{stage}'" not in out
+    assert "Running stage 'stack'" in out and "Running stage 'export'" in out
+    classes = [f"c{k}" for k in range(10)]
+    oof = pd.read_csv(dst / "data/bagged/oof.csv")
+    truth, folds = load_truth(dst / "data/processed"), oof["fold"].to_numpy()
+    g = np.load(dst / "data/neighbours/oof_graph.npz")
+    x = stack.features(oof[classes].to_numpy(), g["idx"], g["sim"], 3)
+    stacked = pd.read_csv(dst / "data/stack/oof.csv")
+    for k in range(FOLDS):
+        rows = folds == k
+        ref = LogisticRegression(C=1.0, max_iter=2000).fit(x[~rows], truth[~rows])
+        want = np.zeros((rows.sum(), 10))
+        want[:, ref.classes_] = ref.predict_proba(x[rows])
+        np.testing.assert_allclose(stacked.loc[rows, classes].to_numpy(), want, atol=1e-6)
+    summary = json.loads((dst / "metrics/stack.json").read_text())
+    assert summary["oof"]["logloss"] == pytest.approx(
+        log_loss(truth, stacked[classes].to_numpy(), labels=range(10)), abs=1e-6)
+    assert summary["oof_bag"]["logloss"] == json.loads((dst / "metrics/metrics.json").read_text())["oof"]["logloss"]
+    test = pd.read_csv(dst / "data/bagged/test.csv")
+    graph = np.load(dst / "data/neighbours/graph.npz")
+    model = stack.load_model(dst / "data/stack")
+    want = stack.predict(model, stack.features(test[classes].to_numpy(), graph["idx"], graph["sim"], 3), 10)
+    sub = pd.read_csv(dst / "export/submission.csv")
+    np.testing.assert_allclose(sub[classes].to_numpy(), want, atol=1e-4)  # exported vs eager bag
+    assert "stack.json" in sh("dvc metrics show", dst).stdout
+    _, all_runs = mlflow_runs(dst)
+    stacked_runs = [r for r in all_runs if "stack_oof_logloss" in r.data.metrics]
+    assert len(stacked_runs) == 1 and stacked_runs[0].data.tags["foldwise.role"] == "parent"
+    assert stacked_runs[0].data.metrics["stack_oof_logloss"] == pytest.approx(summary["oof"]["logloss"])

@@ -169,6 +169,13 @@ class Neighbours:
 
 
 @dataclass(frozen=True)
+class Stack:
+    model: str
+    neighbours: int
+    c: float
+
+
+@dataclass(frozen=True)
 class Mlflow:
     experiment: str
     tracking_uri: str
@@ -188,6 +195,7 @@ class Params:
     bag: Bag
     calibration: Calibration
     neighbours: Neighbours
+    stack: Stack
     mlflow: Mlflow
 
     def as_dict(self) -> dict:

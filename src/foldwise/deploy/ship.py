@@ -15,7 +15,7 @@ from foldwise import tracking
 from foldwise.data.sources import get_source
 from foldwise.deploy import export, mlmodel
 from foldwise.deploy.verify import check_export
-from foldwise.ensemble import calibration, neighbours
+from foldwise.ensemble import calibration, neighbours, stack
 from foldwise.models import load_checkpoint
 from foldwise.train import outputs, tta
 from foldwise.train.loader import open_cache
@@ -57,6 +57,7 @@ def export_bag(params, meta, bag, test_images, decision, temperature, k, model_d
                 {**{key: meta[key] for key in TASK_KEYS}, "bag_mean": params.bag.mean,
                  "folds": len(bag.nets), "decision": decision,
                  "neighbours": k,  # set-level: in the submission, not in predict
+                 "stack": params.stack.model,  # in the submission only (its features are set-level)
                  "tta": dataclasses.asdict(params.tta), "temperature": temperature,
                  "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}},
                 model_dir)
@@ -74,10 +75,24 @@ def verified(bag, task, test, test_images, runs, temperature, device, model_dir)
     return got, (model, shipped_meta), check_export(got, eager, bagged, runs)
 
 
+def submitted(got, task, decision, paths: dict) -> tuple[np.ndarray, dict]:
+    """The submission's predictions and decision: the program's predictions averaged over their
+    test neighbours (off: unchanged), or, with a second-level model, that model applied to them
+    and their neighbours' (its decision then fit on its own OOF predictions)."""
+    graph = np.load(Path(paths["neighbours_dir"]) / "graph.npz")
+    model = stack.load_model(paths["stack_dir"])
+    if model is None:
+        return neighbours.smooth(got, graph["idx"], graph["sim"]), decision
+    summary = json.loads(Path(paths["stack_json"]).read_text())
+    x = stack.features(got, graph["idx"], graph["sim"], summary["neighbours"])
+    return stack.predict(model, x, got.shape[1]), task.decision(summary["oof"])
+
+
 def ship(params: Params, task, meta: dict, paths: dict) -> str:
     """Export, verify, write the submission and log the MLflow model. `paths`: the stage's
     arguments by name (root, models, processed, bagged, metrics_json, neighbours_dir,
-    neighbours_json, submission, model_dir). Returns a one-line account."""
+    neighbours_json, stack_dir, stack_json, submission, model_dir). Returns a one-line
+    account."""
     decision, temperature, k = fit_on_oof(task, paths["metrics_json"], paths["neighbours_json"])
     bag = build_bag(params, task, meta, paths["models"], temperature)
     test_images = open_cache(Path(paths["processed"]) / "test.npy")
@@ -86,9 +101,7 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     test = pd.read_csv(Path(paths["bagged"]) / "test.csv", dtype={"id": str})
     got, loaded, check = verified(bag, task, test, test_images, runs, temperature,
                                   export.default_device(), paths["model_dir"])
-    # with neighbours, each image's prediction averaged with its test neighbours' (off: unchanged)
-    graph = np.load(Path(paths["neighbours_dir"]) / "graph.npz")
-    final = neighbours.smooth(got, graph["idx"], graph["sim"])
+    final, decision = submitted(got, task, decision, paths)
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
     uri = log_to_mlflow(params, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded)

@@ -1,0 +1,86 @@
+"""The stack stage: a second-level model (`stack`'s functions) fit on the bag's out-of-fold
+predictions, optionally with their neighbours', its OOF score cross-fitted over the folds, the
+model saved for export to apply to the test predictions. Off (`stack.model: ''`), it writes an
+empty folder and imports nothing heavy."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from foldwise.errors import InputError
+from foldwise.files import atomic_dir, write_csv, write_json
+from foldwise.params import Params, flatten
+
+
+def run(params: Params, task, models, processed, bagged, metrics_json, neighbours_dir, out,
+        out_json) -> dict:
+    """Fit, score and save the second-level model (`out`/model.pkl, `out`/oof.csv) and write its
+    OOF figures beside the bag's (`out_json`). Returns the summary."""
+    settings = params.stack
+    if not settings.model:
+        with atomic_dir(out):
+            pass
+        write_json({"model": ""}, out_json)
+        return {"model": ""}
+    if not task.probabilities:
+        raise InputError(f"params.yaml: stack.model={settings.model!r}: a second-level model "
+                         f"needs class probabilities (this task's outputs are not)")
+    import pandas as pd
+
+    from foldwise.data.cache import load_truth
+    from foldwise.ensemble import stack
+
+    oof = pd.read_csv(Path(bagged) / "oof.csv", dtype={"id": str, "group": str})
+    truth, folds = load_truth(Path(processed)), oof["fold"].to_numpy()
+    x = stack.features(bag_predictions(oof, task, metrics_json),
+                       *graph(Path(neighbours_dir) / "oof_graph.npz", settings.neighbours))
+
+    def make():
+        return stack.make_model(settings.model, settings.c, params.seed)
+
+    stacked = stack.cross_fitted(x, truth, folds, make)
+    summary = {"model": settings.model, "neighbours": settings.neighbours,
+               "features": int(x.shape[1]), "oof": task.report(truth, stacked, folds)[0],
+               "oof_bag": json.loads(Path(metrics_json).read_text())["oof"]}
+    table = pd.DataFrame(stacked, columns=task.columns)
+    table.insert(0, "fold", folds)
+    table.insert(0, "id", oof["id"])
+    with atomic_dir(out) as tmp:
+        (tmp / stack.MODEL_FILE).write_bytes(pickle.dumps(stack.fit(x, truth, make)))
+        write_csv(table, tmp / "oof.csv", float_format="%.8g")
+    write_json(summary, out_json)
+    log_to_parent(params, Path(models), summary)
+    return summary
+
+
+def bag_predictions(oof, task, metrics_json) -> np.ndarray:
+    """The bag's OOF probabilities as export's program gives them: tempered with evaluate's
+    temperature where calibration ran."""
+    from foldwise.ensemble import calibration
+    preds = oof[task.columns].to_numpy()
+    temperature = json.loads(Path(metrics_json).read_text())["oof"].get("temperature", 1.0)
+    return calibration.temper(preds, temperature) if temperature != 1.0 else preds
+
+
+def graph(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(idx, sim, n) of the neighbours stage's graph at `path`; empty ones for n = 0."""
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)), 0
+    if not path.is_file():
+        raise InputError(f"params.yaml: stack.neighbours={n} needs the neighbours stage's graph "
+                         f"({path} is missing: set neighbours.k >= {n})")
+    g = np.load(path)
+    return g["idx"], g["sim"], n
+
+
+def log_to_parent(params: Params, models: Path, summary: dict) -> None:
+    """The second-level model's OOF figures on the pipeline's MLflow parent run."""
+    from foldwise import tracking
+    from foldwise.train import outputs
+    runs = [outputs.read_run(models, f) for f in params.folds]
+    parent = tracking.evaluated_parent(tracking.open_experiment(params.mlflow), runs)
+    if parent is not None:
+        tracking.log_to_run(parent, {f"stack_oof_{m}": v for m, v in flatten(summary["oof"]).items()})

@@ -1,0 +1,39 @@
+"""stack: a second-level model over the bag's out-of-fold predictions (and, with
+stack.neighbours, their nearest neighbours' predictions and similarities), its OOF score
+cross-fitted over the same folds, the model kept for export to apply to the test predictions.
+
+usage: python stages/stack.py MODELS_DIR PROCESSED_DIR BAGGED_DIR METRICS_JSON NEIGHBOURS_DIR
+                              OUT_DIR STACK_JSON
+params: folds; seed; stack.model ('' off: an empty OUT_DIR, nothing fit), stack.neighbours,
+        stack.c; mlflow (the pipeline's parent run receives the scores)
+reads the temperature evaluate fit (METRICS_JSON) and the neighbours stage's OOF graph
+(NEIGHBOURS_DIR/oof_graph.npz, within each validation fold)
+writes OUT_DIR/{model.pkl (fit on every OOF row), oof.csv (cross-fitted OOF predictions)} and
+STACK_JSON (the stack's OOF figures beside the bag's)
+"""
+import json
+from pathlib import Path
+
+from foldwise import params as P, stage
+from foldwise.ensemble.stack_stage import run
+from foldwise.tasks import create_task
+
+
+def main():
+    models, processed, bagged, metrics_json, neighbours_dir, out, out_json = stage.arguments(
+        __doc__, ("models_dir", "folder of the fold_k runs"), ("processed_dir", "the preprocess cache"),
+        ("bagged_dir", "bag's output (oof.csv)"), ("metrics_json", "evaluate's metrics.json"),
+        ("neighbours_dir", "the neighbours stage's graphs"), ("out_dir", "the model and its OOF"),
+        ("stack_json", "its OOF figures"))
+    params = P.load()
+    meta = json.loads((Path(processed) / "meta.json").read_text())
+    summary = run(params, create_task(meta, params), models, processed, bagged, metrics_json,
+                  neighbours_dir, out, out_json)
+    if summary["model"]:
+        monitor = next(iter(summary["oof"]))
+        print(f"out-of-fold {monitor}: bag {summary['oof_bag'][monitor]:.4f}, "
+              f"{summary['model']} over it {summary['oof'][monitor]:.4f}")
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,112 @@
+"""The second-level model's parts: its features, its cross-fitting (a fold's rows never fit on
+their own labels), its OOF figure against scikit-learn's own fit and log loss, what neighbour
+features buy where neighbours share labels, and bad settings named."""
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from foldwise.ensemble import neighbours, stack
+from foldwise.errors import InputError
+
+
+def probs(rng, n, c):
+    p = rng.dirichlet(np.ones(c), size=n)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_features_are_log_probabilities_then_each_neighbours_then_their_weighted_mean():
+    p = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]])
+    idx = np.array([[1, 2], [0, 2], [1, 0]])
+    sim = np.array([[0.9, 0.5], [0.9, -0.1], [0.5, 0.4]])
+    x = stack.features(p, idx, sim, 2)
+    assert x.shape == (3, 2 + 2 * 2 + 2 + 2)
+    np.testing.assert_allclose(x[:, :2], np.log(p))
+    np.testing.assert_allclose(x[0, 2:4], np.log(p[1]))  # the nearest first
+    np.testing.assert_allclose(x[0, 4:6], np.log(p[2]))
+    np.testing.assert_allclose(x[:, 6:8], sim)
+    # row 0 by hand: itself weight 1, neighbours 0.9 and 0.5
+    mean0 = (p[0] + 0.9 * p[1] + 0.5 * p[2]) / 2.4
+    np.testing.assert_allclose(np.exp(x[0, 8:]), mean0, rtol=1e-9)
+    # and the neighbours stage's own average (negative similarity counts 0) for every row
+    np.testing.assert_allclose(np.exp(x[:, 8:]), neighbours.smooth(p, idx, sim), rtol=1e-9)
+    assert stack.features(p, idx, sim, 0).shape == (3, 2)
+    np.testing.assert_allclose(stack.features(p, idx, sim, 1)[:, 2:4], np.log(p[idx[:, 0]]))
+
+
+def test_a_folds_rows_are_predicted_by_a_model_that_never_saw_their_labels():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 4)), rng.integers(0, 3, 120)
+    folds = np.repeat([0, 1, 2], 40)
+
+    def make():
+        return LogisticRegression(C=1.0, max_iter=2000)
+    base = stack.cross_fitted(x, y, folds, make)
+    shuffled = y.copy()
+    shuffled[folds == 0] = rng.permutation(y[folds == 0])[::-1]  # fold 0's labels changed
+    again = stack.cross_fitted(x, shuffled, folds, make)
+    np.testing.assert_array_equal(again[folds == 0], base[folds == 0])  # unaffected
+    assert np.abs(again[folds != 0] - base[folds != 0]).max() > 1e-3  # the others fit on them
+    np.testing.assert_allclose(base.sum(axis=1), 1.0)
+
+
+def test_the_cross_fitted_figure_is_scikit_learns_fit_and_log_loss_fold_by_fold():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 200)
+    p = probs(rng, 200, 4) * 0.5 + np.eye(4)[y] * 0.5
+    folds = rng.integers(0, 4, 200)
+    got = stack.cross_fitted(stack.features(p, None, None, 0), y, folds,
+                             lambda: stack.make_model("logistic", 0.5, 0))
+    for k in range(4):
+        rows = folds == k
+        ref = LogisticRegression(C=0.5, max_iter=2000).fit(np.log(p[~rows]), y[~rows])
+        np.testing.assert_allclose(got[rows], ref.predict_proba(np.log(p[rows])), atol=1e-8)
+    assert log_loss(y, got) < log_loss(y, np.full((200, 4), 0.25))
+
+
+def test_neighbour_features_help_where_neighbours_share_the_label():
+    """Images in clusters of 5 of one class (one driver's frames of one pose), each image's own
+    prediction noisy: the neighbours' predictions carry the label, so the stack with them
+    scores far better out of fold than without."""
+    rng = np.random.default_rng(2)
+    clusters, size, c = 80, 5, 4
+    y = np.repeat(rng.integers(0, c, clusters), size)
+    logits = rng.normal(size=(len(y), c)) * 1.5 + np.eye(c)[y] * 1.0
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    members = np.arange(len(y)).reshape(clusters, size)
+    idx = np.array([[m for m in members[i // size] if m != i] for i in range(len(y))])
+    sim = np.full(idx.shape, 0.9)
+    folds = np.repeat(np.arange(4), len(y) // 4)  # whole clusters per fold
+
+    def oof(n):
+        x = stack.features(p, idx, sim, n)
+        return log_loss(y, stack.cross_fitted(x, y, folds, lambda: stack.make_model("logistic", 1.0, 0)))
+    assert oof(4) < oof(0) - 0.1  # measured: 1.08 against 1.27
+
+
+def test_hist_gradient_boosting_is_a_stack_model_too():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 150)
+    p = probs(rng, 150, 3) * 0.4 + np.eye(3)[y] * 0.6
+    got = stack.cross_fitted(np.log(p), y, np.arange(150) % 3,
+                             lambda: stack.make_model("hist_gradient_boosting", 1.0, 0))
+    assert got.shape == (150, 3) and (got.argmax(1) == y).mean() > 0.8
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(InputError, match=r"stack.model='forest' must be '' \(off\) or one of logistic"):
+        stack.make_model("forest", 1.0, 0)
+    p = np.full((4, 2), 0.5)
+    with pytest.raises(InputError, match=r"stack.neighbours=3 needs a neighbour graph of at least 3 "
+                                         r"\(neighbours.k is 2\)"):
+        stack.features(p, np.zeros((4, 2), dtype=int), np.zeros((4, 2)), 3)
+
+
+def test_a_class_missing_from_a_fit_gets_zero_probability_not_a_shifted_column():
+    x = np.array([[0.0], [0.1], [1.0], [1.1], [2.0], [2.1]])
+    y = np.array([0, 0, 1, 1, 2, 2])
+    folds = np.array([0, 1, 0, 1, 2, 2])  # fold 2's rows hold the only class-2 labels
+    got = stack.cross_fitted(x, y, folds, lambda: LogisticRegression(max_iter=2000))
+    assert (got[folds == 2, 2] == 0).all() and np.allclose(got.sum(axis=1), 1.0)
+    model = stack.fit(x[:4], y[:4], lambda: LogisticRegression(max_iter=2000))
+    assert stack.predict(model, x, 3)[:, 2].tolist() == [0.0] * 6
