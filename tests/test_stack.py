@@ -110,3 +110,19 @@ def test_a_class_missing_from_a_fit_gets_zero_probability_not_a_shifted_column()
     assert (got[folds == 2, 2] == 0).all() and np.allclose(got.sum(axis=1), 1.0)
     model = stack.fit(x[:4], y[:4], lambda: LogisticRegression(max_iter=2000))
     assert stack.predict(model, x, 3)[:, 2].tolist() == [0.0] * 6
+
+
+def test_a_task_without_class_probabilities_is_refused_before_anything_is_read(tmp_path):
+    from pathlib import Path
+
+    from foldwise import params as P
+    from foldwise.ensemble import stack_stage
+    from foldwise.tasks import Keypoints
+    base = P.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = P.evolve(base, {"stack": {"model": "logistic"}})
+    task = Keypoints(["nose_x", "nose_y"], (96, 96))
+    with pytest.raises(InputError, match=r"stack.model='logistic': a second-level model needs class "
+                                         r"probabilities"):
+        stack_stage.run(params, task, *(tmp_path / n for n in ("models", "processed", "bagged",
+                                                               "m.json", "near", "out", "s.json")))
+    assert not (tmp_path / "out").exists()
