@@ -11,9 +11,11 @@ the study below as its `search.yaml` and runs `foldwise-search` there (run it ag
 the study resumes). The study's first two trials are its `start`: the defaults (the benchmarks
 doc's "foldwise, defaults" rows) and the hand-tuned recipe of that doc (random resized crops of
 at least 88% of the area and no shift, scale or rotation, gradient clipping at 1.0, EMA 0.998,
-mirror and shift TTA, calibration). Every finished trial is then brought into the project
-(`dvc exp apply`) and its submission scored on the 10,000 test labels (scikit-learn); pruned
-trials ran fold 0 only and have no submission. Writes the table as JSON.
+mirror and shift TTA, calibration). The trials stop at evaluate (`until: evaluate`: the
+objective, no export each). Then the best trial and the two starts are brought into the
+project (`dvc exp apply`), finished with `dvc repro` (export; the rest from the run-cache) and
+their submissions scored on the 10,000 test labels (scikit-learn); pruned trials ran fold 0
+only. Writes the table as JSON.
 
 `screenshot` serves the project's MLflow store on loopback (`mlflow server`) and opens the study
 in headless Chromium (Playwright): the study run, its trials nested under it, one trial's folds
@@ -79,7 +81,7 @@ def prepare(data: Path, work: Path, trials: int, folds: int, epochs: int) -> Pat
     project.copy(dst, base(data.resolve(), folds, epochs))
     search = {"study": STUDY, "trials": trials, "objective": "logloss", "direction": "minimize",
               "sampler": "tpe", "seed": 0, "pruner": "median", "startup_trials": 3,
-              "space": SPACE, "start": {"defaults": DEFAULTS, "recipe": RECIPE}}
+              "until": "evaluate", "space": SPACE, "start": {"defaults": DEFAULTS, "recipe": RECIPE}}
     (dst / "search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
     project.run("git add -A && (git diff --cached --quiet || git commit -qm search)", dst)
     return dst
@@ -89,7 +91,10 @@ def load_study(dst: Path) -> optuna.Study:
     return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{dst / '.foldwise/search.db'}")
 
 
-def trial_row(dst: Path, data: Path, t) -> dict:
+def trial_row(dst: Path, data: Path, t, score: bool) -> dict:
+    """One trial's row; a finished one's OOF figures from its experiment, and with `score` its
+    submission (the trial applied and `dvc repro`: export, the rest from the run-cache) scored
+    on the test labels."""
     row = {"trial": t.number, "state": t.state.name, "start": t.user_attrs.get("start", ""),
            "experiment": t.user_attrs.get("experiment"), "params": t.params,
            "fold0_val_logloss": t.intermediate_values.get(0),
@@ -100,8 +105,12 @@ def trial_row(dst: Path, data: Path, t) -> dict:
     project.run(f"dvc exp apply {row['experiment']} && dvc checkout -q", dst)
     oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
     row.update(objective=t.value, oof_logloss=oof["logloss"], oof_accuracy=oof["accuracy"],
-               oof_logloss_calibrated=oof.get("logloss_calibrated"),
-               **fm.test_scores(dst / "export" / "submission.csv", data))
+               oof_logloss_calibrated=oof.get("logloss_calibrated"))
+    if score:
+        t0 = time.perf_counter()
+        project.run("dvc repro", dst)
+        row["export_minutes"] = (time.perf_counter() - t0) / 60
+        row.update(fm.test_scores(dst / "export" / "submission.csv", data))
     return row
 
 
@@ -112,9 +121,11 @@ def run(data: Path, work: Path, trials: int, folds: int, epochs: int, workers: i
     project.run(f"foldwise-search --workers {workers} > {work / 'search.log'} 2>&1", dst)
     minutes = (time.perf_counter() - t0) / 60
     study = load_study(dst)
-    rows = [trial_row(dst, data, t) for t in sorted(study.trials, key=lambda t: t.number)]
-    project.run("git checkout -q -- . && dvc checkout -q", dst)
     best = study.best_trial
+    scored = {best.number} | {t.number for t in study.trials if t.user_attrs.get("start")}
+    rows = [trial_row(dst, data, t, t.number in scored)
+            for t in sorted(study.trials, key=lambda t: t.number)]
+    project.run("git checkout -q -- . && dvc checkout -q", dst)
     report = {"data": str(data), "folds": folds, "epochs": epochs, "workers": workers,
               "search_minutes": minutes, "best_trial": best.number, "space": SPACE,
               "rows": rows}
@@ -191,7 +202,7 @@ def main(argv=None) -> None:
     r = sub.add_parser("run", help="the study, then its finished trials scored on the test labels")
     r.add_argument("data_dir", type=Path)
     r.add_argument("work_dir", type=Path)
-    r.add_argument("--trials", type=int, default=14)
+    r.add_argument("--trials", type=int, default=16)
     r.add_argument("--folds", type=int, default=3)
     r.add_argument("--epochs", type=int, default=4)
     r.add_argument("--workers", type=int, default=1)

@@ -1,6 +1,7 @@
 """The real `dvc repro`, `dvc exp run` and queued experiments on a tiny sample, in a copy of
 the project; checks the outputs, the metrics against scikit-learn and the MLflow runs."""
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -355,7 +356,7 @@ def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_
     from foldwise.ensemble import stack
     dst, _, _ = project
     out = sh("dvc exp run -S neighbours.k=3 -S stack.model=logistic -S stack.neighbours=3", dst).stdout
-    for stage in ("train@0", "bag", "evaluate", "neighbours"):
+    for stage in ("train@0", "bag", "evaluate"):  # (neighbours: run-cache, or run if alone)
         assert f"Running stage '{stage}'" not in out
     assert "Running stage 'stack'" in out and "Running stage 'export'" in out
     classes = [f"c{k}" for k in range(10)]
@@ -385,3 +386,65 @@ def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_
     stacked_runs = [r for r in all_runs if "stack_oof_logloss" in r.data.metrics]
     assert len(stacked_runs) == 1 and stacked_runs[0].data.tags["foldwise.role"] == "parent"
     assert stacked_runs[0].data.metrics["stack_oof_logloss"] == pytest.approx(summary["oof"]["logloss"])
+
+
+@pytest.mark.extended  # a model server
+def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predict_predicts(project, tmp_path):
+    """Every export is a version of the registered model named after the experiment; the alias
+    `champion` is on the version whose run has the lowest OOF log loss (the earliest of equals);
+    `mlflow models serve
+    --env-manager local` of models:/foldwise@champion answers images posted on loopback with
+    what `foldwise-predict` writes from that version's own export folder."""
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+    dst, params, _ = project
+    uri = f"sqlite:///{dst / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = params["mlflow"]["experiment"]
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) >= 1
+    scores = {v.version: client.get_run(v.run_id).data.metrics["oof_logloss"] for v in versions}
+    champion = client.get_model_version_by_alias(name, "champion")
+    best = min(scores.values())
+    assert scores[champion.version] == best  # ties: the earliest such version keeps it
+    assert champion.version == min(v for v, score in scores.items() if score == best)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                               f"models:/{name}@champion", "--env-manager", "local", "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=dst, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow models serve exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow models serve did not answer on /ping within 2 minutes")
+        images = np.load(dst / "data/processed/test.npy")[:5]
+        request = urllib.request.Request(f"{url}/invocations", method="POST",
+                                         data=json.dumps({"inputs": images.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        served = np.array(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    source = client.get_model_version_download_uri(name, champion.version)
+    model = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "champion"),
+                                                tracking_uri=uri)
+    export_dir = next(Path(model).rglob("bagged.pt2")).parent
+    ids = pd.read_csv(dst / "data/bagged/test.csv")["id"][:5]
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    for i in ids:
+        shutil.copy(dst / "data/sample/statefarm/imgs/test" / i, images_dir / i)
+    sh(f"foldwise-predict {export_dir} {images_dir} {tmp_path / 'predicted.csv'}", dst)
+    predicted = pd.read_csv(tmp_path / "predicted.csv").set_index("img").loc[list(ids)]
+    np.testing.assert_allclose(served, predicted[[f"c{k}" for k in range(10)]].to_numpy(), atol=1e-5)

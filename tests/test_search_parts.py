@@ -25,6 +25,7 @@ def config(tmp_path, **changes) -> Path:
     raw.update(changes)
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())  # until's stages
     return path
 
 
@@ -34,7 +35,7 @@ def test_the_projects_own_search_yaml_is_valid():
 
 
 def test_a_good_space_is_read_with_types_ranges_and_choices(tmp_path):
-    path = config(tmp_path, epochs=2, space={
+    path = config(tmp_path, epochs=2, until="evaluate", space={
         "lr": {"low": 1e-4, "high": 1e-2, "log": True},
         "train.batch_size": {"low": 8, "high": 32},
         "train.model": {"choices": ["test_resnet", "resnet10t"]},
@@ -42,6 +43,7 @@ def test_a_good_space_is_read_with_types_ranges_and_choices(tmp_path):
         "calibration.temperature": {"choices": [True, False]}})
     search = space.load(path, BASE)
     dims = {d.key: d for d in search.space}
+    assert search.until == "evaluate"
     assert dims["train.batch_size"].value_type is int and dims["lr"].log
     assert dims["train.model"].choices == ("test_resnet", "resnet10t")
     fixed = optuna.trial.FixedTrial({"lr": 1e-3, "train.batch_size": 16, "train.model": "resnet10t",
@@ -73,6 +75,8 @@ def test_a_good_space_is_read_with_types_ranges_and_choices(tmp_path):
     ({"start": {"defaults": {"train.epochs": 3}}}, "start.defaults.train.epochs: not a key of space"),
     ({"start": {"defaults": {"lr": 0.5}}}, "start.defaults.lr: 0.5 is outside its space"),
     ({"start": [{"lr": 0.001}]}, "start must map names to settings"),
+    ({"until": "train"}, "until='train' must be '' (the whole pipeline) or a stage that has the "
+                         "objective: evaluate, neighbours, stack, export"),
 ])
 def test_bad_input_is_one_line_naming_the_key(tmp_path, change, message):
     with pytest.raises(InputError) as err:

@@ -179,6 +179,7 @@ class Stack:
 class Mlflow:
     experiment: str
     tracking_uri: str
+    register: bool
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
 
 from foldwise.deploy import export
 from foldwise.tasks import create_task
@@ -64,6 +65,26 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
                                        code_paths=[str(Path(__file__).parents[1])],  # foldwise itself
                                        pip_requirements=requirements())
     return info.model_uri
+
+
+CHAMPION = "champion"
+
+
+def register(model_uri: str, name: str, metric: str) -> tuple[str, str]:
+    """`model_uri` as a new version of the registered model `name`, and the alias `champion`
+    moved to the version whose run has the lowest `metric` (the pipeline's OOF figure; lower is
+    better for every task's monitor). Returns (this version, the champion's version)."""
+    client = MlflowClient()
+    with _quiet():
+        version = mlflow.register_model(model_uri, name).version
+    scored = []
+    for v in client.search_model_versions(f"name = '{name}'"):
+        value = client.get_run(v.run_id).data.metrics.get(metric) if v.run_id else None
+        if value is not None:
+            scored.append((value, int(v.version)))
+    champion = str(min(scored)[1]) if scored else str(version)
+    client.set_registered_model_alias(name, CHAMPION, champion)
+    return str(version), champion
 
 
 @contextlib.contextmanager

@@ -24,14 +24,21 @@ from foldwise.params import Params
 TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
 
 
-def log_to_mlflow(params, runs, model_dir, example, loaded) -> str:
+def log_to_mlflow(params, task, runs, model_dir, example, loaded) -> str:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
-    parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model."""
+    parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model; with
+    `mlflow.register`, a version of the registered model named after the experiment, the
+    alias `champion` on its best version by OOF figure. Returns a line naming them."""
     experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is None:
         raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
-    return mlmodel.log(model_dir, example, parent, loaded=loaded)
+    uri = mlmodel.log(model_dir, example, parent, loaded=loaded)
+    if not params.mlflow.register:
+        return uri
+    name = params.mlflow.experiment
+    version, champion = mlmodel.register(uri, name, f"oof_{task.monitor}")
+    return f"{uri}, registered as models:/{name}/{version} (@{mlmodel.CHAMPION}: version {champion})"
 
 
 def fit_on_oof(task, metrics_json, neighbours_json) -> tuple[dict, float, int]:
@@ -104,7 +111,7 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     final, decision = submitted(got, task, decision, paths)
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
-    uri = log_to_mlflow(params, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded)
+    uri = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded)
     return (f"exported {len(bag.nets)} fold models; max |exported - eager| = {check.worst:.2e}, "
             f"vs the folds' predictions {check.drift:.2e} (99th percentile); temperature "
             f"{temperature:.4g}, decision {decision}; MLflow model {uri}")

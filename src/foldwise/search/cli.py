@@ -112,9 +112,11 @@ def apply_best(shared: Shared) -> None:
     """The best trial's searched params into the workspace's params.yaml."""
     best = shared.study.best_trial
     presets.rewrite(shared.root / "params.yaml", P.nested(best.params))
-    again = ("`dvc repro` restores its results from DVC's run-cache" if not shared.search.epochs
-             else f"`dvc repro` trains it at params.yaml's epochs (the search ran "
-                  f"{shared.search.epochs})")
+    search = shared.search
+    again = ("`dvc repro` restores its results from DVC's run-cache" if not search.epochs
+             else f"`dvc repro` trains it at params.yaml's epochs (the search ran {search.epochs})")
+    if search.until and not search.epochs:
+        again += f" up to {search.until} and runs the stages after it"
     print(f"params.yaml: trial {best.number} ({best.user_attrs.get('experiment')}) applied; {again}")
 
 

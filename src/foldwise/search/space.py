@@ -10,6 +10,7 @@ settings and checked against params.yaml before anything trains.
     pruner: median           # median | none: after the first fold, against earlier trials'
     startup_trials: 3        #   first folds, once this many trials have finished
     epochs: 0                # > 0: train.epochs of the search's trials (a cheaper search)
+    until: ''                # '' the whole pipeline; a stage from evaluate on: trials stop there
     storage: ''              # the study's database; '' = the team server's PostgreSQL here, else SQLite
     space:                   # params.yaml keys, dotted
       lr: {low: 3.0e-4, high: 3.0e-3, log: true}
@@ -71,6 +72,7 @@ class Search:
     pruner: str
     startup_trials: int
     epochs: int
+    until: str
     storage: str
     space: tuple
     start: tuple = ()        # (name, {key: value}) pairs: the first trials, enqueued
@@ -85,7 +87,7 @@ class Search:
 
 DEFAULTS = {"study": "search", "trials": 20, "objective": "logloss", "direction": "minimize",
             "sampler": "tpe", "seed": 0, "pruner": "median", "startup_trials": 3, "epochs": 0,
-            "storage": ""}
+            "until": "", "storage": ""}
 
 
 def load(path: str | Path, base: P.Params) -> Search:
@@ -110,6 +112,11 @@ def load(path: str | Path, base: P.Params) -> Search:
             raise InputError(f"{path}: {key}={settings[key]!r} must be one of {', '.join(allowed)}")
     if settings["trials"] < 1 or settings["epochs"] < 0 or settings["startup_trials"] < 0:
         raise InputError(f"{path}: trials must be >= 1, epochs and startup_trials >= 0")
+    if settings["until"]:
+        after = stages_from(path.parent / "dvc.yaml", "evaluate")
+        if settings["until"] not in after:
+            raise InputError(f"{path}: until={settings['until']!r} must be '' (the whole "
+                             f"pipeline) or a stage that has the objective: {', '.join(after)}")
     space = raw.get("space") or {}
     if not isinstance(space, dict) or not space:
         raise InputError(f"{path}: space must map params.yaml keys to a range or choices")
@@ -132,6 +139,13 @@ def starts(path: Path, raw, dims: tuple) -> tuple:
             if not by_key[key].holds(value):
                 raise InputError(f"{path}: start.{name}.{key}: {value!r} is outside its space")
     return tuple((str(name), dict(values)) for name, values in raw.items())
+
+
+def stages_from(dvc_yaml: Path, first: str) -> list[str]:
+    """dvc.yaml's stages from `first` on, in the file's order (those that follow evaluate have
+    its metrics.json, the objective)."""
+    names = list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})) if dvc_yaml.is_file() else []
+    return names[names.index(first):] if first in names else []
 
 
 def dimension(path: Path, key: str, spec, base: P.Params) -> Dimension:

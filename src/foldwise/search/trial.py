@@ -51,7 +51,8 @@ def run(checkout: Checkout, trial, search, study_run: str, root: Path) -> Outcom
         if trial.should_prune():
             return Outcome("pruned", score)
     if name not in experiments(root):
-        command(checkout.path, ["exp", "run", "-n", name], env, log)
+        until = [search.until] if search.until else []  # the stage's upstream, no more
+        command(checkout.path, ["exp", "run", "-n", name, *until], env, log)
         command(checkout.path, ["exp", "push", "--no-cache", "origin", name], env, log)
     else:  # it finished before a kill reached the study: its results, not a second run
         command(checkout.path, ["exp", "pull", "--no-cache", "origin", name], env, log)
