@@ -149,3 +149,33 @@ def test_keypoints_blend_arithmetically_on_rmse():
     assert out["fitted_in_sample"]["rmse"] < min(s["rmse"] for s in out["member_scores"].values())
     with pytest.raises(InputError, match="arithmetically"):
         blend.blend(members, truth, meta, ids, mean="geometric")
+
+
+def test_per_class_weights_take_each_member_where_it_is_good():
+    """Member a knows classes 0-4 and guesses at 5-9, member b the reverse: one weight per
+    member cannot tell them apart, a weight per class can, and scores better out of fold."""
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, len(CLASSES), N)
+    ids = pd.Series([f"train_{k}" for k in range(N)])
+    folds = np.arange(N) % FOLDS
+    test_truth = rng.integers(0, len(CLASSES), 50)
+
+    def half(y, first):
+        strength = np.where((y < 5) == first, 3.0, 0.0)
+        logits = rng.normal(0, 1.0, (len(y), len(CLASSES)))
+        logits[np.arange(len(y)), y] += strength
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+    members = [member("a", ids, folds, half(truth, True), half(test_truth, True)),
+               member("b", ids, folds, half(truth, False), half(test_truth, False))]
+    one = blend.blend(members, truth, META, ids)
+    per = blend.blend(members, truth, META, ids, per_class=True)
+    w = np.array([per["summary"]["weights"]["a"], per["summary"]["weights"]["b"]])
+    assert w.shape == (2, 10) and (w >= 0).all() and np.allclose(w.sum(axis=0), 1.0, atol=1e-6)
+    assert (w[0, :5] > 0.6).all() and (w[1, 5:] > 0.6).all()
+    assert per["summary"]["cross_validated"]["logloss"] < one["summary"]["cross_validated"]["logloss"] - 0.05
+    assert per["summary"]["fitted_in_sample"]["logloss"] == pytest.approx(
+        log_loss(truth, per["oof"], labels=range(10)), abs=1e-6)
+    np.testing.assert_allclose(per["test"].sum(axis=1), 1.0)
+    with pytest.raises(InputError, match="--per-class weights blend arithmetically"):
+        blend.blend(members, truth, META, ids, mean="geometric", per_class=True)

@@ -4,7 +4,9 @@ predictions, scored honestly, written as one submission.
 Each member is a DVC experiment (by name, as `dvc exp show` lists it) or a folder holding a bag's
 `oof.csv` and `test.csv` (the bag stage's output, e.g. `data/bagged` of the workspace). The
 weights are non-negative and sum to 1; the blend is arithmetic (p = sum w_i p_i) or geometric
-(p proportional to prod p_i^w_i, probabilities only). Fitting weights on the rows they are scored
+(p proportional to prod p_i^w_i, probabilities only). With --per-class each class has its own
+weights (State Farm's 1st place chose members per class): p_c proportional to sum w_ic p_ic,
+each class's weights non-negative and summing to 1. Fitting weights on the rows they are scored
 on flatters the blend, so the reported figure is cross-validated over the folds of the OOF table:
 each fold's rows are blended with weights (and, with --temperature, a temperature) fit on the
 other folds only. The submission uses the weights fit on all rows.
@@ -119,44 +121,76 @@ def fit_weights(stack: np.ndarray, truth: np.ndarray, loss, mean: str) -> np.nda
     return w / w.sum()
 
 
-def cross_validated(stack, truth, folds, loss, mean: str, temperature: bool) -> tuple[np.ndarray, dict]:
+def fit_class_weights(stack: np.ndarray, truth: np.ndarray, loss) -> np.ndarray:
+    """(members, classes) weights, each class's non-negative and summing to 1 (a softmax over
+    the members of free parameters, L-BFGS from equal weights), minimising `loss(truth, blend)`."""
+    m, _, c = stack.shape
+    res = minimize(lambda z: loss(truth, class_average(stack, _softmax(z.reshape(m, c)))),
+                   np.zeros(m * c), method="L-BFGS-B", options={"maxiter": 500})
+    return _softmax(res.x.reshape(m, c))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def class_average(stack: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Members' probabilities (members, rows, classes) weighted per class, rows renormalised."""
+    p = np.einsum("mrc,mc->rc", stack, w)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def combiner(mean: str, per_class: bool, loss):
+    """(fit(stack, truth) -> weights, apply(stack, weights) -> blend) for the blend asked for."""
+    if per_class:
+        return (lambda s, y: fit_class_weights(s, y, loss)), class_average
+    return (lambda s, y: fit_weights(s, y, loss, mean)), (lambda s, w: average(s, mean, w))
+
+
+def cross_validated(stack, truth, folds, fit, apply, temperature: bool) -> tuple[np.ndarray, dict]:
     """Each fold's rows blended with weights (and a temperature) fit on the other folds' rows."""
     out = np.empty(stack.shape[1:], dtype=np.float64)
     per_fold = {}
     for k in np.unique(folds):
         rows = folds == k
-        w = fit_weights(stack[:, ~rows], truth[~rows], loss, mean)
-        out[rows] = average(stack[:, rows], mean, w)
-        t = calibration.fit(average(stack[:, ~rows], mean, w), truth[~rows]) if temperature else 1.0
+        w = fit(stack[:, ~rows], truth[~rows])
+        out[rows] = apply(stack[:, rows], w)
+        t = calibration.fit(apply(stack[:, ~rows], w), truth[~rows]) if temperature else 1.0
         if temperature:
             out[rows] = calibration.temper(out[rows], t)
         per_fold[str(k.item())] = {"weights": w.round(4).tolist(), "temperature": round(t, 4)}
     return out, per_fold
 
 
-def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool = False) -> dict:
+def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool = False,
+          per_class: bool = False) -> dict:
     """Everything `foldwise-blend` reports and writes, as a dict: each member's OOF score, the
-    equal-weight and fitted blends' scores (in-sample and cross-validated), the weights, the
-    blended OOF and test predictions."""
+    equal-weight and fitted blends' scores (in-sample and cross-validated), the weights (per
+    class with `per_class`: a list per member), the blended OOF and test predictions."""
     task = create_task(meta)
-    if not task.probabilities and (mean != "arithmetic" or temperature):
-        raise InputError(f"{type(task).__name__}: predictions blend arithmetically and without a temperature")
+    if not task.probabilities and (mean != "arithmetic" or temperature or per_class):
+        raise InputError(f"{type(task).__name__}: predictions blend arithmetically, with one "
+                         "weight per member and without a temperature")
+    if per_class and mean != "arithmetic":
+        raise InputError("--per-class weights blend arithmetically (--mean arithmetic)")
     stack, test_stack, folds, test_ids = align(members, ids, task.columns)
 
     def loss(y, p):
         return task.score(y, p)[task.monitor]
 
-    weights = fit_weights(stack, truth, loss, mean)
-    oof = average(stack, mean, weights)
-    test = average(test_stack, mean, weights)
+    fit, apply = combiner(mean, per_class, loss)
+    weights = fit(stack, truth)
+    oof, test = apply(stack, weights), apply(test_stack, weights)
     t = calibration.fit(oof, truth) if temperature else 1.0
     if temperature:
         oof, test = calibration.temper(oof, t), calibration.temper(test, t)
-    cv_preds, per_fold = cross_validated(stack, truth, folds, loss, mean, temperature)
+    cv_preds, per_fold = cross_validated(stack, truth, folds, fit, apply, temperature)
     cv, _ = task.report(truth, cv_preds, folds)
     scores = {m.name: task.score(truth, s) for m, s in zip(members, stack)}
     summary = {
-        "monitor": task.monitor, "mean": mean, "members": [m.name for m in members],
+        "monitor": task.monitor, "mean": mean, "per_class": per_class,
+        "members": [m.name for m in members],
         "weights": dict(zip([m.name for m in members], weights.round(6).tolist())),
         "temperature": t, "member_scores": scores,
         "equal_weights": task.score(truth, average(stack, mean)),
@@ -195,6 +229,7 @@ def log_to_mlflow(summary: dict, out_dir: Path) -> str:
     with mlflow.start_run(experiment_id=experiment, run_name=name[:250],
                           tags={"foldwise.role": "blend", **tracking.source_tags()}) as run:
         mlflow.log_params({"mean": summary["mean"], "temperature": summary["temperature"] != 1.0,
+                           "per_class": summary["per_class"],
                            **{f"weight {k}"[:250]: v for k, v in summary["weights"].items()}})
         mlflow.log_metrics({**{f"cv_{k}": v for k, v in P.flatten(summary["cross_validated"]).items()},
                             **{f"in_sample_{k}": v for k, v in summary["fitted_in_sample"].items()},
@@ -208,7 +243,8 @@ def report_lines(summary: dict) -> list[str]:
     m = summary["monitor"]
     lines = [f"{'member':<32} {'weight':>7} {'OOF ' + m:>12}"]
     for name, score in summary["member_scores"].items():
-        lines.append(f"{name:<32} {summary['weights'][name]:>7.3f} {score[m]:>12.5f}")
+        w = np.mean(summary["weights"][name])  # per class: their mean
+        lines.append(f"{name:<32} {w:>7.3f} {score[m]:>12.5f}")
     lines.append(f"{'equal weights':<32} {'':>7} {summary['equal_weights'][m]:>12.5f}")
     lines.append(f"{'fitted, scored in-sample':<32} {'':>7} {summary['fitted_in_sample'][m]:>12.5f}")
     lines.append(f"{'fitted, cross-validated':<32} {'':>7} {summary['cross_validated'][m]:>12.5f}")
@@ -226,6 +262,8 @@ def main() -> None:
     parser.add_argument("--mean", choices=MEANS, default="arithmetic", help="how to blend (default arithmetic)")
     parser.add_argument("--temperature", action="store_true",
                         help="fit a temperature on the blend (cross-fitted like the weights)")
+    parser.add_argument("--per-class", action="store_true",
+                        help="a weight per member and class (classes; arithmetic)")
     parser.add_argument("--processed", default="data/processed",
                         help="the preprocess cache with the labels and meta.json (default data/processed)")
     parser.add_argument("--root", help="the data set's folder for the submission (default params.yaml data.root)")
@@ -240,7 +278,7 @@ def main() -> None:
         meta = json.loads((processed / "meta.json").read_text())
         ids = pd.read_csv(processed / "train.csv", dtype={"id": str})["id"]
         result = blend(resolve(args.members), load_truth(processed), meta, ids, args.mean,
-                       args.temperature)
+                       args.temperature, args.per_class)
         write(result, ids, meta, args.root or P.load().data.root, Path(args.out))
         print("\n".join(report_lines(result["summary"])))
         print(f"wrote {args.out}/submission.csv, blend.json, oof.csv, test.csv")
