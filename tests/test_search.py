@@ -1,10 +1,10 @@
 """`foldwise-search` on the tiny sample, one project: a 4-trial study killed during its second
 trial and run again with two workers ends with exactly 4 finished or pruned trials, none trained
 twice and no MLflow run left RUNNING; the two workers ran trials at once; the absurd learning
-rate is pruned after its first fold; the trials are DVC experiments and MLflow runs (study ->
-trial -> fold) that agree with the study; `--apply` then `dvc repro` restores the best trial
-from the run-cache; DVC's own grid sweep works beside it; bad input is one line before anything
-trains."""
+rate is pruned after its first fold; the trials (stopping at evaluate: `until`) are DVC
+experiments and MLflow runs (study -> trial -> fold) that agree with the study; `--apply` then
+`dvc repro` restores the best trial from the run-cache and runs only the stages after evaluate;
+DVC's own grid sweep works beside it; bad input is one line before anything trains."""
 import subprocess
 import time
 
@@ -20,6 +20,7 @@ FOLDS = 2
 # in two epochs, the sensible trials' first folds then score exactly alike and only the absurd
 # learning rate can be pruned
 SEARCH = {"study": "s", "trials": 4, "pruner": "median", "startup_trials": 1,
+          "until": "evaluate",  # the trials stop at the objective: no export each
           "space": {"lr": {"choices": [0.002, 1.5]}, "tta.shift": {"choices": [0.0, 0.02, 0.04]}},
           # tried first, in this order: the kill lands in trial 1, trial 2's lr is absurd
           "start": {"t0": {"lr": 0.002, "tta.shift": 0.0}, "t1": {"lr": 0.002, "tta.shift": 0.02},
@@ -49,7 +50,7 @@ def wait_for(path, text, proc, timeout=600):
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     dst = make_project(tmp_path_factory.mktemp("search") / "project", tiny)
-    (dst / "search.yaml").write_text(yaml.safe_dump(SEARCH))
+    (dst / "search.yaml").write_text(yaml.safe_dump(SEARCH, sort_keys=False))
     sh("git add search.yaml && git commit -qm search", dst)
     params_before = (dst / "params.yaml").read_bytes()
     first = start_search(dst)
@@ -143,15 +144,16 @@ def test_apply_puts_the_best_params_in_params_yaml_and_dvc_repro_restores_them(s
     _, before = mlflow_runs(dst)
     repro = sh("dvc repro", dst).stdout
     assert "Running stage 'train@" not in repro and "is cached - skipping run" in repro, repro
+    assert "Running stage 'evaluate'" not in repro and "Running stage 'export'" in repro  # until
     _, after = mlflow_runs(dst)
     assert len(after) == len(before)  # nothing trained, nothing evaluated again
 
 
 def test_dvcs_own_grid_sweep_works_beside_it(searched):
     dst, _, _ = searched
-    # a grid over a param of the last stages only: one point is the workspace's own (restored
-    # whole from the run-cache), the other reruns evaluate onwards
-    sh("dvc exp run --queue -S 'calibration.temperature=false,true'", dst)
+    # a grid over a param of evaluate only, up to evaluate: one point is the workspace's own
+    # (restored from the run-cache), the other reruns evaluate
+    sh("dvc exp run --queue -S 'calibration.temperature=false,true' evaluate", dst)
     sh("dvc queue start -j 1", dst)
     status = wait_for_queue(dst)
     assert status.count("Success") == 2, status

@@ -1,0 +1,77 @@
+"""The second-level model against test neighbours on a sample, on the same trained folds.
+
+  python benchmarks/stack_sample.py WORK_DIR [--source statefarm] [--k 5]
+                                    [--out benchmarks/stack-statefarm.json]
+
+Copies this project into WORK_DIR/project (the source's preset), runs `dvc repro` with
+calibration on and `neighbours.k` K, then one `dvc exp run` per second-level model (the folds,
+bag, evaluate and neighbours restored from DVC's run-cache): logistic regression on the bag's
+OOF predictions alone, with the K neighbours' too, and histogram gradient boosting with them.
+Reads each one's OOF figures (metrics/metrics.json, neighbours.json, stack.json), times each
+command, prints a table and writes it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import project  # noqa: E402
+
+STACKS = {"logistic": ["stack.model=logistic", "stack.neighbours=0"],
+          "logistic + neighbours": ["stack.model=logistic", "stack.neighbours={k}"],
+          "hist_gradient_boosting + neighbours": ["stack.model=hist_gradient_boosting",
+                                                  "stack.neighbours={k}"]}
+
+
+def timed(cmd: str, dst: Path) -> float:
+    t0 = time.perf_counter()
+    project.run(cmd, dst)
+    return time.perf_counter() - t0
+
+
+def read(dst: Path, name: str) -> dict:
+    return json.loads((dst / "metrics" / name).read_text())
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work_dir", type=Path)
+    ap.add_argument("--source", default="statefarm")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "stack-statefarm.json")
+    args = ap.parse_args(argv)
+    dst = args.work_dir / "project"
+    dst.mkdir(parents=True, exist_ok=True)
+
+    def change(p):
+        p["calibration"]["temperature"] = True
+        p["neighbours"]["k"] = args.k
+    project.copy(dst, change)
+    if args.source != "statefarm":
+        project.run(f"python -m foldwise.presets {args.source} && git commit -qam preset", dst)
+    seconds = timed("dvc repro", dst)
+    oof, near = read(dst, "metrics.json")["oof"], read(dst, "neighbours.json")["oof"]
+    rows = [{"what": "bag", "logloss": oof["logloss"], "accuracy": oof["accuracy"]},
+            {"what": "bag, calibrated (cross-fitted)", "logloss": oof["logloss_calibrated"]},
+            {"what": f"+ {args.k} test neighbours", "logloss": near["logloss"],
+             "accuracy": near["accuracy"], "seconds": seconds}]
+    for name, sets in STACKS.items():
+        flags = " ".join(f"-S {s.format(k=args.k)}" for s in sets)
+        seconds = timed(f"dvc exp run {flags}", dst)
+        stack = read(dst, "stack.json")
+        rows.append({"what": f"stack: {name}", "logloss": stack["oof"]["logloss"],
+                     "accuracy": stack["oof"]["accuracy"], "features": stack["features"],
+                     "seconds": seconds})
+        print(rows[-1], flush=True)
+    args.out.write_text(json.dumps({"source": args.source, "k": args.k, "rows": rows}, indent=2) + "\n")
+    for r in rows:
+        print(f"{r['what']:<40} {r['logloss']:.4f}  {r.get('accuracy', float('nan')):.4f}  "
+              f"{r.get('seconds', 0):.0f} s")
+
+
+if __name__ == "__main__":
+    main()
