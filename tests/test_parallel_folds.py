@@ -46,7 +46,7 @@ def test_the_results_equal_a_sequential_repro(parallel):
     a, b = outs(dst), outs(sequential)
     assert a.keys() == b.keys()
     # train outputs hold MLflow run ids (run.json) and evaluate the measured throughput; everything else has the same hash, and the folds the same predictions
-    for name in ("sample", "split", "preprocess", "bag", "neighbours"):
+    for name in ("sample", "split", "preprocess", "bag", "neighbours", "stack"):
         assert a[name] == b[name], name
     assert a["export"]["export/submission.csv"] == b["export"]["export/submission.csv"]
     for k in range(FOLDS):
