@@ -123,8 +123,8 @@ def run(data: Path, work: Path, trials: int, folds: int, epochs: int, workers: i
     study = load_study(dst)
     best = study.best_trial
     scored = {best.number} | {t.number for t in study.trials if t.user_attrs.get("start")}
-    rows = [trial_row(dst, data, t, t.number in scored)
-            for t in sorted(study.trials, key=lambda t: t.number)]
+    rows = [trial_row(dst, data, t, t.number in scored)  # a killed trial's queued retry: not run
+            for t in sorted(study.trials, key=lambda t: t.number) if t.state.name != "WAITING"]
     project.run("git checkout -q -- . && dvc checkout -q", dst)
     report = {"data": str(data), "folds": folds, "epochs": epochs, "workers": workers,
               "search_minutes": minutes, "best_trial": best.number, "space": SPACE,
