@@ -8,9 +8,9 @@ params: folds, bag.mean, tta (views inside the model); the temperature and clip 
         the model's predictions over NEIGHBOURS_DIR's test graph, clipped at the bound chosen
         after averaging (NEIGHBOURS_JSON); with stack.model set, the submission is the
         second-level model (STACK_DIR) applied to the model's predictions and their test
-        neighbours', clipped at the bound chosen on its OOF (STACK_JSON); the exported bag
-        stays the folds' (the stack is in the submission only); mlflow (the store of the
-        pipeline's parent run)
+        neighbours', clipped at the bound chosen on its OOF (STACK_JSON); a logistic stack
+        without neighbour features is the exported program's last layer, any other is in the
+        submission only; mlflow (the store of the pipeline's parent run)
 logs the exported bag as an MLflow model of the parent run that evaluate finished.
 """
 import json

@@ -2,6 +2,7 @@
 the project; checks the outputs, the metrics against scikit-learn and the MLflow runs."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -386,6 +387,36 @@ def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_
     stacked_runs = [r for r in all_runs if "stack_oof_logloss" in r.data.metrics]
     assert len(stacked_runs) == 1 and stacked_runs[0].data.tags["foldwise.role"] == "parent"
     assert stacked_runs[0].data.metrics["stack_oof_logloss"] == pytest.approx(summary["oof"]["logloss"])
+
+
+def test_a_logistic_stack_without_neighbours_ships_inside_the_exported_model(project, tmp_path):
+    """Without neighbour features the logistic stack is a layer of the exported program: the
+    submission, `foldwise-predict` and the MLflow model all give the saved model applied to the
+    bag's test predictions."""
+    import mlflow.pyfunc
+
+    from foldwise.ensemble import stack
+    dst, _, _ = project
+    out = sh("dvc exp run -S neighbours.k=3 -S stack.model=logistic -S stack.neighbours=0", dst).stdout
+    assert "Running stage 'train@0'" not in out and "Running stage 'export'" in out
+    meta = json.loads((dst / "export/model/meta.json").read_text())
+    assert meta["stack"] == {"model": "logistic", "neighbours": 0, "in_program": True}
+    classes = [f"c{k}" for k in range(10)]
+    test = pd.read_csv(dst / "data/bagged/test.csv")
+    empty = np.zeros((len(test), 0), dtype=np.int64)
+    want = stack.predict(stack.load_model(dst / "data/stack"),
+                         stack.features(test[classes].to_numpy(), empty, empty, 0), 10)
+    sub = pd.read_csv(dst / "export/submission.csv")
+    np.testing.assert_allclose(sub[classes].to_numpy(), want, atol=1e-4)  # exported vs eager bag
+    predicted = tmp_path / "pred.csv"
+    sh(f"foldwise-predict export/model data/sample/statefarm/imgs/test {predicted}", dst)
+    np.testing.assert_allclose(pd.read_csv(predicted)[classes].to_numpy(), sub[classes].to_numpy(),
+                               atol=1e-5)
+    uri = re.search(r"MLflow model (models:/[^,\s]+)", out).group(1)
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    images = np.load(dst / "data/processed/test.npy")
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(uri).predict(images), sub[classes].to_numpy(),
+                               atol=1e-5)
 
 
 @pytest.mark.extended  # a model server

@@ -126,3 +126,48 @@ def test_a_task_without_class_probabilities_is_refused_before_anything_is_read(t
         stack_stage.run(params, task, *(tmp_path / n for n in ("models", "processed", "bagged",
                                                                "m.json", "near", "out", "s.json")))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("classes", [10, 2])
+def test_a_logistic_stack_without_neighbours_is_a_layer_of_the_exported_program(classes, tmp_path):
+    """`linear_form` in the exported bag (torch.export, saved and loaded): its outputs are
+    scikit-learn's predict_proba on the features the stack stage gives the bag's predictions,
+    for many classes (softmax) and two (scikit-learn's sigmoid)."""
+    import torch
+
+    from foldwise.deploy import export
+    from foldwise.tasks import Classification, Softmax
+
+    rng = np.random.default_rng(classes)
+    torch.manual_seed(classes)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, classes)) for _ in range(2)]
+    train_p = probs(rng, 300, classes)
+    y = np.array([rng.choice(classes, p=p) for p in train_p])
+    empty = np.zeros((300, 0), dtype=np.int64)
+    model = LogisticRegression(max_iter=2000).fit(stack.features(train_p, empty, empty, 0), y)
+    weight, bias = stack.linear_form(model, 0, classes)
+    task = Classification([f"c{k}" for k in range(classes)])
+    bag = export.Bagged(nets, Softmax(), "arithmetic", task.tempering(1.3),
+                        export.LinearStack(weight, bias))
+    images = rng.integers(0, 255, size=(7, 4, 4, 3), dtype=np.uint8)
+    export.save(bag, torch.from_numpy(images[:2]), {}, tmp_path / "model")
+    loaded, _ = export.load(tmp_path / "model")
+    got = export.run_model(loaded, images, batch_size=3)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        bagged = np.mean([net(x).softmax(1).double().numpy() for net in nets], axis=0)
+    from foldwise.ensemble import calibration
+    tempered = calibration.temper(bagged, 1.3)
+    x = stack.features(tempered, empty[:7], empty[:7], 0)
+    np.testing.assert_allclose(got, model.predict_proba(x), atol=1e-6)
+    assert np.abs(got - tempered).max() > 1e-3  # the stack did change them
+
+
+def test_only_a_logistic_stack_of_an_images_own_features_that_saw_every_class_is_a_layer():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(90, 3)), rng.integers(0, 3, 90)
+    assert stack.linear_form(LogisticRegression().fit(x, y), 0, 3) is not None
+    assert stack.linear_form(LogisticRegression().fit(x, y), 2, 3) is None  # neighbours: set-level
+    assert stack.linear_form(stack.make_model("hist_gradient_boosting", 1.0, 0).fit(x, y), 0, 3) is None
+    assert stack.linear_form(LogisticRegression().fit(x, y % 2), 0, 3) is None  # a class unseen
+

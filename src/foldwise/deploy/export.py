@@ -17,33 +17,52 @@ from torch import nn
 from torch.export.passes import move_to_device_pass
 
 from foldwise.files import atomic_dir
+from foldwise.metrics import EPS
 from foldwise.train.loader import predict_array
 
 MODEL_FILE = "bagged.pt2"
 META_FILE = "meta.json"
 
 
+class LinearStack(nn.Module):
+    """The second-level model as a layer (`stack.linear_form`): softmax(log p @ W + b) of the
+    bag's probabilities, clipped and renormalised as its features are, in float64."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        super().__init__()
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float64))
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float64))
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        q = p.double().clamp(EPS, 1 - EPS)
+        q = q / q.sum(dim=1, keepdim=True)
+        return (q.log() @ self.weight + self.bias).softmax(dim=1).float()
+
+
 class Bagged(nn.Module):
     """Every fold's network, each followed by the task's `head` (softmax for classes, pixels
     for coordinates), averaged (`mean`: arithmetic, or geometric for probabilities), then the
-    task's `tempering` (a temperature fit out-of-fold) where there is one."""
+    task's `tempering` (a temperature fit out-of-fold) where there is one, then the
+    second-level model where it is a layer (`LinearStack`)."""
 
-    def __init__(self, nets, head: nn.Module, mean: str, tempering: nn.Module | None = None):
+    def __init__(self, nets, head: nn.Module, mean: str, tempering: nn.Module | None = None,
+                 stack: nn.Module | None = None):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.head = head
         self.geometric = mean == "geometric"
         self.tempering = tempering if tempering is not None else nn.Identity()
+        self.stack = stack if stack is not None else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() / 255.0
-        stack = torch.stack([self.head(net(x)) for net in self.nets])
+        each = torch.stack([self.head(net(x)) for net in self.nets])
         if self.geometric:
-            p = stack.clamp_min(1e-15).log().mean(dim=0).exp()
+            p = each.clamp_min(1e-15).log().mean(dim=0).exp()
             p = p / p.sum(dim=1, keepdim=True)
         else:
-            p = stack.mean(dim=0)
-        return self.tempering(p)
+            p = each.mean(dim=0)
+        return self.stack(self.tempering(p))
 
 
 def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path) -> None:

@@ -3,13 +3,14 @@ folds (`verify`), the submission written from what the shipped program predicts 
 `foldwise-predict` reproduces it), and the program logged as the pipeline's MLflow model."""
 from __future__ import annotations
 
-import dataclasses
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from foldwise import tracking
 from foldwise.data.sources import get_source
@@ -51,48 +52,90 @@ def fit_on_oof(task, metrics_json, neighbours_json) -> tuple[dict, float, int]:
     return decision, oof.get("temperature", 1.0), near["k"]
 
 
-def build_bag(params, task, meta, models, temperature: float) -> export.Bagged:
-    """The folds' networks, each under its own test-time views, in one module."""
+@dataclass(frozen=True)
+class Stacking:
+    """The stack stage's second-level model as export uses it: `layer` where it is a layer of
+    the exported program (`stack.linear_form`), else None (applied in the submission only)."""
+    model: object
+    name: str
+    neighbours: int
+    oof: dict  # its cross-fitted OOF figures, for its decision (the two-class clip)
+    layer: nn.Module | None
+
+    def meta(self) -> dict:
+        return {"model": self.name, "neighbours": self.neighbours,
+                "in_program": self.layer is not None}
+
+
+def stacking(task, stack_dir, stack_json) -> Stacking | None:
+    """The stack stage's model, or None where the stage is off."""
+    model = stack.load_model(stack_dir)
+    if model is None:
+        return None
+    summary = json.loads(Path(stack_json).read_text())
+    form = stack.linear_form(model, summary["neighbours"], task.num_outputs)
+    return Stacking(model, summary["model"], summary["neighbours"], summary["oof"],
+                    None if form is None else export.LinearStack(*form))
+
+
+def build_bag(params, task, meta, models, temperature: float,
+              stacked: Stacking | None = None) -> export.Bagged:
+    """The folds' networks, each under its own test-time views, in one module; the
+    second-level model after them where it is a layer."""
     nets = [tta.wrap(load_checkpoint(outputs.checkpoint_path(models, k)), params.tta,
                      task, meta["hflip_safe"]) for k in params.folds]
-    return export.Bagged(nets, task.head(), params.bag.mean, task.tempering(temperature))
+    return export.Bagged(nets, task.head(), params.bag.mean, task.tempering(temperature),
+                         stacked.layer if stacked else None)
 
 
-def export_bag(params, meta, bag, test_images, decision, temperature, k, model_dir) -> None:
+def export_bag(params, meta, bag, test_images, decision, temperature, k, model_dir,
+               stacked: Stacking | None = None) -> None:
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
                 {**{key: meta[key] for key in TASK_KEYS}, "bag_mean": params.bag.mean,
                  "folds": len(bag.nets), "decision": decision,
                  "neighbours": k,  # set-level: in the submission, not in predict
-                 "stack": params.stack.model,  # in the submission only (its features are set-level)
-                 "tta": dataclasses.asdict(params.tta), "temperature": temperature,
+                 "stack": stacked.meta() if stacked else {"model": ""},
+                 "tta": asdict(params.tta), "temperature": temperature,
                  "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}},
                 model_dir)
 
 
-def verified(bag, task, test, test_images, runs, temperature, device, model_dir):
+def reference(test, task, temperature: float, stacked: Stacking | None) -> np.ndarray:
+    """The folds' own bagged test predictions, tempered, and stacked where the program holds
+    the second-level model: what the program should reproduce up to precision."""
+    bagged = test[task.columns].to_numpy()
+    if temperature != 1.0:
+        bagged = calibration.temper(bagged, temperature)
+    if stacked and stacked.layer is not None:
+        empty = np.zeros((len(bagged), 0), dtype=np.int64)
+        bagged = stack.predict(stacked.model, stack.features(bagged, empty, empty, 0),
+                               task.num_outputs)
+    return bagged
+
+
+def verified(bag, task, reference_preds, test_images, runs, device, model_dir):
     """The shipped program's test predictions, once `verify` has accepted them against the
     same networks run eagerly here (and measured the drift from the folds' own)."""
     model, shipped_meta = export.load(model_dir, device)
     got = export.run_model(model, test_images, device=device, desc="exported")
     eager = export.run_model(bag.to(device).eval(), test_images, device=device, desc="eager bag")
-    bagged = test[task.columns].to_numpy()
-    if temperature != 1.0:
-        bagged = calibration.temper(bagged, temperature)
-    return got, (model, shipped_meta), check_export(got, eager, bagged, runs)
+    return got, (model, shipped_meta), check_export(got, eager, reference_preds, runs)
 
 
-def submitted(got, task, decision, paths: dict) -> tuple[np.ndarray, dict]:
+def submitted(got, task, decision, neighbours_dir, stacked: Stacking | None):
     """The submission's predictions and decision: the program's predictions averaged over their
-    test neighbours (off: unchanged), or, with a second-level model, that model applied to them
-    and their neighbours' (its decision then fit on its own OOF predictions)."""
-    graph = np.load(Path(paths["neighbours_dir"]) / "graph.npz")
-    model = stack.load_model(paths["stack_dir"])
-    if model is None:
+    test neighbours (off: unchanged), or, with a second-level model, the program's own where it
+    holds the model, else that model applied to them and their neighbours' (its decision then
+    fit on its own OOF predictions)."""
+    if stacked is None:
+        graph = np.load(Path(neighbours_dir) / "graph.npz")
         return neighbours.smooth(got, graph["idx"], graph["sim"]), decision
-    summary = json.loads(Path(paths["stack_json"]).read_text())
-    x = stack.features(got, graph["idx"], graph["sim"], summary["neighbours"])
-    return stack.predict(model, x, got.shape[1]), task.decision(summary["oof"])
+    if stacked.layer is not None:
+        return got, task.decision(stacked.oof)
+    graph = np.load(Path(neighbours_dir) / "graph.npz")
+    x = stack.features(got, graph["idx"], graph["sim"], stacked.neighbours)
+    return stack.predict(stacked.model, x, got.shape[1]), task.decision(stacked.oof)
 
 
 def ship(params: Params, task, meta: dict, paths: dict) -> str:
@@ -101,17 +144,22 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     neighbours_json, stack_dir, stack_json, submission, model_dir). Returns a one-line
     account."""
     decision, temperature, k = fit_on_oof(task, paths["metrics_json"], paths["neighbours_json"])
-    bag = build_bag(params, task, meta, paths["models"], temperature)
+    stacked = stacking(task, paths["stack_dir"], paths["stack_json"])
+    if stacked and stacked.layer is not None:  # the program's own outputs are the stack's
+        decision = task.decision(stacked.oof)
+    bag = build_bag(params, task, meta, paths["models"], temperature, stacked)
     test_images = open_cache(Path(paths["processed"]) / "test.npy")
-    export_bag(params, meta, bag, test_images, decision, temperature, k, paths["model_dir"])
+    export_bag(params, meta, bag, test_images, decision, temperature, k, paths["model_dir"], stacked)
     runs = [outputs.read_run(paths["models"], f) for f in params.folds]
     test = pd.read_csv(Path(paths["bagged"]) / "test.csv", dtype={"id": str})
-    got, loaded, check = verified(bag, task, test, test_images, runs, temperature,
-                                  export.default_device(), paths["model_dir"])
-    final, decision = submitted(got, task, decision, paths)
+    got, loaded, check = verified(bag, task, reference(test, task, temperature, stacked),
+                                  test_images, runs, export.default_device(), paths["model_dir"])
+    final, decision = submitted(got, task, decision, paths["neighbours_dir"], stacked)
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
     uri = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded)
-    return (f"exported {len(bag.nets)} fold models; max |exported - eager| = {check.worst:.2e}, "
-            f"vs the folds' predictions {check.drift:.2e} (99th percentile); temperature "
-            f"{temperature:.4g}, decision {decision}; MLflow model {uri}")
+    where = "" if not stacked else (" with the second-level model" if stacked.layer is not None
+                                    else "; the second-level model in the submission only")
+    return (f"exported {len(bag.nets)} fold models{where}; max |exported - eager| = "
+            f"{check.worst:.2e}, vs the folds' predictions {check.drift:.2e} (99th percentile); "
+            f"temperature {temperature:.4g}, decision {decision}; MLflow model {uri}")

@@ -12,6 +12,11 @@ Its OOF score is cross-fitted over the same folds: each fold's rows are predicte
 on the other folds' rows only, so the figure never saw the labels it scores. (The features of
 those other rows are themselves out-of-fold predictions, as in any stacking.) The model applied
 to the test set is fit on every OOF row.
+
+Where the model is linear in an image's own features (`logistic` without neighbours), it is
+also a layer of the exported program (`linear_form`), so `foldwise-predict` and the MLflow
+model apply it as the submission does; with neighbours its features are set-level, and a
+boosted model is no layer: those stay in the submission only.
 """
 from __future__ import annotations
 
@@ -86,3 +91,18 @@ def load_model(folder: str | Path):
     """The stack stage's saved model, or None where the stage is off (an empty folder)."""
     path = Path(folder) / MODEL_FILE
     return pickle.loads(path.read_bytes()) if path.is_file() else None
+
+
+def linear_form(model, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W, b) with `predict(model, features(p, ..., n), n_classes)` = softmax(log p @ W + b),
+    where the model is a logistic regression on an image's own log probabilities (n = 0) that
+    saw every class; else None (the model is applied in the submission only). Two classes:
+    scikit-learn's sigmoid of one decision value z is the softmax of (0, z)."""
+    from sklearn.linear_model import LogisticRegression
+    if n or not isinstance(model, LogisticRegression) or len(model.classes_) != n_classes:
+        return None
+    coef, intercept = np.asarray(model.coef_, np.float64), np.asarray(model.intercept_, np.float64)
+    if n_classes == 2:
+        return (np.hstack([np.zeros((coef.shape[1], 1)), coef.T]),
+                np.array([0.0, intercept[0]]))
+    return coef.T.copy(), intercept.copy()
