@@ -421,8 +421,9 @@ def test_a_logistic_stack_without_neighbours_ships_inside_the_exported_model(pro
 
 @pytest.mark.extended  # a model server
 def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predict_predicts(project, tmp_path):
-    """Every export is a version of the registered model named after the experiment; the alias
-    `champion` is on the version whose run has the lowest OOF log loss (the earliest of equals);
+    """Every export is a version of the registered model named after the experiment, tagged
+    with the OOF log loss of what it computes (the stack's where the program holds it, the
+    bag's otherwise); the alias `champion` is on the lowest (the earliest of equals);
     `mlflow models serve
     --env-manager local` of models:/foldwise@champion answers images posted on loopback with
     what `foldwise-predict` writes from that version's own export folder."""
@@ -434,7 +435,10 @@ def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predi
     name = params["mlflow"]["experiment"]
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) >= 1
-    scores = {v.version: client.get_run(v.run_id).data.metrics["oof_logloss"] for v in versions}
+    scores = {v.version: float(v.tags["oof_logloss"]) for v in versions}
+    bag = client.get_run(versions[0].run_id).data.metrics["oof_logloss"]
+    stacked = json.loads((dst / "metrics/stack.json").read_text())["oof"]["logloss"]
+    assert set(scores.values()) == {bag, stacked}  # the plain exports, the stack in the program
     champion = client.get_model_version_by_alias(name, "champion")
     best = min(scores.values())
     assert scores[champion.version] == best  # ties: the earliest such version keeps it

@@ -70,16 +70,20 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
 CHAMPION = "champion"
 
 
-def register(model_uri: str, name: str, metric: str) -> tuple[str, str]:
-    """`model_uri` as a new version of the registered model `name`, and the alias `champion`
-    moved to the version whose run has the lowest `metric` (the pipeline's OOF figure; lower is
-    better for every task's monitor). Returns (this version, the champion's version)."""
+def register(model_uri: str, name: str, metric: str, score: float) -> tuple[str, str]:
+    """`model_uri` as a new version of the registered model `name`, tagged `metric` = `score`
+    (the OOF figure of what the version computes: the pipeline's, or its second-level model's
+    where the program holds it; lower is better for every task's monitor), and the alias
+    `champion` moved to the version with the lowest such figure (a version without the tag:
+    its run's metric `metric`). Returns (this version, the champion's version)."""
     client = MlflowClient()
     with _quiet():
         version = mlflow.register_model(model_uri, name).version
+    client.set_model_version_tag(name, version, metric, repr(float(score)))
     scored = []
     for v in client.search_model_versions(f"name = '{name}'"):
-        value = client.get_run(v.run_id).data.metrics.get(metric) if v.run_id else None
+        value = float(v.tags[metric]) if metric in v.tags else (
+            client.get_run(v.run_id).data.metrics.get(metric) if v.run_id else None)
         if value is not None:
             scored.append((value, int(v.version)))
     champion = str(min(scored)[1]) if scored else str(version)

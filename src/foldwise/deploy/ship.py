@@ -25,11 +25,12 @@ from foldwise.params import Params
 TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
 
 
-def log_to_mlflow(params, task, runs, model_dir, example, loaded) -> str:
+def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float) -> str:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
     parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model; with
-    `mlflow.register`, a version of the registered model named after the experiment, the
-    alias `champion` on its best version by OOF figure. Returns a line naming them."""
+    `mlflow.register`, a version of the registered model named after the experiment, tagged
+    with `score` (`served_score`), the alias `champion` on its best version by that figure.
+    Returns a line naming them."""
     experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is None:
@@ -38,8 +39,17 @@ def log_to_mlflow(params, task, runs, model_dir, example, loaded) -> str:
     if not params.mlflow.register:
         return uri
     name = params.mlflow.experiment
-    version, champion = mlmodel.register(uri, name, f"oof_{task.monitor}")
+    version, champion = mlmodel.register(uri, name, f"oof_{task.monitor}", score)
     return f"{uri}, registered as models:/{name}/{version} (@{mlmodel.CHAMPION}: version {champion})"
+
+
+def served_score(task, metrics_json, stacked) -> float:
+    """The OOF figure of what the exported program computes: the second-level model's where it
+    is a layer of it, else the bag's, calibrated where a temperature is in the program."""
+    if stacked is not None and stacked.layer is not None:
+        return float(stacked.oof[task.monitor])
+    oof = json.loads(Path(metrics_json).read_text())["oof"]
+    return float(oof.get(f"{task.monitor}_calibrated", oof[task.monitor]))
 
 
 def fit_on_oof(task, metrics_json, neighbours_json) -> tuple[dict, float, int]:
@@ -157,7 +167,8 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     final, decision = submitted(got, task, decision, paths["neighbours_dir"], stacked)
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
-    uri = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded)
+    uri = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded,
+                        served_score(task, paths["metrics_json"], stacked))
     where = "" if not stacked else (" with the second-level model" if stacked.layer is not None
                                     else "; the second-level model in the submission only")
     return (f"exported {len(bag.nets)} fold models{where}; max |exported - eager| = "
