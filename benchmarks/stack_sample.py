@@ -1,12 +1,13 @@
 """The second-level model against test neighbours on a sample, on the same trained folds.
 
-  python benchmarks/stack_sample.py WORK_DIR [--source statefarm] [--k 5]
+  python benchmarks/stack_sample.py WORK_DIR [--source statefarm] [--k 5] [--c 1 10]
                                     [--out benchmarks/stack-statefarm.json]
 
 Copies this project into WORK_DIR/project (the source's preset), runs `dvc repro` with
 calibration on and `neighbours.k` K, then one `dvc exp run` per second-level model (the folds,
 bag, evaluate and neighbours restored from DVC's run-cache): logistic regression on the bag's
-OOF predictions alone, with the K neighbours' too, and histogram gradient boosting with them.
+OOF predictions alone, with the K neighbours' too, and histogram gradient boosting with them,
+each at every `stack.c` given (the inverse regularisation strength).
 Reads each one's OOF figures (metrics/metrics.json, neighbours.json, stack.json), times each
 command, prints a table and writes it as JSON.
 """
@@ -42,6 +43,7 @@ def main(argv=None) -> None:
     ap.add_argument("work_dir", type=Path)
     ap.add_argument("--source", default="statefarm")
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--c", type=float, nargs="+", default=[1.0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "stack-statefarm.json")
     args = ap.parse_args(argv)
     dst = args.work_dir / "project"
@@ -59,14 +61,15 @@ def main(argv=None) -> None:
             {"what": "bag, calibrated (cross-fitted)", "logloss": oof["logloss_calibrated"]},
             {"what": f"+ {args.k} test neighbours", "logloss": near["logloss"],
              "accuracy": near["accuracy"], "seconds": seconds}]
-    for name, sets in STACKS.items():
-        flags = " ".join(f"-S {s.format(k=args.k)}" for s in sets)
-        seconds = timed(f"dvc exp run {flags}", dst)
-        stack = read(dst, "stack.json")
-        rows.append({"what": f"stack: {name}", "logloss": stack["oof"]["logloss"],
-                     "accuracy": stack["oof"]["accuracy"], "features": stack["features"],
-                     "seconds": seconds})
-        print(rows[-1], flush=True)
+    for c in args.c:
+        for name, sets in STACKS.items():
+            flags = " ".join(f"-S {s.format(k=args.k)}" for s in sets) + f" -S stack.c={c:g}"
+            seconds = timed(f"dvc exp run {flags}", dst)
+            stack = read(dst, "stack.json")
+            rows.append({"what": f"stack: {name}, c {c:g}", "logloss": stack["oof"]["logloss"],
+                         "accuracy": stack["oof"]["accuracy"], "features": stack["features"],
+                         "seconds": seconds})
+            print(rows[-1], flush=True)
     args.out.write_text(json.dumps({"source": args.source, "k": args.k, "rows": rows}, indent=2) + "\n")
     for r in rows:
         print(f"{r['what']:<40} {r['logloss']:.4f}  {r.get('accuracy', float('nan')):.4f}  "
