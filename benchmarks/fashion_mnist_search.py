@@ -102,8 +102,13 @@ def trial_row(dst: Path, data: Path, t, score: bool) -> dict:
            if t.datetime_complete else None}
     if t.state.name != "COMPLETE":
         return row
-    project.run(f"dvc exp apply {row['experiment']} && dvc checkout -q", dst)
+    # `dvc exp apply` applies the trial's params and lock, then fails checking out the outputs
+    # of the stages after `until` that no trial ran; evaluate's and upstream come back from the
+    # cache, and the objective read back from them proves the trial's are in place
+    project.run(f"dvc exp apply {row['experiment']}; dvc checkout -q --with-deps evaluate", dst)
     oof = json.loads((dst / "metrics" / "metrics.json").read_text())["oof"]
+    if abs(oof.get("logloss_calibrated", oof["logloss"]) - t.value) > 1e-9:
+        raise RuntimeError(f"trial {t.number}: {row['experiment']} was not applied")
     row.update(objective=t.value, oof_logloss=oof["logloss"], oof_accuracy=oof["accuracy"],
                oof_logloss_calibrated=oof.get("logloss_calibrated"))
     if score:
@@ -125,7 +130,9 @@ def run(data: Path, work: Path, trials: int, folds: int, epochs: int, workers: i
     scored = {best.number} | {t.number for t in study.trials if t.user_attrs.get("start")}
     rows = [trial_row(dst, data, t, t.number in scored)  # a killed trial's queued retry: not run
             for t in sorted(study.trials, key=lambda t: t.number) if t.state.name != "WAITING"]
-    project.run("git checkout -q -- . && dvc checkout -q", dst)
+    # the project's own params.yaml and dvc.lock again, no outputs a rerun's copy would commit
+    project.run("git checkout -q -- . && rm -rf models metrics export data/processed data/bagged "
+                "data/neighbours data/stack data/folds.csv", dst)
     report = {"data": str(data), "folds": folds, "epochs": epochs, "workers": workers,
               "search_minutes": minutes, "best_trial": best.number, "space": SPACE,
               "rows": rows}
