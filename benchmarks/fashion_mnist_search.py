@@ -18,8 +18,8 @@ their submissions scored on the 10,000 test labels (scikit-learn); pruned trials
 only. Writes the table as JSON.
 
 `screenshot` serves the project's MLflow store on loopback (`mlflow server`) and opens the study
-in headless Chromium (Playwright): the study run, its trials nested under it, one trial's folds
-under that; writes PNGs.
+in headless Chromium (Playwright): the study run, its trials nested under it, the best trial's
+folds under that; writes a PNG.
 """
 from __future__ import annotations
 
@@ -193,7 +193,9 @@ def screenshot(work: Path, out: Path) -> None:
             expand = 'button[data-component-id*="runnamecellrenderer"]'
             page.locator(expand).first.click()  # the study: its trials
             page.wait_for_timeout(1500)
-            page.locator(expand).nth(1).click()  # its first trial: that trial's folds
+            best = load_study(dst).best_trial.user_attrs["experiment"]
+            row = page.locator('[role="row"]', has_text=best)  # the best trial: its folds
+            (row.locator(expand).first if row.count() else page.locator(expand).nth(1)).click()
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "fashion-mnist-search-mlflow.png"), full_page=True)
             browser.close()
