@@ -163,3 +163,27 @@ def wait_for_queue(dst, timeout=900) -> str:
         if ("Queued" not in status and "Running" not in status) or time.time() > deadline:
             return status
         time.sleep(3)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a server a test starts."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, proc, what: str, timeout: float = 120) -> None:
+    """Poll `url` until it answers; fail the test, naming `what`, if `proc` exits first or
+    `timeout` seconds pass."""
+    import time
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"{what} exited ({proc.returncode})"
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{what} did not answer on {url} within {timeout:g} s")

@@ -4,10 +4,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_project, mlflow_runs, sh
+from conftest import free_port, make_project, mlflow_runs, sh, wait_until_up
 from sklearn.metrics import log_loss
 
 FOLDS = 3
@@ -247,23 +245,14 @@ NO_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Deb
 @pytest.fixture
 def mlflow_server(project):
     dst, _, _ = project
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
          f"sqlite:///{dst / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer on /health within 2 minutes")
+        wait_until_up(f"{url}/health", proc, "mlflow server")
         yield url
     finally:
         proc.terminate()
@@ -443,9 +432,7 @@ def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predi
     best = min(scores.values())
     assert scores[champion.version] == best  # ties: the earliest such version keeps it
     assert champion.version == min(v for v, score in scores.items() if score == best)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri,
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
@@ -454,15 +441,7 @@ def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predi
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow models serve exited"
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow models serve did not answer on /ping within 2 minutes")
+        wait_until_up(f"{url}/ping", server, "mlflow models serve")
         images = np.load(dst / "data/processed/test.npy")[:5]
         request = urllib.request.Request(f"{url}/invocations", method="POST",
                                          data=json.dumps({"inputs": images.tolist()}).encode(),

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,16 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_project, project_env, sh, tiny_statefarm, wait_for_queue
+from conftest import free_port, make_project, project_env, sh, tiny_statefarm, wait_for_queue
 
 FOLDS = 2
 EXPERIMENTS = {"srv-a": "-S lr=0.001", "srv-b": "-S lr=0.003 -S seed=1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, proc, log: Path, timeout: float = 180) -> None:
