@@ -1,8 +1,10 @@
 """Distillation's parts: the student's loss and figures against the teacher's probabilities by
 hand, a student trained by the real loop that learns to agree with its teacher, the teacher's
-targets read from the bag (tempered as export tempers) and bad input named."""
+targets read from the bag (tempered as export tempers), the stage's settings and its off state,
+and bad input named. The stage end to end: test_pipeline.py."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,8 @@ from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification, Keypoints
 from foldwise.train.loop import FitData, Settings, train_fold
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_loss_and_figures_are_the_cross_entropy_against_the_teacher_by_hand():
@@ -81,3 +85,37 @@ def test_a_task_without_class_probabilities_is_refused_naming_the_key():
         distill.Distilled(Keypoints(["x", "y"], (96, 96)))
     with pytest.raises(InputError, match="3 class probabilities"):
         distill.Distilled(Classification(["a", "b", "c"])).targets(np.ones((4, 2)))
+
+
+def stage_paths(tmp_path):
+    from foldwise.deploy.distill_stage import DistillPaths
+    return DistillPaths(*[tmp_path / n for n in ("root", "models", "processed", "bagged", "m.json",
+                                                 "near", "stack", "s.json", "bag", "out",
+                                                 "distill.json", "history.csv")])
+
+
+def test_off_the_stage_writes_an_empty_folder_and_says_so(tmp_path):
+    from foldwise.deploy.distill_stage import run
+    paths = stage_paths(tmp_path)
+    (paths.out).mkdir()
+    (paths.out / "stale.pt2").write_text("an earlier student")
+    assert run(P.load(ROOT / "params.yaml"), None, {}, paths) == {"model": ""}
+    assert list(paths.out.iterdir()) == []
+    assert json.loads(paths.out_json.read_text()) == {"model": ""}
+    assert pd.read_csv(paths.history_csv).empty
+
+
+def test_the_students_settings_are_the_folds_recipe_with_its_own_network():
+    from foldwise.deploy.distill_stage import student_settings
+    base = P.load(ROOT / "params.yaml")
+    params = P.evolve(base, {"train": {"weights_file": "weights/folds.pth", "epochs": 9},
+                             "distill": {"model": "resnet10t", "epochs": 0}})
+    cfg = student_settings(params)
+    assert (cfg.model, cfg.epochs, cfg.weights_file, cfg.devices) == ("resnet10t", 9, "", 1)
+    assert cfg.lr_per_step == base.train.lr_per_step and cfg.ema == base.train.ema
+    same = student_settings(P.evolve(params, {"distill": {"model": base.train.model, "epochs": 3}}))
+    assert (same.epochs, same.weights_file) == (3, "weights/folds.pth")  # its own weights still fit
+    with pytest.raises(InputError, match="distill.model='resnet_nonesuch'"):
+        student_settings(P.evolve(params, {"distill": {"model": "resnet_nonesuch"}}))
+    with pytest.raises(InputError, match="distill.epochs=-1"):
+        student_settings(P.evolve(params, {"distill": {"epochs": -1}}))

@@ -408,6 +408,65 @@ def test_a_logistic_stack_without_neighbours_ships_inside_the_exported_model(pro
                                atol=1e-5)
 
 
+def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled(project, tmp_path):
+    """`distill.model`: only the distill stage runs; its student learns the stack's
+    probabilities (the teacher the pipeline ships), is exported as a one-network program that
+    `foldwise-predict` and its MLflow model reproduce, and its figures are what they say:
+    fidelity to the teacher on the test images by hand, the training images' figures
+    scikit-learn's and labelled not out-of-fold; its run a child of the pipeline's parent."""
+    import mlflow.pyfunc
+    from sklearn.metrics import accuracy_score
+
+    from foldwise.data.cache import load_truth
+    from foldwise.deploy import export
+    from foldwise.ensemble import stack
+    dst, _, _ = project
+    assert json.loads((dst / "metrics/distill.json").read_text()) == {"model": ""}  # off so far
+    out = sh("dvc exp run -S distill.model=resnet10t -S distill.epochs=2", dst).stdout
+    for stage in ("train@0", "bag", "stack", "export"):
+        assert f"Running stage '{stage}'" not in out
+    assert "Running stage 'distill'" in out
+    classes = [f"c{k}" for k in range(10)]
+    test = pd.read_csv(dst / "data/bagged/test.csv")
+    empty = np.zeros((len(test), 0), dtype=np.int64)
+    teacher = stack.predict(stack.load_model(dst / "data/stack"),  # the stack in the program
+                            stack.features(test[classes].to_numpy(), empty, empty, 0), 10)
+    model, meta = export.load(dst / "export/distilled/model")
+    assert meta["folds"] == 1 and meta["distilled"] == {"model": "resnet10t", "teacher": "stack"}
+    raw = export.run_model(model, np.load(dst / "data/processed/test.npy"))
+    figures = json.loads((dst / "metrics/distill.json").read_text())
+    p = np.clip(raw, 1e-15, 1)
+    p /= p.sum(axis=1, keepdims=True)
+    assert figures["test_fidelity"]["logloss"] == pytest.approx(-(teacher * np.log(p)).sum(axis=1).mean(), rel=1e-6)
+    assert figures["test_fidelity"]["agreement"] == np.mean(teacher.argmax(1) == raw.argmax(1))
+    truth = load_truth(dst / "data/processed")
+    on_train = export.run_model(model, np.load(dst / "data/processed/train.npy"))
+    on_train /= on_train.sum(axis=1, keepdims=True)  # float32 softmax rows, to scikit-learn's tolerance
+    assert figures["train_not_out_of_fold"]["logloss"] == pytest.approx(log_loss(truth, on_train, labels=range(10)), rel=1e-6)
+    assert figures["train_not_out_of_fold"]["accuracy"] == pytest.approx(accuracy_score(truth, on_train.argmax(1)))
+    assert figures["prediction"]["student_images_per_s"] > 0 and figures["prediction"]["bag_images_per_s"] > 0
+    sub = pd.read_csv(dst / "export/distilled/submission.csv")
+    assert list(sub.columns) == list(pd.read_csv(dst / "export/submission.csv").columns)
+    clip = meta["decision"]["clip"]  # the teacher's, fit on its OOF rows
+    want = np.clip(raw, clip, 1 - clip) if clip else raw
+    np.testing.assert_allclose(sub[classes].to_numpy(), want / want.sum(axis=1, keepdims=True), atol=1e-5)
+    predicted = tmp_path / "pred.csv"
+    sh(f"foldwise-predict export/distilled/model data/sample/statefarm/imgs/test {predicted}", dst)
+    np.testing.assert_allclose(pd.read_csv(predicted)[classes].to_numpy(), sub[classes].to_numpy(), atol=1e-4)
+    uri = re.search(r"MLflow model (models:/\S+)", out).group(1)
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    images = np.load(dst / "data/processed/test.npy")
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(uri).predict(images), sub[classes].to_numpy(), atol=1e-5)
+    client, all_runs = mlflow_runs(dst)
+    students = [r for r in all_runs if r.data.tags.get("foldwise.role") == "distilled"]
+    assert len(students) == 1 and students[0].info.status == "FINISHED"
+    parent = client.get_run(students[0].data.tags["mlflow.parentRunId"])
+    assert "stack_oof_logloss" in parent.data.metrics  # the parent that holds the folds and stack
+    assert len(client.get_metric_history(students[0].info.run_id, "val_agreement")) == 2
+    assert students[0].data.metrics["test_fidelity_agreement"] == figures["test_fidelity"]["agreement"]
+    assert "distill.json" in sh("dvc metrics show", dst).stdout
+
+
 @pytest.mark.extended  # a model server
 def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predict_predicts(project, tmp_path):
     """Every export is a version of the registered model named after the experiment, tagged

@@ -176,6 +176,12 @@ class Stack:
 
 
 @dataclass(frozen=True)
+class Distill:
+    model: str
+    epochs: int
+
+
+@dataclass(frozen=True)
 class Mlflow:
     experiment: str
     tracking_uri: str
@@ -197,6 +203,7 @@ class Params:
     calibration: Calibration
     neighbours: Neighbours
     stack: Stack
+    distill: Distill
     mlflow: Mlflow
 
     def as_dict(self) -> dict:

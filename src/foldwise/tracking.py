@@ -129,14 +129,15 @@ def parent_for_fold(experiment_id: str, key: str, fold: int, params: Params) -> 
         return _create_parent(client, experiment_id, key, params)
 
 
-def close_killed_attempts(experiment_id: str, parent_id: str, fold: int) -> list[str]:
-    """Mark this fold's runs that are still RUNNING under `parent_id` as KILLED: they are
+def close_killed_attempts(experiment_id: str, parent_id: str, fold, tag: str = "foldwise.fold") -> list[str]:
+    """Mark this fold's runs (those whose `tag` is `fold`: the distilled network's are
+    `foldwise.role` = distilled) that are still RUNNING under `parent_id` as KILLED: they are
     attempts whose process died (a fold is trained by one process at a time), and the
     attempt starting now resumes their work under a run of its own."""
     client = MlflowClient()
     stale = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`foldwise.fold` = '{fold}'"
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{tag}` = '{fold}'"
                       " and attributes.status = 'RUNNING'")
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")

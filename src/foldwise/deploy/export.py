@@ -22,6 +22,7 @@ from foldwise.train.loader import predict_array
 
 MODEL_FILE = "bagged.pt2"
 META_FILE = "meta.json"
+TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")  # meta.json's
 
 
 class LinearStack(nn.Module):

@@ -22,8 +22,6 @@ from foldwise.train import outputs, tta
 from foldwise.train.loader import open_cache
 from foldwise.params import Params
 
-TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")
-
 
 def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float) -> str:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
@@ -102,7 +100,7 @@ def export_bag(params, meta, bag, test_images, decision, temperature, k, model_d
                stacked: Stacking | None = None) -> None:
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
     export.save(bag, example,
-                {**{key: meta[key] for key in TASK_KEYS}, "bag_mean": params.bag.mean,
+                {**{key: meta[key] for key in export.TASK_KEYS}, "bag_mean": params.bag.mean,
                  "folds": len(bag.nets), "decision": decision,
                  "neighbours": k,  # set-level: in the submission, not in predict
                  "stack": stacked.meta() if stacked else {"model": ""},

@@ -72,11 +72,13 @@ def load_data(folds_csv, processed: Path, fold: int) -> FoldData:
                     pd.read_csv(processed / "test.csv", dtype={"id": str})["id"])
 
 
-def resume_file(root: Path, key: str, fold: int, package: Path = PACKAGE) -> Path:
+def resume_file(root: Path, key: str, fold: int | str, package: Path = PACKAGE) -> Path:
     """Where a fold killed mid-training keeps its state: keyed by everything that shapes the
     result, the code included, so a fold rerun after a fix to foldwise starts over instead of
-    resuming the old code's weights, optimiser and history."""
-    return Path(root) / ".foldwise" / "resume" / f"{key}-{source_digest(package)[:12]}-fold{fold}.pt"
+    resuming the old code's weights, optimiser and history. `fold`: a fold's number, or the
+    name of another run (`distilled`)."""
+    name = f"fold{fold}" if isinstance(fold, int) else fold
+    return Path(root) / ".foldwise" / "resume" / f"{key}-{source_digest(package)[:12]}-{name}.pt"
 
 
 def summarise(result: FoldResult, task, y_val) -> dict:

@@ -1,0 +1,152 @@
+"""The distilled network's run (`distill_stage`'s heavy half): trained by the folds' own loop
+inside an MLflow run under the pipeline's parent (killed, it resumes from its last epoch),
+exported as a one-network program, checked against itself run eagerly, timed beside the
+exported bag on the same images, and its submission written from the program's predictions."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from foldwise import models, tracking
+from foldwise.data.cache import load_truth
+from foldwise.data.sources import get_source
+from foldwise.deploy import distill, export, mlmodel
+from foldwise.deploy.distill_stage import (MODEL, STUDENT_SEED, SUBMISSION, DistillPaths,
+                                           Teacher, flat_figures)
+from foldwise.deploy.verify import check_export
+from foldwise.files import atomic_dir, project_root, write_csv, write_json
+from foldwise.params import Params
+from foldwise.train import outputs
+from foldwise.train.fold import resume_file
+from foldwise.train.loader import open_cache
+from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+
+TIMED = 1024  # test images timed through each program
+
+
+def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher: Teacher,
+                   paths: DistillPaths) -> dict:
+    device = export.default_device()
+    images, test_images = (open_cache(paths.processed / f"{n}.npy") for n in ("train", "test"))
+    seed = params.seed * 1000 + STUDENT_SEED
+    torch.manual_seed(seed)  # before the network exists: its random init is part of the result
+    net, weights, _ = models.create_network(cfg, task.num_outputs, images.shape[-1],
+                                            meta["mean"], meta["std"], task.fp32_head)
+    key = student_key(params, teacher, paths)
+    resume = resume_file(project_root(), key, "distilled")
+    run_id = start_run(params, paths, key, weights, teacher)
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_params(params, teacher=teacher.name, train_images=len(images),
+                            student_epochs=cfg.epochs)
+        result = train_fold(net, student_task, Settings(cfg, params.lr, seed, device),
+                            FitData(images, teacher.train, test_images, teacher.test, test_images),
+                            on_epoch=lambda row: mlflow.log_metrics(
+                                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
+                            resume=resume)
+        figures, loaded = ship_student(params, task, meta, teacher, paths, net, result, device)
+        figures["epochs_run"], figures["best_epoch"] = len(result.history), result.best_epoch
+        mlflow.log_metrics(flat_figures(figures))
+    write_json(figures, paths.out_json)
+    write_csv(result.history, paths.history_csv)
+    figures["mlflow_model"] = mlmodel.log(paths.out / MODEL, np.asarray(test_images[:2]), run_id,
+                                          name="distilled", loaded=loaded)
+    resume.unlink(missing_ok=True)
+    return figures
+
+
+def student_key(params: Params, teacher: Teacher, paths: DistillPaths) -> str:
+    """Everything that shapes the student: the pipeline's training params and data (the folds'
+    key), the distill section and the teacher's rows."""
+    h = hashlib.sha1(tracking.pipeline_key(params, paths.processed / "meta.json").encode())
+    h.update(json.dumps(asdict(params.distill), sort_keys=True).encode())
+    for rows in (teacher.train, teacher.test):
+        h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def start_run(params: Params, paths: DistillPaths, key: str, weights: str, teacher: Teacher) -> str:
+    """The student's MLflow run under the parent that holds the folds (an earlier attempt
+    still RUNNING is a dead process's: KILLED, and named in `foldwise.resumes`)."""
+    experiment = tracking.open_experiment(params.mlflow)
+    runs = [outputs.read_run(paths.models, f) for f in params.folds]
+    parent = tracking.evaluated_parent(experiment, runs)
+    if parent is None:
+        raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
+    killed = tracking.close_killed_attempts(experiment, parent, "distilled", tag="foldwise.role")
+    tags = {"foldwise.role": "distilled", "foldwise.pipeline_key": key,
+            "foldwise.teacher": teacher.name, "foldwise.weights": weights,
+            "mlflow.parentRunId": parent, **tracking.source_tags()}
+    if killed:
+        tags["foldwise.resumes"] = ",".join(killed)
+    run = mlflow.MlflowClient().create_run(experiment, run_name=f"distilled {params.distill.model}",
+                                           tags=tags)
+    return run.info.run_id
+
+
+def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: DistillPaths, net,
+                 result: FoldResult, device) -> tuple[dict, tuple]:
+    """Export the kept network, check the program against it run eagerly, write the folder
+    (program + submission) and score it: fidelity on test, in-sample figures on train."""
+    # exported from the CPU in the default layout, as the bag's networks are loaded
+    net = net.cpu().to(memory_format=torch.contiguous_format).eval()
+    student = export.Bagged([net], task.head(), "arithmetic")
+    test_images = open_cache(paths.processed / "test.npy")
+    test_ids = pd.read_csv(paths.processed / "test.csv", dtype={"id": str})["id"]
+    with atomic_dir(paths.out) as tmp:
+        example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)
+        export.save(student, example, student_meta(params, meta, teacher), tmp / MODEL)
+        loaded = export.load(tmp / MODEL, device)
+        got = export.run_model(loaded[0], test_images, device=device, desc="exported student")
+        eager = export.run_model(student.to(device), test_images, device=device, desc="eager student")
+        check = check_export(got, eager, result.test_preds, [{"device": device.type}])
+        get_source(meta["source"]).write_submission(
+            test_ids, task.postprocess(got, teacher.decision), {**meta, "root": str(paths.root)},
+            tmp / SUBMISSION)
+    in_sample = export.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
+                                 device=device, desc="student on train")
+    figures = {"model": params.distill.model, "teacher": teacher.name,
+               "kept_weights": result.weights,
+               "test_fidelity": distill.fidelity(teacher.test, got),
+               "train_not_out_of_fold": task.score(load_truth(paths.processed), in_sample),
+               "teacher_oof": teacher_figures(task, teacher),
+               "prediction": timings(loaded[0], paths.bag_model, test_images, device),
+               "export_max_abs_vs_eager": check.worst}
+    return figures, loaded
+
+
+def student_meta(params: Params, meta: dict, teacher: Teacher) -> dict:
+    """The export's meta.json, as the bag's: what `foldwise-predict` and the MLflow model need."""
+    return {**{key: meta[key] for key in export.TASK_KEYS}, "bag_mean": "arithmetic", "folds": 1,
+            "decision": teacher.decision, "neighbours": 0, "stack": {"model": ""},
+            "tta": {"hflip": False, "shift": 0.0, "scale": 0.0}, "temperature": 1.0,
+            "distilled": {"model": params.distill.model, "teacher": teacher.name},
+            "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
+
+
+def teacher_figures(task, teacher: Teacher) -> dict:
+    """The teacher's OOF figures as shipped: calibrated where a temperature is in the bag."""
+    oof = teacher.oof
+    return {task.monitor: float(oof.get(f"{task.monitor}_calibrated", oof[task.monitor])),
+            **{k: float(v) for k, v in oof.items() if k == "accuracy"}}
+
+
+def timings(student, bag_dir, images, device) -> dict:
+    """Images per second of the student's program and the exported bag's on the same test
+    images (up to TIMED), each after one warm-up batch."""
+    images = np.asarray(images[:TIMED])
+    bag = export.load(bag_dir, device)[0]
+    rates = {}
+    for name, model in (("student", student), ("bag", bag)):
+        export.run_model(model, images[:2], device=device, desc="warm-up")
+        t0 = time.perf_counter()
+        export.run_model(model, images, device=device, desc=f"timing {name}")
+        rates[name] = len(images) / max(time.perf_counter() - t0, 1e-9)
+    return {"images": len(images), "student_images_per_s": rates["student"],
+            "bag_images_per_s": rates["bag"], "speedup": rates["student"] / rates["bag"]}
