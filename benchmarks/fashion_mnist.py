@@ -16,7 +16,9 @@ runs each variant as one `dvc exp run` with its `-S` overrides (split and prepro
 through DVC's run-cache); `--set` adds overrides to every variant of the run, e.g. another model
 or size (`--set train.model=test_resnet --set preprocess.height=56 --set preprocess.width=56`).
 For each it reads the OOF figures from metrics.json, scores the exported submission against the
-test labels (accuracy and log loss, scikit-learn), and times the whole experiment; each fold's
+test labels (accuracy and log loss, scikit-learn), and times the whole experiment; with
+`--set distill.model=NAME` it also scores the distilled network's submission and times
+`foldwise-predict` on the test images with the bag and with the student; each fold's
 own training time comes from its MLflow run, so a fold restored from the run-cache (trained
 earlier by `run --fold K` with the same params) is still counted. Prints a table and writes it
 as JSON, row by row as they finish.
@@ -190,6 +192,33 @@ def fold_minutes(project_dir: Path, folds: int) -> list[float]:
     return minutes
 
 
+def distilled_scores(project_dir: Path, data: Path) -> dict:
+    """With `distill.model` set: the distilled network's submission scored on the test labels
+    beside the bag's, its fidelity to the teacher, its in-sample training accuracy (not
+    out-of-fold), its training minutes (its MLflow run), and `foldwise-predict` timed on the
+    10,000 test images with the exported bag and with the student, one after the other."""
+    figures = json.loads((project_dir / "metrics" / "distill.json").read_text())
+    if not figures.get("model"):
+        return {}
+    from mlflow.tracking import MlflowClient
+    info = MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}").get_run(
+        figures["mlflow_run_id"]).info
+    test = test_scores(project_dir / "export" / "distilled" / "submission.csv", data)
+    seconds = {}
+    for name, model in (("bag", "export/model"), ("distilled", "export/distilled/model")):
+        t0 = time.perf_counter()
+        project.run(f"foldwise-predict {model} {data.resolve() / 'test'} /tmp/fm-predict-{name}.csv", project_dir)
+        seconds[name] = time.perf_counter() - t0
+    return {"distilled_model": figures["model"], "distilled_teacher": figures["teacher"],
+            "distilled_test_accuracy": test["test_accuracy"],
+            "distilled_test_logloss": test["test_logloss"],
+            "distilled_test_agreement": figures["test_fidelity"]["agreement"],
+            "distilled_train_accuracy_not_oof": figures["train_not_out_of_fold"]["accuracy"],
+            "distilled_minutes": (info.end_time - info.start_time) / 60000,
+            "predict_seconds_bag": seconds["bag"], "predict_seconds_distilled": seconds["distilled"],
+            "stage_images_per_s": figures["prediction"]}
+
+
 def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: Path,
         fold: int | None = None, common: list[str] = ()) -> None:
     dst = work / "project"
@@ -214,7 +243,8 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
             row = {"variant": name, "oof_logloss": oof["logloss"], "oof_accuracy": oof["accuracy"],
                    "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst / "export" / "submission.csv", data),
                    **temperature_gap(dst, data, oof.get("temperature", 1.0)),
-                   "fold_minutes": fold_minutes(dst, len(params["folds"]))}
+                   "fold_minutes": fold_minutes(dst, len(params["folds"])),
+                   **distilled_scores(dst, data)}
         else:
             row = {"variant": name, **fold_scores(dst, data, fold)}
         row.update(setting)

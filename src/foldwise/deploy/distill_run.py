@@ -52,6 +52,7 @@ def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher:
                             resume=resume)
         figures, loaded = ship_student(params, task, meta, teacher, paths, net, result, device)
         figures["epochs_run"], figures["best_epoch"] = len(result.history), result.best_epoch
+        figures["mlflow_run_id"] = run_id
         mlflow.log_metrics(flat_figures(figures))
     write_json(figures, paths.out_json)
     write_csv(result.history, paths.history_csv)
