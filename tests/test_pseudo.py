@@ -1,12 +1,23 @@
-"""Fold-honest pseudo-labels' parts: fold k's labels come from fold k's own model only, a planted
-leak (the bag's other folds, a model from another split) is refused by name, and the soft and
-hard targets by hand."""
+"""Fold-honest pseudo-labels: fold k's labels come from fold k's own model only (a planted leak,
+the bag's other folds or a model from another split, is refused by name; a round's labels are
+shown to be its own fold's previous round's predictions by retraining that by hand), the soft
+and hard targets and the weighted loss by hand, the joined row view the rounds train on, and
+bad settings refused before training. The stage end to end: test_pipeline.py."""
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from test_training import CFG, NO_AUGMENT, toy_data
 
+from foldwise import params as P
 from foldwise.errors import InputError
-from foldwise.train import outputs, pseudo
+from foldwise.models import Normalised
+from foldwise.tasks import Classification, Keypoints
+from foldwise.train import loader, outputs, pseudo
+from foldwise.train.loop import FitData, Settings, train_fold
 
 
 def split(n=12, k=3, seed=0):
@@ -61,3 +72,78 @@ def test_a_folds_labels_are_its_own_models_test_predictions(tmp_path):
     ids, y = pseudo.fold_labels(tmp_path, 1, folds, cols, "hard", 0.6)
     assert list(ids) == ["t0", "t1"]
     np.testing.assert_array_equal(y, [[1, 0], [0, 1]])
+
+
+def test_the_weighted_loss_by_hand():
+    rng = np.random.default_rng(2)
+    logits = torch.tensor(rng.normal(size=(5, 3)))
+    soft = rng.dirichlet(np.ones(3), size=2)
+    y = pseudo.round_targets(np.array([0, 2, 1]), 3, soft, 0.25)
+    assert y.shape == (5, 4) and list(y[:, -1]) == [1, 1, 1, 0.25, 0.25]
+    task = pseudo.PseudoLabelled(Classification(["a", "b", "c"]))
+    log_p = torch.log_softmax(logits, dim=1).numpy()
+    each = -(y[:, :3] * log_p).sum(axis=1)
+    want = (y[:, 3] * each).sum() / y[:, 3].sum()
+    assert float(task.loss(logits, task.targets(y).double())) == pytest.approx(want, rel=1e-6)
+    np.testing.assert_array_equal(task.values(task.targets(y)), [0, 2, 1, *soft.argmax(1)])
+
+
+def test_the_joined_view_gathers_rows_of_both_arrays_in_order():
+    a = np.arange(6 * 2 * 2 * 1, dtype=np.uint8).reshape(6, 2, 2, 1)
+    b = 100 + np.arange(4 * 2 * 2 * 1, dtype=np.uint8).reshape(4, 2, 2, 1)
+    joined = loader.Joined(loader.Rows(a, [5, 1, 3]), loader.Rows(b, [2, 0]))
+    want = np.concatenate([a[[5, 1, 3]], b[[2, 0]]])
+    assert joined.shape == want.shape and len(joined) == 5
+    idx = np.array([4, 0, 3, 2])
+    np.testing.assert_array_equal(joined.take(idx), want[idx])
+    np.testing.assert_array_equal(joined[3], want[3])
+    got = list(loader.device_batches(joined, [np.array([0, 4]), np.array([1, 2, 3])], torch.device("cpu")))
+    np.testing.assert_array_equal(torch.cat(got).numpy(), want[[0, 4, 1, 2, 3]])
+    with pytest.raises(ValueError, match="image shape"):
+        loader.Joined(a, np.zeros((2, 3, 2, 1), dtype=np.uint8))
+
+
+def test_a_second_round_trains_on_its_own_folds_first_round_labels():
+    """train_rounds against the same two rounds by hand: round 1 by `train_fold`, then round 2
+    from its kept weights on the training rows plus the test images labelled by round 1's test
+    predictions (hard, at 0.6), weighted 0.5. Same seeds on the CPU: the same numbers."""
+    x, y = toy_data(n=64)
+    cfg = P.evolve(CFG, {"epochs": 2, "amp": False, "channels_last": False,
+                         "augment": dataclasses.asdict(NO_AUGMENT)})
+    settings = Settings(cfg, 3e-3, 0, torch.device("cpu"))
+    data = FitData(x[:32], y[:32], x[32:48], y[32:48], x[48:])
+    task = Classification(["a", "b"])
+    rounds = P.build(P.Pseudo, {"rounds": 1, "mode": "hard", "threshold": 0.6, "weight": 0.5, "epochs": 1})
+
+    def net():
+        torch.manual_seed(0)
+        import timm
+        return Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+
+    rows_seen = []
+    got = pseudo.train_rounds(net(), task, settings, data, rounds, on_epoch=rows_seen.append)
+    first_net = net()
+    first = train_fold(first_net, task, settings, data)
+    keep, labels = pseudo.targets(first.test_preds, "hard", 0.6)
+    by_hand = train_fold(first_net, pseudo.PseudoLabelled(task),
+                         dataclasses.replace(settings, cfg=P.evolve(cfg, {"epochs": 1})),
+                         FitData(np.concatenate([x[:32], x[48:][keep]]),
+                                 pseudo.round_targets(y[:32], 2, labels, 0.5), x[32:48], y[32:48], x[48:]))
+    np.testing.assert_allclose(got.val_preds, by_hand.val_preds, atol=1e-6)
+    np.testing.assert_allclose(got.test_preds, by_hand.test_preds, atol=1e-6)
+    assert list(got.history["round"]) == [1, 1, 2] and list(got.history["epoch"]) == [0, 1, 2]
+    assert list(got.history["pseudo_images"]) == [0, 0, len(keep)]
+    assert got.best_epoch == 2 and [r["round"] for r in rows_seen] == [1, 1, 2]
+
+
+def test_bad_pseudo_settings_are_refused_before_training_naming_the_key():
+    base = P.load(Path(__file__).resolve().parents[1] / "params.yaml").pseudo
+    classes = Classification(["a", "b"])
+    pseudo.check(P.evolve(base, {"rounds": 0, "mode": "sharp"}), Keypoints(["x", "y"], (9, 9)))  # off
+    for change, key in (({"rounds": -1}, "pseudo.rounds"), ({"rounds": 1, "mode": "sharp"}, "pseudo.mode"),
+                        ({"rounds": 1, "threshold": 0.0, "mode": "hard"}, "pseudo.threshold"),
+                        ({"rounds": 1, "weight": 0.0}, "pseudo.weight")):
+        with pytest.raises(InputError, match=key):
+            pseudo.check(P.evolve(base, change), classes)
+    with pytest.raises(InputError, match="pseudo.rounds"):
+        pseudo.check(P.evolve(base, {"rounds": 1}), Keypoints(["x", "y"], (9, 9)))

@@ -176,6 +176,15 @@ class Stack:
 
 
 @dataclass(frozen=True)
+class Pseudo:
+    rounds: int
+    mode: str
+    threshold: float
+    weight: float
+    epochs: int
+
+
+@dataclass(frozen=True)
 class Distill:
     model: str
     epochs: int
@@ -198,6 +207,7 @@ class Params:
     sample: Sample
     preprocess: Preprocess
     train: Train
+    pseudo: Pseudo
     tta: Tta
     bag: Bag
     calibration: Calibration

@@ -30,7 +30,7 @@ from foldwise.files import project_root
 from foldwise.params import Mlflow, Params, flatten
 
 # params that shape a fold's results; tracking settings themselves are not among them
-RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train", "tta")
+RESULT_KEYS = ("seed", "lr", "folds", "data", "preprocess", "train", "pseudo", "tta")
 # how foldwise-search tells the pipelines it runs which study run and trial they belong to
 STUDY, STUDY_RUN, TRIAL = "FOLDWISE_STUDY", "FOLDWISE_STUDY_RUN", "FOLDWISE_TRIAL"
 # MLflow's own experiment tag for which UI an experiment opens in (training, not GenAI)

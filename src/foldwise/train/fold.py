@@ -23,9 +23,9 @@ from foldwise.data.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import project_root, source_digest, write_csv
 from foldwise.tasks import create_task
-from foldwise.train import augment, distributed, outputs, tta
+from foldwise.train import augment, distributed, outputs, pseudo, tta
 from foldwise.train.loader import Rows, open_cache
-from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+from foldwise.train.loop import FitData, FoldResult, Settings
 
 PACKAGE = Path(__file__).resolve().parents[1]  # foldwise's own code, as installed
 
@@ -169,6 +169,7 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
     augment.check(cfg.augment, meta["hflip_safe"])
     models.check_weights_location(cfg.weights_file)
     tta.views(params.tta, meta["hflip_safe"])  # a refused view stops before training
+    pseudo.check(params.pseudo, create_task(meta, params) if params.pseudo.rounds else None)
     if not distributed.launched():  # an unreachable server fails here, not in DDP's set-up
         tracking.open_experiment(params.mlflow)
     code = distributed.relaunch(cfg.devices)  # this command, once per device, by torchrun
@@ -186,14 +187,15 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
     rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
                    Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
     settings = Settings(cfg, params.lr, seed, device)
-    fit = partial(train_fold, net, task, settings, rows,
+    fit = partial(pseudo.train_rounds, net, task, settings, rows, params.pseudo,  # rounds 0: train_fold
                   resume=resume, wrap=lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"]))
     if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
         fit()                       # from its file), logs and writes nothing
         distributed.close()
         return 0
     done = tracked(params, meta, paths, data, fit, spec, weights, key, settings)
-    resume.unlink(missing_ok=True)
+    for r in range(1, params.pseudo.rounds + 2):
+        (pseudo.round_resume(resume, r) if r > 1 else resume).unlink(missing_ok=True)
     distributed.close()
     print(f"fold {fold}: best epoch {done['best_epoch']}, val {done['monitor']} "
           f"{done['best_val_' + done['monitor']]:.4f}, {done['images_per_s']:.0f} train images/s "

@@ -53,12 +53,12 @@ class _Staging:
     def gather(self, j: int, idx: np.ndarray):
         """Batch `j`'s rows: (array, None) on the CPU, (device tensor, its copy's event) on CUDA."""
         if not self.cuda:
-            return np.take(self.array, idx, axis=0), None
+            return take(self.array, idx), None
         slot = j % len(self.ring)
         if self.events[slot] is not None:
             self.events[slot].synchronize()  # its previous copy to the device has finished
         host = self.ring[slot][:len(idx)]
-        np.take(self.array, idx, axis=0, out=host.numpy())
+        take(self.array, idx, out=host.numpy())
         with torch.cuda.stream(self.stream):
             dev = host.to(self.device, non_blocking=True)
             self.events[slot] = torch.cuda.Event()
@@ -130,6 +130,44 @@ class Rows:
 
     def __getitem__(self, i):
         return self.array[self.index[i]]
+
+
+class Joined:
+    """Several arrays (or `Rows`) one after another, indexable like one array: a fold's
+    training images followed by the test images it trains on with pseudo-labels. The loader
+    gathers each batch from the underlying arrays directly."""
+
+    def __init__(self, *parts):
+        self.parts = [p if isinstance(p, Rows) else Rows(p, np.arange(len(p))) for p in parts]
+        if len({p.shape[1:] for p in self.parts}) > 1:
+            raise ValueError(f"joined arrays differ in image shape: {[p.shape for p in self.parts]}")
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.starts[-1]), *self.parts[0].shape[1:])
+
+    def __len__(self):
+        return self.shape[0]
+
+    def take(self, idx, out: np.ndarray | None = None) -> np.ndarray:
+        idx = np.asarray(idx)
+        if out is None:
+            out = np.empty((len(idx), *self.shape[1:]), dtype=self.parts[0].array.dtype)
+        owner = np.searchsorted(self.starts, idx, side="right") - 1
+        for j, part in enumerate(self.parts):
+            mine = owner == j
+            if mine.any():
+                out[mine] = part.array[part.index[idx[mine] - self.starts[j]]]
+        return out
+
+    def __getitem__(self, i):
+        rows = np.arange(len(self))[i]
+        return self.take(rows) if rows.ndim else self.take(rows[None])[0]
+
+
+def take(array, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`array[idx]` (into `out` when given) for an array or a `Joined`."""
+    if isinstance(array, Joined):
+        return array.take(idx, out)
+    return np.take(array, idx, axis=0, out=out)
 
 
 @torch.no_grad()

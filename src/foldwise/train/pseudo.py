@@ -10,16 +10,28 @@ those images flatters (Google QUEST's 1st place: the honest gain was smaller tha
 their fix was one pseudo-label set per fold). `leaked` checks any source against a fold by the
 images themselves, so a model from another split (another seed, another experiment) is judged
 by what it trained on, not by its fold number.
+
+`train_rounds` is a fold's training with `pseudo.rounds` further rounds: each starts from the
+previous round's kept weights and adds the test images, labelled by that fold's own previous
+round (so by nothing that saw the fold's validation labels), to the fold's training rows, their
+loss weighted by `pseudo.weight` (`PseudoLabelled`); validation is the fold's own labelled rows,
+as in round 1, so the OOF table stays an honest estimate. The fold's folder holds the last round.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
 from foldwise.errors import InputError
+from foldwise.params import Pseudo, evolve
 from foldwise.train import outputs
+from foldwise.train.loader import Joined, Rows
+from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 
 MODES = ("soft", "hard")
 
@@ -67,3 +79,95 @@ def fold_labels(models: str | Path, fold: int, folds: pd.DataFrame, columns: lis
     test = outputs.read_test(models, fold)
     rows, y = targets(test[columns].to_numpy(), mode, threshold)
     return test["id"].iloc[rows].reset_index(drop=True), y
+
+
+def check(cfg: Pseudo, task) -> None:
+    """params.yaml's `pseudo` section, refused before any training where it cannot work."""
+    if cfg.rounds < 0 or cfg.epochs < 0:
+        raise InputError(f"params.yaml: pseudo.rounds={cfg.rounds} and pseudo.epochs={cfg.epochs} "
+                         "must be >= 0 (rounds 0: off; epochs 0: train.epochs)")
+    if not cfg.rounds:
+        return
+    if not getattr(task, "probabilities", False) or not hasattr(task, "classes"):
+        raise InputError("params.yaml: pseudo.rounds: pseudo-labels need a class task (its "
+                         "outputs class probabilities); this task's are not")
+    if not cfg.weight > 0:
+        raise InputError(f"params.yaml: pseudo.weight={cfg.weight!r} must be > 0")
+    targets(np.full((1, 2), 0.5), cfg.mode, cfg.threshold)  # mode and threshold checked
+
+
+class PseudoLabelled:
+    """A class task for a round with pseudo-labels: each training target is a row of class
+    probabilities (one-hot for a labelled image, the pseudo-label for a test image) followed by
+    the row's weight in the loss (1, or `pseudo.weight`). Validation takes the fold's labels as
+    the task does. Mixup is off (timm's Mixup blends class indices)."""
+    mixes = False
+    view_outputs = {}
+
+    def __init__(self, task):
+        self.task = task
+        self.monitor, self.probabilities, self.fp32_head = task.monitor, True, task.fp32_head
+        self.classes, self.columns, self.num_outputs = task.classes, task.columns, task.num_outputs
+
+    def targets(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(rows, dtype=np.float32))
+
+    def augment_targets(self, targets: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return targets  # a class survives a shift or a zoom
+
+    def values(self, targets: torch.Tensor) -> np.ndarray:
+        return targets[:, :-1].argmax(dim=1).cpu().numpy()  # training figures against top classes
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = targets[:, -1]
+        each = F.cross_entropy(outputs, targets[:, :-1], reduction="none",
+                               label_smoothing=getattr(self.task, "label_smoothing", 0.0))
+        return (weight * each).sum() / weight.sum().clamp_min(1e-12)
+
+    def activate(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.task.activate(outputs)
+
+    def score(self, targets: np.ndarray, preds: np.ndarray) -> dict:
+        return self.task.score(targets, preds)
+
+    def head(self):
+        return self.task.head()
+
+
+def round_targets(labels: np.ndarray, num_classes: int, pseudo_rows: np.ndarray,
+                  weight: float) -> np.ndarray:
+    """A round's training targets: the labelled images' one-hot rows with weight 1, then the
+    pseudo-labelled images' rows with `weight`."""
+    labelled = np.hstack([np.eye(num_classes)[np.asarray(labels, dtype=int)], np.ones((len(labels), 1))])
+    extra = np.hstack([pseudo_rows, np.full((len(pseudo_rows), 1), float(weight))])
+    return np.vstack([labelled, extra])
+
+
+def round_resume(resume: Path | None, r: int) -> Path | None:
+    """Round `r`'s resume file beside round 1's (`resume`)."""
+    return None if resume is None else Path(resume).with_name(f"{Path(resume).stem}-round{r}.pt")
+
+
+def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=lambda row: None,
+                 resume: Path | None = None, wrap=lambda net: net) -> FoldResult:
+    """Round 1 (`train_fold`), then `cfg.rounds` rounds with pseudo-labels (see the module's
+    text). The result is the last round's, with every round's history (epochs numbered on,
+    columns `round` and `pseudo_images`) and its kept epoch counted across them."""
+    if not cfg.rounds:
+        return train_fold(net, task, run, data, on_epoch=on_epoch, resume=resume, wrap=wrap)
+    result = train_fold(net, task, run, data, resume=resume, wrap=wrap,
+                        on_epoch=lambda row: on_epoch({**row, "round": 1, "pseudo_images": 0}))
+    histories = [result.history.assign(round=1, pseudo_images=0)]
+    round_run = dataclasses.replace(run, cfg=evolve(run.cfg, {"epochs": cfg.epochs or run.cfg.epochs}))
+    for r in range(2, cfg.rounds + 2):
+        rows, y = targets(result.test_preds, cfg.mode, cfg.threshold)  # this fold's own model's
+        offset, extra = sum(len(h) for h in histories), {"round": r, "pseudo_images": len(rows)}
+        round_data = FitData(Joined(data.x_train, Rows(data.x_test, rows)),
+                             round_targets(data.y_train, task.num_outputs, y, cfg.weight),
+                             data.x_val, data.y_val, data.x_test)
+        result = train_fold(net, PseudoLabelled(task), round_run, round_data,
+                            on_epoch=lambda row: on_epoch({**row, **extra, "epoch": row["epoch"] + offset}),
+                            resume=round_resume(resume, r), wrap=wrap)
+        histories.append(result.history.assign(epoch=result.history["epoch"] + offset, **extra))
+    return dataclasses.replace(result, history=pd.concat(histories, ignore_index=True),
+                               best_epoch=offset + result.best_epoch)
