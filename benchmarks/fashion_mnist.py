@@ -81,6 +81,11 @@ VARIANTS["ema+tta+calibration"] = [*VARIANTS["ema+tta"], "calibration.temperatur
 # family, about as fast here on 2 cores)
 VARIANTS["regnetx_002+ema+tta+calibration"] = ["train.model=regnetx_002",
                                              *VARIANTS["ema+tta+calibration"]]
+# fold-honest pseudo-labels (a second round of 3 epochs per fold, from its kept weights), and the
+# second-level model over them
+VARIANTS["pseudo"] = [*VARIANTS["ema+tta+calibration"], "pseudo.rounds=1", "pseudo.epochs=3"]
+VARIANTS["pseudo+stack"] = [*VARIANTS["pseudo"], "stack.model=logistic"]
+VARIANTS["stack"] = [*VARIANTS["ema+tta+calibration"], "stack.model=logistic"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 
@@ -192,6 +197,15 @@ def fold_minutes(project_dir: Path, folds: int) -> list[float]:
     return minutes
 
 
+def stack_scores(project_dir: Path) -> dict:
+    """With `stack.model` set: the second-level model's cross-fitted OOF figures (the exported
+    submission is then the stack's)."""
+    stacked = json.loads((project_dir / "metrics" / "stack.json").read_text())
+    if not stacked.get("model"):
+        return {}
+    return {"stack_oof_logloss": stacked["oof"]["logloss"], "stack_oof_accuracy": stacked["oof"]["accuracy"]}
+
+
 def distilled_scores(project_dir: Path, data: Path) -> dict:
     """With `distill.model` set: the distilled network's submission scored on the test labels
     beside the bag's, its fidelity to the teacher, its in-sample training accuracy (not
@@ -244,7 +258,7 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
                    "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst / "export" / "submission.csv", data),
                    **temperature_gap(dst, data, oof.get("temperature", 1.0)),
                    "fold_minutes": fold_minutes(dst, len(params["folds"])),
-                   **distilled_scores(dst, data)}
+                   **stack_scores(dst), **distilled_scores(dst, data)}
         else:
             row = {"variant": name, **fold_scores(dst, data, fold)}
         row.update(setting)
