@@ -522,36 +522,3 @@ def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predi
     predicted = pd.read_csv(tmp_path / "predicted.csv").set_index("img").loc[list(ids)]
     np.testing.assert_allclose(served, predicted[[f"c{k}" for k in range(10)]].to_numpy(), atol=1e-5)
 
-
-def test_a_pseudo_label_round_retrains_every_fold_from_its_own_labels_and_scores_oof_honestly(project):
-    """`pseudo.rounds: 1`: every fold trains a second round (one epoch here) after its first,
-    on its own rows plus every test image (soft labels from its own first round: the rule and
-    its leaks are in test_pseudo.py), and is validated on its own labelled rows as before: the
-    fold's history and MLflow run hold both rounds, the OOF table still covers each training
-    image once, in its own fold, and evaluate's figure is scikit-learn's on it."""
-    dst, _, _ = project
-    out = sh("dvc exp run -S pseudo.rounds=1 -S pseudo.epochs=1", dst).stdout
-    for stage in ("sample", "split", "preprocess"):
-        assert f"Running stage '{stage}'" not in out
-    assert all(f"Running stage 'train@{k}'" in out for k in range(FOLDS))
-    n_test = len(pd.read_csv(dst / "data/processed/test.csv"))
-    folds = pd.read_csv(dst / "data/folds.csv")
-    client, _ = mlflow_runs(dst)
-    for k in range(FOLDS):
-        history = pd.read_csv(dst / f"models/fold_{k}/history.csv")
-        assert list(history["round"]) == [1] * EPOCHS + [2]
-        assert list(history["pseudo_images"]) == [0] * EPOCHS + [n_test]
-        assert list(history["epoch"]) == list(range(EPOCHS + 1))
-        oof = pd.read_csv(dst / f"models/fold_{k}/oof.csv")
-        assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == k, "id"])
-        run = json.loads((dst / f"models/fold_{k}/run.json").read_text())
-        rounds = [m.value for m in client.get_metric_history(run["run_id"], "round")]
-        assert rounds == [1.0] * EPOCHS + [2.0] and run["best_epoch"] >= 0
-    oof = pd.read_csv(dst / "data/bagged/oof.csv")
-    assert sorted(oof["id"]) == sorted(folds["id"])
-    from foldwise.data.cache import load_truth
-    metrics = json.loads((dst / "metrics/metrics.json").read_text())["oof"]
-    p = oof[[f"c{i}" for i in range(10)]].to_numpy()
-    p /= p.sum(axis=1, keepdims=True)  # written to 8 significant digits
-    assert metrics["logloss"] == pytest.approx(
-        log_loss(load_truth(dst / "data/processed"), p, labels=range(10)), abs=1e-6)
