@@ -14,7 +14,6 @@ no label involved.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -81,15 +80,10 @@ def teacher_predictions(task, bagged: Path, metrics_json: Path, train_ids) -> tu
     """(the training images' targets, the test images' teacher predictions): the bag's
     out-of-fold and test probabilities, tempered with evaluate's temperature where calibration
     ran (as the exported bag gives them), the first in the order of `train_ids`."""
-    from foldwise.ensemble import calibration
+    from foldwise.ensemble.stack_stage import bag_predictions
     oof = pd.read_csv(Path(bagged) / "oof.csv", dtype={"id": str, "group": str})
     test = pd.read_csv(Path(bagged) / "test.csv", dtype={"id": str})
     if not oof["id"].equals(pd.Series(list(train_ids), dtype=str, name="id")):
         raise InputError(f"{Path(bagged) / 'oof.csv'} and the training table list different "
                          "images: rerun the bag stage")
-    temperature = json.loads(Path(metrics_json).read_text())["oof"].get("temperature", 1.0)
-    out = []
-    for table in (oof, test):
-        p = table[task.columns].to_numpy()
-        out.append(calibration.temper(p, temperature) if temperature != 1.0 else p)
-    return out[0], out[1]
+    return bag_predictions(oof, task, metrics_json), bag_predictions(test, task, metrics_json)

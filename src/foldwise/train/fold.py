@@ -195,7 +195,7 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
         return 0
     done = tracked(params, meta, paths, data, fit, spec, weights, key, settings)
     for r in range(1, params.pseudo.rounds + 2):
-        (pseudo.round_resume(resume, r) if r > 1 else resume).unlink(missing_ok=True)
+        pseudo.round_resume(resume, r).unlink(missing_ok=True)
     distributed.close()
     print(f"fold {fold}: best epoch {done['best_epoch']}, val {done['monitor']} "
           f"{done['best_val_' + done['monitor']]:.4f}, {done['images_per_s']:.0f} train images/s "

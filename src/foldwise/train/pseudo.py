@@ -144,8 +144,10 @@ def round_targets(labels: np.ndarray, num_classes: int, pseudo_rows: np.ndarray,
 
 
 def round_resume(resume: Path | None, r: int) -> Path | None:
-    """Round `r`'s resume file beside round 1's (`resume`)."""
-    return None if resume is None else Path(resume).with_name(f"{Path(resume).stem}-round{r}.pt")
+    """Round `r`'s resume file: `resume` itself for round 1, the others beside it."""
+    if resume is None or r == 1:
+        return resume
+    return Path(resume).with_name(f"{Path(resume).stem}-round{r}.pt")
 
 
 def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=lambda row: None,
