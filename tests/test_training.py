@@ -207,15 +207,40 @@ def test_a_fold_whose_loss_is_never_finite_stops_with_a_clear_error():
 
 
 @pytest.mark.extended  # torch.compile: inductor builds C++ kernels, about a minute
-def test_compiled_training_learns_the_same_as_eager_and_keeps_plain_weight_names():
+def test_compiled_training_learns_the_same_as_eager_and_keeps_plain_weight_names(caplog):
     """train.compile: true goes through torch.compile (inductor, here on the CPU); the kept
     weights load into the plain network, and predictions agree with eager training up to
-    the compiled kernels' rounding."""
-    compiled, eager = run(seed=1, compile=True, epochs=2), run(seed=1, compile=False, epochs=2)
+    the compiled kernels' rounding; the compiled step updated the network's own BatchNorm
+    statistics (no fall-back to eager training)."""
+    with caplog.at_level("WARNING"):
+        compiled = run(seed=1, compile=True, epochs=2)
+    eager = run(seed=1, compile=False, epochs=2)
+    assert "left the BatchNorm statistics" not in caplog.text
     assert set(compiled.state_dict) == set(eager.state_dict)
     assert not any("_orig_mod" in k for k in compiled.state_dict)
     assert np.abs(compiled.val_preds - eager.val_preds).max() < 0.05
     assert compiled.best_epoch == eager.best_epoch
+
+
+def test_batchnorm_statistics_left_behind_by_a_training_epoch_are_reported(caplog):
+    """The check that stops compiling a fold whose compiled step did not update the network's
+    own BatchNorm statistics (docs/gpu.md): every layer must have counted each of the epoch's
+    batches (20 images in batches of 8: 2 full and one of 4)."""
+    from foldwise.train.loop import batchnorm_counts, statistics_moved
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", num_classes=2).train()
+    x, y = toy_data(n=20)
+    data = FitData(x, y, x[:4], y[:4], x[:4])
+    settings = Settings(CFG, 1e-3, 0, torch.device("cpu"))
+    before = batchnorm_counts(net)
+    assert len(before) > 10 and set(before.values()) == {0}
+    for rows in (slice(0, 8), slice(8, 16), slice(16, 20)):
+        net(torch.from_numpy(x[rows]).permute(0, 3, 1, 2).float())
+    assert statistics_moved(net, before, data, settings)
+    assert "BatchNorm" not in caplog.text
+    with caplog.at_level("WARNING"):
+        assert not statistics_moved(net, batchnorm_counts(net), data, settings)
+    assert "left the BatchNorm statistics of" in caplog.text and "3 batches expected" in caplog.text
 
 
 def test_ema_is_validated_beside_the_weights_and_the_better_one_is_kept():

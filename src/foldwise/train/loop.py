@@ -263,12 +263,35 @@ def one_epoch(epoch, net, model, optimizer, task, run: Settings, data: FitData, 
     seconds = time.perf_counter() - t0
     train_scores = task.score(task.values(seen_y), seen_p.double().cpu().numpy())
     distributed.sync_buffers(net, rec.ema.module if rec.ema else None)  # rank 0's BatchNorm statistics
-    columns, monitored, val_preds, module, weights = validate(model, rec.ema, task, data.x_val,
+    # the network itself predicts, never its compiled module: every figure is about the weights
+    # that are kept, exported and shipped (docs/gpu.md: a compiled module's predictions did not)
+    columns, monitored, val_preds, module, weights = validate(net, rec.ema, task, data.x_val,
                                                               data.y_val, run)
     row = history_row(epoch, lr_now, train_loss, train_scores, columns, monitored, weights, n,
                       seconds)
     return (row, monitored, train_loss, val_preds, net if module is None else module, weights, n,
             seconds)
+
+
+def batchnorm_counts(net: nn.Module) -> dict[str, int]:
+    """Each BatchNorm layer's count of the training batches it has normalised."""
+    return {name: int(m.num_batches_tracked) for name, m in net.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None}
+
+
+def statistics_moved(net: nn.Module, before: dict[str, int], data: FitData, run: Settings) -> bool:
+    """After an epoch of the compiled module: did every BatchNorm layer of the network itself
+    count the epoch's batches? Its running statistics are what validation, the kept weights and
+    the export use; a compiled step that left them behind (seen with torch 2.11 on CUDA:
+    docs/gpu.md) is reported, and the fold goes on uncompiled (False)."""
+    expected = batches_of(len(data.x_train), run.cfg.batch_size)
+    behind = [name for name, count in batchnorm_counts(net).items()
+              if count - before.get(name, 0) != expected]
+    if behind:
+        log.warning("torch.compile (torch %s) left the BatchNorm statistics of %d layer(s) "
+                    "behind (%s: %d batches expected); the fold continues uncompiled",
+                    torch.__version__, len(behind), behind[0], expected)
+    return not behind
 
 
 def train_fold(net: nn.Module, task, run: Settings, data: FitData,
@@ -291,8 +314,11 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
     patience = run.cfg.patience
     last = run.cfg.epochs if s.stale < patience else len(s.history)  # it may have stopped early
     for epoch in range(len(s.history), last):
+        counted = batchnorm_counts(net) if model is not net else None
         row, monitored, train_loss, val_preds, module, weights, n, seconds = one_epoch(
             epoch, net, model, optimizer, task, run, data, targets, gen, rec)
+        if counted is not None and not statistics_moved(net, counted, data, run):
+            model = net  # the remaining epochs train uncompiled
         s.seen, s.train_time, s.step = s.seen + n, s.train_time + seconds, rec.step
         s.history.append(row)
         on_epoch(row)
@@ -306,10 +332,10 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
         if s.stale >= patience:
             log.info("stopped after epoch %d (best %d)", epoch, s.best_epoch)
             break
-    return kept_result(s, net, model, wrap, task, data, run)
+    return kept_result(s, net, wrap, task, data, run)
 
 
-def kept_result(s: state.LoopState, net, model, wrap, task, data: FitData,
+def kept_result(s: state.LoopState, net, wrap, task, data: FitData,
                 run: Settings) -> FoldResult:
     """The fold's result from the loop state: the kept epoch's weights in `net`, which predict
     validation (again only with test-time views, `wrap`) and test."""
@@ -321,7 +347,7 @@ def kept_result(s: state.LoopState, net, model, wrap, task, data: FitData,
     net.load_state_dict(s.best_state)
     final, batch = wrap(net), run.cfg.batch_size * 2
     if final is net:  # no test-time views: the best epoch's predictions stand
-        final, val_preds = model, np.asarray(s.best_val)
+        val_preds = np.asarray(s.best_val)
     else:
         val_preds = predict(final, data.x_val, task, batch, run.device, run.channels_last, run.amp,
                             "validate tta")
