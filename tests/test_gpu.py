@@ -129,6 +129,25 @@ def test_the_exported_bag_on_the_device_matches_eager_and_foldwise_predict(tmp_p
     np.testing.assert_allclose(preds, got, atol=1e-4)
 
 
+def test_the_cache_kept_whole_on_the_gpu_gives_what_the_pinned_loader_gives(tmp_path):
+    """On a GPU a cache under a tenth of its memory is copied there once and batches are
+    gathered on the device: the same rows, in the same order, as the host thread and its
+    pinned buffers deliver."""
+    from foldwise.train import loader
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "c.npy", rng.integers(0, 256, size=(300, 32, 24, 3), dtype=np.uint8))
+    x = loader.open_cache(tmp_path / "c.npy")
+    order = rng.permutation(len(x))
+    batches = [np.sort(order[i:i + 64]) for i in range(0, len(order), 64)]
+    host = [b.cpu() for b in loader.device_batches(x, batches, DEVICE, resident=0)]
+    kept = [b.cpu() for b in loader.device_batches(x, batches, DEVICE)]
+    if DEVICE.type == "cuda":
+        assert loader.RESIDENT.tensor is not None and loader.RESIDENT.tensor.is_cuda
+    for a, b, idx in zip(host, kept, batches):
+        assert torch.equal(a, b) and torch.equal(b, torch.from_numpy(x[idx]))
+    loader.RESIDENT.release()
+
+
 def test_sync_batchnorm_trains_like_timms_batchnorm_on_one_device():
     """timm's SyncBatchNormAct on the device, in training mode (one process: no peers to sync
     with), gives the outputs and gradients of the BatchNormAct it replaced."""
