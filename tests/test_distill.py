@@ -119,3 +119,38 @@ def test_the_students_settings_are_the_folds_recipe_with_its_own_network():
         student_settings(P.evolve(params, {"distill": {"model": "resnet_nonesuch"}}))
     with pytest.raises(InputError, match="distill.epochs=-1"):
         student_settings(P.evolve(params, {"distill": {"epochs": -1}}))
+
+
+def test_with_distill_test_the_student_learns_the_teachers_test_rows_and_says_they_are_not_held_out():
+    """`distill.test`: the test images join the student's training after the training images,
+    against the teacher's test rows (one joined view), and it still validates on them. A
+    teacher whose test rows disagree with what the training images teach (the test images
+    carry a mark, and the teacher flips their class) shows the rows are learnt: the student
+    agrees with them only when they are in its training. The figure is then named as not
+    held out."""
+    from foldwise.deploy.distill_run import fidelity_key, student_data
+    from foldwise.deploy.distill_stage import Teacher
+    x, y = toy_data(n=64)
+    x[48:, :2] = 255  # the mark on the test images
+    soft = lambda labels: np.where(np.eye(2)[labels] == 1, 0.9, 0.1)
+    teacher = Teacher("bag", soft(y[:48]), soft(1 - y[48:]), {}, {})
+    plain, joined = (student_data(x[:48], x[48:], teacher, with_test) for with_test in (False, True))
+    np.testing.assert_array_equal(plain.x_train, x[:48])
+    assert len(joined.x_train) == 64
+    np.testing.assert_array_equal(joined.x_train.take(np.arange(64)), x)
+    np.testing.assert_array_equal(joined.y_train, np.concatenate([teacher.train, teacher.test]))
+    for data in (plain, joined):
+        assert data.x_val is data.x_test and data.y_val is teacher.test
+    cfg = P.evolve(CFG, {"epochs": 6, "amp": False, "channels_last": False,
+                         "augment": dataclasses.asdict(NO_AUGMENT)})
+    agreement = {}
+    for name, data in (("plain", plain), ("joined", joined)):
+        torch.manual_seed(0)
+        net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
+        result = train_fold(net, distill.Distilled(Classification(["a", "b"])),
+                            Settings(cfg, 3e-3, 0, torch.device("cpu")), data)
+        agreement[name] = distill.fidelity(teacher.test, result.val_preds)["agreement"]
+    assert agreement["plain"] <= 0.25 and agreement["joined"] >= 0.75, agreement
+    base = P.load(ROOT / "params.yaml")
+    assert base.distill.test is False and fidelity_key(base) == "test_fidelity"
+    assert fidelity_key(P.evolve(base, {"distill": {"test": True}})) == "test_fidelity_not_held_out"

@@ -188,6 +188,7 @@ class Pseudo:
 class Distill:
     model: str
     epochs: int
+    test: bool  # the test images join the student's training against the teacher's rows
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from foldwise.files import atomic_dir, project_root, write_csv, write_json
 from foldwise.params import Params
 from foldwise.train import outputs
 from foldwise.train.fold import resume_file
-from foldwise.train.loader import open_cache
+from foldwise.train.loader import Joined, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 
 TIMED = 1024  # test images timed through each program
@@ -46,7 +46,7 @@ def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher:
         tracking.log_params(params, teacher=teacher.name, train_images=len(images),
                             student_epochs=cfg.epochs)
         result = train_fold(net, student_task, Settings(cfg, params.lr, seed, device),
-                            FitData(images, teacher.train, test_images, teacher.test, test_images),
+                            student_data(images, test_images, teacher, params.distill.test),
                             on_epoch=lambda row: mlflow.log_metrics(
                                 {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
                             resume=resume)
@@ -60,6 +60,23 @@ def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher:
                                           name="distilled", loaded=loaded)
     resume.unlink(missing_ok=True)
     return figures
+
+
+def student_data(images, test_images, teacher: Teacher, with_test: bool) -> FitData:
+    """The student's rows: every training image against the teacher's OOF row and, with
+    `distill.test`, every test image after them against the teacher's test row (one joined
+    view, nothing copied). It validates on the test images against the teacher either way:
+    held out without `distill.test`, in-sample with it."""
+    x, y = images, teacher.train
+    if with_test:
+        x, y = Joined(images, test_images), np.concatenate([teacher.train, teacher.test])
+    return FitData(x, y, test_images, teacher.test, test_images)
+
+
+def fidelity_key(params: Params) -> str:
+    """The name `metrics/distill.json` gives the student's figures against the teacher on the
+    test images: `test_fidelity` where they are held out, else `test_fidelity_not_held_out`."""
+    return "test_fidelity_not_held_out" if params.distill.test else "test_fidelity"
 
 
 def student_key(params: Params, teacher: Teacher, paths: DistillPaths) -> str:
@@ -114,7 +131,7 @@ def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: Dist
                                  device=device, desc="student on train")
     figures = {"model": params.distill.model, "teacher": teacher.name,
                "kept_weights": result.weights,
-               "test_fidelity": distill.fidelity(teacher.test, got),
+               fidelity_key(params): distill.fidelity(teacher.test, got),
                "train_not_out_of_fold": task.score(load_truth(paths.processed), in_sample),
                "teacher_oof": teacher_figures(task, teacher),
                "prediction": timings(loaded[0], paths.bag_model, test_images, device),

@@ -14,6 +14,8 @@ figures against the training labels are in-sample and stored as `train_not_out_o
 is held out is the test set, where the student is scored against the teacher's predictions
 (`test_fidelity`: cross-entropy and top-class agreement), which also keeps its epoch. Its
 accuracy against labels it never saw is a benchmark on held-out labels (docs/benchmarks.md).
+With `distill.test` the test images train it too (against the teacher's test rows): the same
+figure is then in-sample, and named `test_fidelity_not_held_out`.
 Off (`distill.model: ''`), the stage writes an empty folder and imports nothing heavy.
 """
 from __future__ import annotations
