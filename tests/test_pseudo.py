@@ -103,17 +103,21 @@ def test_the_joined_view_gathers_rows_of_both_arrays_in_order():
         loader.Joined(a, np.zeros((2, 3, 2, 1), dtype=np.uint8))
 
 
-def test_a_second_round_trains_on_its_own_folds_first_round_labels():
+@pytest.mark.parametrize("validation", [False, True], ids=["test", "test+validation"])
+def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation):
     """train_rounds against the same two rounds by hand: round 1 by `train_fold`, then round 2
     from its kept weights on the training rows plus the test images labelled by round 1's test
-    predictions (hard, at 0.6), weighted 0.5. Same seeds on the CPU: the same numbers."""
+    predictions (hard, at 0.6), weighted 0.5, and with `pseudo.validation` the fold's own
+    validation images labelled by round 1's validation predictions (never by their labels),
+    still scored against their labels. Same seeds on the CPU: the same numbers."""
     x, y = toy_data(n=64)
     cfg = P.evolve(CFG, {"epochs": 2, "amp": False, "channels_last": False,
                          "augment": dataclasses.asdict(NO_AUGMENT)})
     settings = Settings(cfg, 3e-3, 0, torch.device("cpu"))
-    data = FitData(x[:32], y[:32], x[32:48], y[32:48], x[48:])
+    data = FitData(x[:32], y[:32], loader.Rows(x, np.arange(32, 48)), y[32:48], x[48:])
     task = Classification(["a", "b"])
-    rounds = P.build(P.Pseudo, {"rounds": 1, "mode": "hard", "threshold": 0.6, "weight": 0.5, "epochs": 1})
+    rounds = P.build(P.Pseudo, {"rounds": 1, "mode": "hard", "threshold": 0.6, "weight": 0.5,
+                                "epochs": 1, "validation": validation})
 
     def net():
         torch.manual_seed(0)
@@ -125,14 +129,20 @@ def test_a_second_round_trains_on_its_own_folds_first_round_labels():
     first_net = net()
     first = train_fold(first_net, task, settings, data)
     keep, labels = pseudo.targets(first.test_preds, "hard", 0.6)
+    images = [x[:32], x[48:][keep]]
+    if validation:
+        keep_val, val_labels = pseudo.targets(first.val_preds, "hard", 0.6)
+        images.append(x[32:48][keep_val])
+        labels = np.concatenate([labels, val_labels])
     by_hand = train_fold(first_net, pseudo.PseudoLabelled(task),
                          dataclasses.replace(settings, cfg=P.evolve(cfg, {"epochs": 1})),
-                         FitData(np.concatenate([x[:32], x[48:][keep]]),
-                                 pseudo.round_targets(y[:32], 2, labels, 0.5), x[32:48], y[32:48], x[48:]))
+                         FitData(np.concatenate(images), pseudo.round_targets(y[:32], 2, labels, 0.5),
+                                 x[32:48], y[32:48], x[48:]))
     np.testing.assert_allclose(got.val_preds, by_hand.val_preds, atol=1e-6)
     np.testing.assert_allclose(got.test_preds, by_hand.test_preds, atol=1e-6)
     assert list(got.history["round"]) == [1, 1, 2] and list(got.history["epoch"]) == [0, 1, 2]
-    assert list(got.history["pseudo_images"]) == [0, 0, len(keep)]
+    assert list(got.history["pseudo_images"]) == [0, 0, len(labels)]
+    assert len(labels) > len(keep) if validation else len(labels) == len(keep)
     assert got.best_epoch == 2 and [r["round"] for r in rows_seen] == [1, 1, 2]
 
 

@@ -182,6 +182,7 @@ class Pseudo:
     threshold: float
     weight: float
     epochs: int
+    validation: bool  # the fold's own validation images join further rounds, unlabelled
 
 
 @dataclass(frozen=True)

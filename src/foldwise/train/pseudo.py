@@ -143,6 +143,26 @@ def round_targets(labels: np.ndarray, num_classes: int, pseudo_rows: np.ndarray,
     return np.vstack([labelled, extra])
 
 
+def further_round(data: FitData, num_classes: int, cfg: Pseudo,
+                  previous: FoldResult) -> tuple[FitData, int]:
+    """A further round's rows and how many are pseudo-labelled: the fold's labelled rows, then
+    the test images labelled by the fold's own previous round and, with `pseudo.validation`,
+    its validation images labelled the same way (their labels never enter training; they
+    still score it). Each image set is joined as a view, nothing copied."""
+    sources = [(data.x_test, previous.test_preds)]
+    if cfg.validation:
+        sources.append((data.x_val, previous.val_preds))
+    parts, labels = [data.x_train], []
+    for images, preds in sources:
+        rows, y = targets(preds, cfg.mode, cfg.threshold)  # this fold's own model's
+        parts.append(Rows(images.array, images.index[rows]) if isinstance(images, Rows)
+                     else Rows(images, rows))
+        labels.append(y)
+    y = np.concatenate(labels)
+    return FitData(Joined(*parts), round_targets(data.y_train, num_classes, y, cfg.weight),
+                   data.x_val, data.y_val, data.x_test), len(y)
+
+
 def round_resume(resume: Path | None, r: int) -> Path | None:
     """Round `r`'s resume file: `resume` itself for round 1, the others beside it."""
     if resume is None or r == 1:
@@ -162,11 +182,8 @@ def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=
     histories = [result.history.assign(round=1, pseudo_images=0)]
     round_run = dataclasses.replace(run, cfg=evolve(run.cfg, {"epochs": cfg.epochs or run.cfg.epochs}))
     for r in range(2, cfg.rounds + 2):
-        rows, y = targets(result.test_preds, cfg.mode, cfg.threshold)  # this fold's own model's
-        offset, extra = sum(len(h) for h in histories), {"round": r, "pseudo_images": len(rows)}
-        round_data = FitData(Joined(data.x_train, Rows(data.x_test, rows)),
-                             round_targets(data.y_train, task.num_outputs, y, cfg.weight),
-                             data.x_val, data.y_val, data.x_test)
+        round_data, n_pseudo = further_round(data, task.num_outputs, cfg, result)
+        offset, extra = sum(len(h) for h in histories), {"round": r, "pseudo_images": n_pseudo}
         result = train_fold(net, PseudoLabelled(task), round_run, round_data,
                             on_epoch=lambda row: on_epoch({**row, **extra, "epoch": row["epoch"] + offset}),
                             resume=round_resume(resume, r), wrap=wrap)
