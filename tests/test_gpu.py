@@ -142,7 +142,11 @@ def test_the_cache_kept_whole_on_the_gpu_gives_what_the_pinned_loader_gives(tmp_
     host = [b.cpu() for b in loader.device_batches(x, batches, DEVICE, resident=0)]
     kept = [b.cpu() for b in loader.device_batches(x, batches, DEVICE)]
     if DEVICE.type == "cuda":
-        assert loader.RESIDENT.tensor is not None and loader.RESIDENT.tensor.is_cuda
+        first = loader.RESIDENT.tensor
+        assert first is not None and first.is_cuda
+        again = [b.cpu() for b in loader.device_batches(x, batches[:2], DEVICE)]
+        assert loader.RESIDENT.tensor is first  # the next epoch gathers from the same copy
+        assert all(torch.equal(a, b) for a, b in zip(again, kept))
     for a, b, idx in zip(host, kept, batches):
         assert torch.equal(a, b) and torch.equal(b, torch.from_numpy(x[idx]))
     loader.RESIDENT.release()

@@ -88,13 +88,13 @@ class _Resident:
     """The one array kept whole on a device (see the module's docstring)."""
 
     def __init__(self):
-        self.ref, self.tensor = None, None
+        self.ref, self.tensor, self.device = None, None, None
 
     def get(self, array: np.ndarray, device: torch.device, budget: int) -> torch.Tensor | None:
         """`array` on `device`, copied there the first time it is asked for; None when it takes
         more than `budget` bytes or half the device's free memory."""
-        if self.ref is not None and self.ref() is array and self.tensor.device == device:
-            return self.tensor
+        if self.ref is not None and self.ref() is array and self.device == device:
+            return self.tensor  # (`device` as asked: torch.device("cuda") != the tensor's "cuda:0")
         self.release()
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else budget
         if array.nbytes > min(budget, free // 2):
@@ -105,10 +105,11 @@ class _Resident:
         for i in range(0, len(array), step):
             tensor[i:i + step].copy_(torch.from_numpy(np.ascontiguousarray(array[i:i + step])))
         self.ref, self.tensor = weakref.ref(array, lambda _: self.release()), tensor
+        self.device = device
         return tensor
 
     def release(self) -> None:
-        self.ref, self.tensor = None, None
+        self.ref, self.tensor, self.device = None, None, None
 
 
 RESIDENT = _Resident()

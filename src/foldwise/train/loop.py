@@ -314,11 +314,11 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
     patience = run.cfg.patience
     last = run.cfg.epochs if s.stale < patience else len(s.history)  # it may have stopped early
     for epoch in range(len(s.history), last):
-        counted = batchnorm_counts(net) if model is not net else None
+        counted = batchnorm_counts(net) if hasattr(model, "_orig_mod") else None  # compiled
         row, monitored, train_loss, val_preds, module, weights, n, seconds = one_epoch(
             epoch, net, model, optimizer, task, run, data, targets, gen, rec)
         if counted is not None and not statistics_moved(net, counted, data, run):
-            model = net  # the remaining epochs train uncompiled
+            model = model._orig_mod  # the remaining epochs train uncompiled (under DDP still)
         s.seen, s.train_time, s.step = s.seen + n, s.train_time + seconds, rec.step
         s.history.append(row)
         on_epoch(row)
