@@ -141,7 +141,7 @@ def test_with_distill_test_the_student_learns_the_teachers_test_rows_and_says_th
     np.testing.assert_array_equal(joined.y_train, np.concatenate([teacher.train, teacher.test]))
     for data in (plain, joined):
         assert data.x_val is data.x_test and data.y_val is teacher.test
-    cfg = P.evolve(CFG, {"epochs": 6, "amp": False, "channels_last": False,
+    cfg = P.evolve(CFG, {"epochs": 3, "amp": False, "channels_last": False,
                          "augment": dataclasses.asdict(NO_AUGMENT)})
     agreement = {}
     for name, data in (("plain", plain), ("joined", joined)):
