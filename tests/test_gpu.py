@@ -4,6 +4,7 @@ pandas and pytest but neither DVC nor MLflow: nothing here imports either.
 
 `FOLDWISE_GPU_TESTS_ON_CPU=1 pytest -m gpu tests/test_gpu.py` runs the same tests on the CPU
 (a dry run of their logic; bfloat16 autocast is then off)."""
+import dataclasses
 import logging
 import os
 
@@ -18,7 +19,7 @@ from foldwise.deploy.verify import check_export
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
 from foldwise.train.loop import FitData, Settings, predict, train_fold
-from test_training import CFG, toy_data
+from test_training import CFG, NO_AUGMENT, toy_data
 
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,28 +54,41 @@ def test_a_fold_trains_with_amp_channels_last_compile_ema_and_mixup():
     assert np.abs(again - result.val_preds).max() < 0.05
 
 
+@pytest.fixture
+def deterministic():
+    """cuDNN's deterministic kernels and no TF32, for comparisons to the rounding; restored."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.allow_tf32) = saved
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_compiled_training_keeps_what_eager_training_keeps(channels_last, caplog):
-    """Seen with torch 2.11 on an H200 (docs/gpu.md, 2026-12-04): a compiled fold's kept
-    weights, run eagerly, predicted up to 0.26 away from what its compiled module predicted,
-    and float32 channels_last compiled training failed in inductor's convolution backward.
-    In float32, a compiled and an eager fold from the same start and batches keep the same
-    network: every BatchNorm layer counted every batch (no fall-back to eager training), its
-    running statistics moved from their start as the eager fold's did (the two folds' weights
-    drift apart in rounding, so not to the digit), the same predictions."""
-    changes = {"amp": False, "channels_last": channels_last, "epochs": 2}
+def test_a_compiled_fold_keeps_what_an_eager_fold_keeps(channels_last, deterministic, caplog):
+    """With torch 2.11 on an H200 (docs/gpu.md, second run) a compiled step gave eager's
+    outputs but gradients and BatchNorm statistics far from eager's, and failed in float32
+    with channels_last. Whatever the torch, `train.compile` must keep the network an eager
+    fold keeps: either the first compiled step matched eager's and training stayed compiled,
+    or the fold said so and trained uncompiled. Compared in float32 with plain SGD, batches
+    of 16 and no augmentation, where two eager folds agree to the rounding (AdamW in batches
+    of 8 turns rounding into whole steps: benchmarks/gpu-check-2026-12-04b/compile-bn.jsonl).
+    The log says which way it went (`pytest -rA` shows it)."""
+    changes = {"amp": False, "channels_last": channels_last, "epochs": 2, "optimizer": "sgd",
+               "batch_size": 16, "augment": dataclasses.asdict(NO_AUGMENT)}
     eager = fit(net(3), {**changes, "compile": False}, seed=3)
-    with caplog.at_level(logging.WARNING, logger="foldwise.train.loop"):
+    with caplog.at_level(logging.INFO, logger="foldwise.train.compiled"):
         compiled = fit(net(3), {**changes, "compile": True}, seed=3)
-    assert "left the BatchNorm statistics" not in caplog.text
+    print(caplog.text)
+    assert "checked against eager" in caplog.text or "trains uncompiled" in caplog.text
     for name, value in eager.state_dict.items():
         if name.endswith("num_batches_tracked"):
-            assert int(compiled.state_dict[name]) == int(value), name
+            assert int(compiled.state_dict[name]) == int(value) > 0, name
         elif name.endswith(("running_mean", "running_var")):
-            start = 0.0 if name.endswith("mean") else 1.0
-            apart = (compiled.state_dict[name] - value).abs().mean()
-            assert apart < 0.25 * (value - start).abs().mean(), name
-    assert np.abs(compiled.val_preds - eager.val_preds).max() < 0.05
+            assert (compiled.state_dict[name] - value).abs().max() < 1e-3, name
+    assert np.abs(compiled.val_preds - eager.val_preds).max() < 1e-3
 
 
 def test_a_fold_killed_on_the_device_resumes_to_the_same_result(tmp_path):

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from torch import nn
 
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
 from foldwise.train.augment import augment, check
-from foldwise.train.loop import FitData, Settings, train_fold
+from foldwise.train.loop import FitData, Settings, batches_of, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,37 +211,107 @@ def test_a_fold_whose_loss_is_never_finite_stops_with_a_clear_error():
 def test_compiled_training_learns_the_same_as_eager_and_keeps_plain_weight_names(caplog):
     """train.compile: true goes through torch.compile (inductor, here on the CPU); the kept
     weights load into the plain network, and predictions agree with eager training up to
-    the compiled kernels' rounding; the compiled step updated the network's own BatchNorm
-    statistics (no fall-back to eager training)."""
-    with caplog.at_level("WARNING"):
+    the compiled kernels' rounding; the first compiled step matched eager's and the compiled
+    steps updated the network's own BatchNorm statistics (no fall-back to eager training)."""
+    with caplog.at_level("INFO", logger="foldwise.train.compiled"):
         compiled = run(seed=1, compile=True, epochs=2)
     eager = run(seed=1, compile=False, epochs=2)
-    assert "left the BatchNorm statistics" not in caplog.text
+    assert "compiled step checked against eager" in caplog.text
+    assert "uncompiled" not in caplog.text
     assert set(compiled.state_dict) == set(eager.state_dict)
     assert not any("_orig_mod" in k for k in compiled.state_dict)
     assert np.abs(compiled.val_preds - eager.val_preds).max() < 0.05
     assert compiled.best_epoch == eager.best_epoch
 
 
+@pytest.mark.extended  # torch.compile on the CPU
+def test_compiled_dropout_draws_the_masks_eager_draws_in_the_compile_check():
+    """The compile check's two steps draw the same dropout masks (inductor told to use eager's
+    random kernels while the first graph compiles), so a network with dropout passes it."""
+    from foldwise.train import compiled
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", num_classes=2, drop_rate=0.5)
+    x = torch.from_numpy(toy_data(n=8)[0]).permute(0, 3, 1, 2).float() / 255
+    gaps = compiled.first_step_gaps(net, torch.compile(net), x, amp=False)
+    assert max(gaps.values()) < 1e-3, gaps
+
+
 def test_batchnorm_statistics_left_behind_by_a_training_epoch_are_reported(caplog):
     """The check that stops compiling a fold whose compiled step did not update the network's
     own BatchNorm statistics (docs/gpu.md): every layer must have counted each of the epoch's
     batches (20 images in batches of 8: 2 full and one of 4)."""
-    from foldwise.train.loop import batchnorm_counts, statistics_moved
+    from foldwise.train.compiled import batchnorm_counts, statistics_moved
     torch.manual_seed(0)
     net = timm.create_model("resnet10t", num_classes=2).train()
     x, y = toy_data(n=20)
-    data = FitData(x, y, x[:4], y[:4], x[:4])
-    settings = Settings(CFG, 1e-3, 0, torch.device("cpu"))
+    expected = batches_of(len(x), CFG.batch_size)
     before = batchnorm_counts(net)
     assert len(before) > 10 and set(before.values()) == {0}
     for rows in (slice(0, 8), slice(8, 16), slice(16, 20)):
         net(torch.from_numpy(x[rows]).permute(0, 3, 1, 2).float())
-    assert statistics_moved(net, before, data, settings)
+    assert statistics_moved(net, before, expected)
     assert "BatchNorm" not in caplog.text
     with caplog.at_level("WARNING"):
-        assert not statistics_moved(net, batchnorm_counts(net), data, settings)
+        assert not statistics_moved(net, batchnorm_counts(net), expected)
     assert "left the BatchNorm statistics of" in caplog.text and "3 batches expected" in caplog.text
+
+
+class Miscompiled(nn.Module):
+    """Stands where torch.compile's module stands (`_orig_mod`), computing what the faulty
+    compiled step on the second GPU run computed: the network's own forward, but on other
+    numbers (here: the batch mirrored), so gradients and BatchNorm statistics come out wrong;
+    or failing, as inductor's convolution backward did in float32 with channels_last."""
+
+    def __init__(self, net, fail=False):
+        super().__init__()
+        self._orig_mod, self.fail = net, fail
+
+    def forward(self, x):
+        if self.fail:
+            raise AssertionError("expected size 512==512, stride 9==1 at dim=1")
+        return self._orig_mod(x.flip(-1))
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["wrong", "failing"])
+def test_a_compiled_step_that_trains_otherwise_than_eager_is_not_trusted(fail, caplog):
+    """Before a fold trains compiled, one step of its first batch is taken compiled and eagerly:
+    a compiled module whose gradients and BatchNorm statistics differ, or that fails, is
+    replaced by the network itself with a warning, and the check leaves the network's weights,
+    statistics and gradients as they were."""
+    from foldwise.train import compiled
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", num_classes=2)
+    x = torch.from_numpy(toy_data(n=8)[0]).permute(0, 3, 1, 2).float() / 255
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        assert compiled.checked(net, Miscompiled(net, fail), x, amp=False) is net
+    assert ("failed on the first batch" if fail else "trains differently from eager") in caplog.text
+    if not fail:
+        gaps = compiled.first_step_gaps(net, Miscompiled(net), x, amp=False)
+        assert min(gaps.values()) > compiled.TOLERANCE
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_an_uncompiled_copy_passes_the_compile_check_with_dropout_on():
+    """The same check passes a module that computes what the network computes, also with
+    dropout in the head (both steps draw the same masks): no false alarm."""
+    from foldwise.train import compiled
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", num_classes=2, drop_rate=0.5)
+
+    class Same(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self._orig_mod = net
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    x = torch.from_numpy(toy_data(n=8)[0]).permute(0, 3, 1, 2).float() / 255
+    gaps = compiled.first_step_gaps(net, Same(net), x, amp=False)
+    assert max(gaps.values()) < 1e-5, gaps
 
 
 def test_ema_is_validated_beside_the_weights_and_the_better_one_is_kept():

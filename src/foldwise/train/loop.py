@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from foldwise.train import augment, distributed, recipe, state
+from foldwise.train import augment, compiled, distributed, recipe, state
 from foldwise.errors import InputError
 from foldwise.train.loader import device_batches, predict_array, to_float
 from foldwise.params import Train
@@ -188,6 +188,12 @@ def prepare(net: nn.Module, run: Settings, task, n_train: int):
     return net, model, optimizer, scheduler, recipe.create(net, cfg, task, scheduler)
 
 
+def first_batch(x_train, run: Settings) -> torch.Tensor:
+    """The first training rows, as the step sees them (float, on the device)."""
+    rows = torch.from_numpy(np.ascontiguousarray(x_train[:run.cfg.batch_size]))
+    return to_float(rows.to(run.device), run.channels_last)
+
+
 def validate(model, ema, task, x_val, y_val, run: Settings):
     """The epoch's validation: scores of the weights and, with an EMA, of their moving average
     (history columns `val_*`, `ema_val_*`). The better of the two (lower `task.monitor`) is the
@@ -273,27 +279,6 @@ def one_epoch(epoch, net, model, optimizer, task, run: Settings, data: FitData, 
             seconds)
 
 
-def batchnorm_counts(net: nn.Module) -> dict[str, int]:
-    """Each BatchNorm layer's count of the training batches it has normalised."""
-    return {name: int(m.num_batches_tracked) for name, m in net.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None}
-
-
-def statistics_moved(net: nn.Module, before: dict[str, int], data: FitData, run: Settings) -> bool:
-    """After an epoch of the compiled module: did every BatchNorm layer of the network itself
-    count the epoch's batches? Its running statistics are what validation, the kept weights and
-    the export use; a compiled step that left them behind (seen with torch 2.11 on CUDA:
-    docs/gpu.md) is reported, and the fold goes on uncompiled (False)."""
-    expected = batches_of(len(data.x_train), run.cfg.batch_size)
-    behind = [name for name, count in batchnorm_counts(net).items()
-              if count - before.get(name, 0) != expected]
-    if behind:
-        log.warning("torch.compile (torch %s) left the BatchNorm statistics of %d layer(s) "
-                    "behind (%s: %d batches expected); the fold continues uncompiled",
-                    torch.__version__, len(behind), behind[0], expected)
-    return not behind
-
-
 def train_fold(net: nn.Module, task, run: Settings, data: FitData,
                on_epoch: Callable[[dict], None] = lambda row: None,
                resume: str | Path | None = None,
@@ -311,13 +296,16 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
     net, model, optimizer, scheduler, rec = prepare(net, run, task, len(data.x_train))
     targets = task.targets(data.y_train)
     s = resumed(net, optimizer, scheduler, gen, rec, resume, on_epoch)
+    if hasattr(model, "_orig_mod"):  # compiled: trusted once its first step matches eager's
+        model = compiled.checked(net, model, first_batch(data.x_train, run), run.amp)
     patience = run.cfg.patience
     last = run.cfg.epochs if s.stale < patience else len(s.history)  # it may have stopped early
     for epoch in range(len(s.history), last):
-        counted = batchnorm_counts(net) if hasattr(model, "_orig_mod") else None  # compiled
+        counted = compiled.batchnorm_counts(net) if hasattr(model, "_orig_mod") else None
         row, monitored, train_loss, val_preds, module, weights, n, seconds = one_epoch(
             epoch, net, model, optimizer, task, run, data, targets, gen, rec)
-        if counted is not None and not statistics_moved(net, counted, data, run):
+        expected = batches_of(len(data.x_train), run.cfg.batch_size)
+        if counted is not None and not compiled.statistics_moved(net, counted, expected):
             model = model._orig_mod  # the remaining epochs train uncompiled (under DDP still)
         s.seen, s.train_time, s.step = s.seen + n, s.train_time + seconds, rec.step
         s.history.append(row)
