@@ -85,6 +85,7 @@ VARIANTS["regnetx_002+ema+tta+calibration"] = ["train.model=regnetx_002",
 # second-level model over them
 VARIANTS["pseudo"] = [*VARIANTS["ema+tta+calibration"], "pseudo.rounds=1", "pseudo.epochs=3"]
 VARIANTS["pseudo+stack"] = [*VARIANTS["pseudo"], "stack.model=logistic"]
+VARIANTS["pseudo-finetune"] = [*VARIANTS["pseudo"], "pseudo.lr=0.0005"]  # lr/4, no warm-up
 VARIANTS["stack"] = [*VARIANTS["ema+tta+calibration"], "stack.model=logistic"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 

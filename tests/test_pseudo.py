@@ -103,21 +103,24 @@ def test_the_joined_view_gathers_rows_of_both_arrays_in_order():
         loader.Joined(a, np.zeros((2, 3, 2, 1), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("validation", [False, True], ids=["test", "test+validation"])
-def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation):
+@pytest.mark.parametrize("validation, lr", [(False, 0.0), (True, 0.0), (False, 1e-3)],
+                         ids=["test", "test+validation", "test, fine-tuned"])
+def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation, lr):
     """train_rounds against the same two rounds by hand: round 1 by `train_fold`, then round 2
     from its kept weights on the training rows plus the test images labelled by round 1's test
     predictions (hard, at 0.6), weighted 0.5, and with `pseudo.validation` the fold's own
     validation images labelled by round 1's validation predictions (never by their labels),
-    still scored against their labels. Same seeds on the CPU: the same numbers."""
+    still scored against their labels. Round 2 restarts round 1's schedule (its lr and warm-up
+    epoch), or with `pseudo.lr` fine-tunes: from that lr, without warm-up. Same seeds on the
+    CPU: the same numbers."""
     x, y = toy_data(n=64)
-    cfg = P.evolve(CFG, {"epochs": 2, "amp": False, "channels_last": False,
+    cfg = P.evolve(CFG, {"epochs": 2, "amp": False, "channels_last": False, "warmup_epochs": 1,
                          "augment": dataclasses.asdict(NO_AUGMENT)})
     settings = Settings(cfg, 3e-3, 0, torch.device("cpu"))
     data = FitData(x[:32], y[:32], loader.Rows(x, np.arange(32, 48)), y[32:48], x[48:])
     task = Classification(["a", "b"])
     rounds = P.build(P.Pseudo, {"rounds": 1, "mode": "hard", "threshold": 0.6, "weight": 0.5,
-                                "epochs": 1, "validation": validation})
+                                "epochs": 1, "validation": validation, "lr": lr})
 
     def net():
         torch.manual_seed(0)
@@ -134,8 +137,10 @@ def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation):
         keep_val, val_labels = pseudo.targets(first.val_preds, "hard", 0.6)
         images.append(x[32:48][keep_val])
         labels = np.concatenate([labels, val_labels])
+    schedule = {"epochs": 1, "warmup_epochs": 0} if lr else {"epochs": 1}
     by_hand = train_fold(first_net, pseudo.PseudoLabelled(task),
-                         dataclasses.replace(settings, cfg=P.evolve(cfg, {"epochs": 1})),
+                         dataclasses.replace(settings, lr=lr or settings.lr,
+                                             cfg=P.evolve(cfg, schedule)),
                          FitData(np.concatenate(images), pseudo.round_targets(y[:32], 2, labels, 0.5),
                                  x[32:48], y[32:48], x[48:]))
     np.testing.assert_allclose(got.val_preds, by_hand.val_preds, atol=1e-6)
@@ -152,6 +157,7 @@ def test_bad_pseudo_settings_are_refused_before_training_naming_the_key():
     pseudo.check(P.evolve(base, {"rounds": 0, "mode": "sharp"}), Keypoints(["x", "y"], (9, 9)))  # off
     for change, key in (({"rounds": -1}, "pseudo.rounds"), ({"rounds": 1, "mode": "sharp"}, "pseudo.mode"),
                         ({"rounds": 1, "threshold": 0.0, "mode": "hard"}, "pseudo.threshold"),
+                        ({"rounds": 1, "lr": -1e-3}, "pseudo.lr"),
                         ({"rounds": 1, "weight": 0.0}, "pseudo.weight")):
         with pytest.raises(InputError, match=key):
             pseudo.check(P.evolve(base, change), classes)

@@ -183,6 +183,7 @@ class Pseudo:
     weight: float
     epochs: int
     validation: bool  # the fold's own validation images join further rounds, unlabelled
+    lr: float  # further rounds: 0 restart as round 1 did (lr, warm-up); else fine-tune from it
 
 
 @dataclass(frozen=True)

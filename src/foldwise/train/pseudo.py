@@ -83,9 +83,10 @@ def fold_labels(models: str | Path, fold: int, folds: pd.DataFrame, columns: lis
 
 def check(cfg: Pseudo, task) -> None:
     """params.yaml's `pseudo` section, refused before any training where it cannot work."""
-    if cfg.rounds < 0 or cfg.epochs < 0:
-        raise InputError(f"params.yaml: pseudo.rounds={cfg.rounds} and pseudo.epochs={cfg.epochs} "
-                         "must be >= 0 (rounds 0: off; epochs 0: train.epochs)")
+    if cfg.rounds < 0 or cfg.epochs < 0 or cfg.lr < 0:
+        raise InputError(f"params.yaml: pseudo.rounds={cfg.rounds}, pseudo.epochs={cfg.epochs} and "
+                         f"pseudo.lr={cfg.lr} must be >= 0 (rounds 0: off; epochs 0: train.epochs; "
+                         "lr 0: lr)")
     if not cfg.rounds:
         return
     if not getattr(task, "probabilities", False) or not hasattr(task, "classes"):
@@ -170,6 +171,16 @@ def round_resume(resume: Path | None, r: int) -> Path | None:
     return Path(resume).with_name(f"{Path(resume).stem}-round{r}.pt")
 
 
+def further_settings(run: Settings, cfg: Pseudo) -> Settings:
+    """How further rounds train: `pseudo.epochs` (0: `train.epochs`); with `pseudo.lr` 0 their
+    schedule restarts as round 1's did (lr, warm-up), else it fine-tunes the kept weights: it
+    starts at `pseudo.lr`, without warm-up, and decays as round 1's did."""
+    changes = {"epochs": cfg.epochs or run.cfg.epochs}
+    if cfg.lr:
+        changes["warmup_epochs"] = 0
+    return dataclasses.replace(run, lr=cfg.lr or run.lr, cfg=evolve(run.cfg, changes))
+
+
 def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=lambda row: None,
                  resume: Path | None = None, wrap=lambda net: net) -> FoldResult:
     """Round 1 (`train_fold`), then `cfg.rounds` rounds with pseudo-labels (see the module's
@@ -180,7 +191,7 @@ def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=
     result = train_fold(net, task, run, data, resume=resume, wrap=wrap,
                         on_epoch=lambda row: on_epoch({**row, "round": 1, "pseudo_images": 0}))
     histories = [result.history.assign(round=1, pseudo_images=0)]
-    round_run = dataclasses.replace(run, cfg=evolve(run.cfg, {"epochs": cfg.epochs or run.cfg.epochs}))
+    round_run = further_settings(run, cfg)
     for r in range(2, cfg.rounds + 2):
         round_data, n_pseudo = further_round(data, task.num_outputs, cfg, result)
         offset, extra = sum(len(h) for h in histories), {"round": r, "pseudo_images": n_pseudo}
