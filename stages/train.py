@@ -1,4 +1,5 @@
-"""train: one fold. Trains on the other folds, keeps the epoch with the best validation loss.
+"""train: one fold's round 1. Trains on the other folds, keeps the epoch with the best validation
+loss (further pseudo-label rounds: the pseudo stage).
 
 usage: python stages/train.py FOLD FOLDS_CSV PROCESSED_DIR OUT_DIR HISTORY_CSV
 params: seed, lr, train.* (model, weights, optimiser, schedule, epochs, augmentation, EMA,

@@ -242,6 +242,38 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")
 
 
+def test_pseudo_label_rounds_reuse_round_1_and_every_later_stage_reads_them(project):
+    """`pseudo.*` are params of the pseudo stages only: an experiment that turns them on after a
+    bag takes round 1 (train@k) from DVC's cache and trains only the further rounds, each in an
+    MLflow run of its own (round 1's curve replayed before round 2's) under the parent that
+    then receives the bag's metrics; the bag's OOF table holds the last round's predictions."""
+    dst, _, _ = project
+    client, before = mlflow_runs(dst)
+    out = sh("dvc exp run -S pseudo.rounds=1 -S pseudo.epochs=1 -S pseudo.lr=0.001", dst).stdout
+    assert "Running stage 'train@0'" not in out and "Running stage 'pseudo@0'" in out
+    _, after = mlflow_runs(dst)
+    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    assert not [r for r in new if r.data.tags.get("foldwise.role") == "fold"]
+    assert sorted(r.data.tags["foldwise.fold"] for r in new
+                  if r.data.tags.get("foldwise.role") == "pseudo") == [str(k) for k in range(FOLDS)]
+    classes = [f"c{k}" for k in range(10)]
+    bagged = pd.read_csv(dst / "data/bagged/oof.csv", dtype={"id": str}).set_index("id")
+    m = json.loads((dst / "metrics/metrics.json").read_text())
+    for k in range(FOLDS):
+        last = dst / f"models/pseudo_{k}"
+        assert list(pd.read_csv(last / "history.csv")["round"]) == [1] * EPOCHS + [2]
+        info = json.loads((last / "run.json").read_text())
+        rounds = sorted(client.get_metric_history(info["run_id"], "round"), key=lambda h: h.step)
+        assert [h.value for h in rounds] == [1.0] * EPOCHS + [2.0]
+        oof = pd.read_csv(last / "oof.csv", dtype={"id": str})
+        np.testing.assert_allclose(bagged.loc[oof["id"], classes].to_numpy(), oof[classes].to_numpy(),
+                                   atol=1e-6)
+        first = pd.read_csv(dst / f"models/fold_{k}/oof.csv", dtype={"id": str})
+        assert np.abs(first[classes].to_numpy() - oof[classes].to_numpy()).max() > 1e-3
+        parent = client.get_run(info["parent_run_id"])
+        assert parent.data.metrics["oof_logloss"] == pytest.approx(m["oof"]["logloss"])
+
+
 @pytest.fixture
 def mlflow_server(project):
     dst, _, _ = project

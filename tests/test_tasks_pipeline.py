@@ -104,7 +104,8 @@ def folders_params(p):
 
 def test_image_folders_with_pseudo_labels_report_top5_and_export_label_and_probabilities(tmp_path_factory):
     """Image folders (classes by folder) with fold-honest pseudo-labels on: each fold's
-    history and MLflow run hold both rounds, the second with every test image added; the
+    pseudo stage's folder and MLflow run (under the same parent as round 1's) hold both
+    rounds, the second with every test image added; the
     OOF table covers each training image once, in its own fold, its figure scikit-learn's;
     the submission's format. (The rule and a planted leak: test_pseudo.py.)"""
     from conftest import mlflow_runs
@@ -122,15 +123,18 @@ def test_image_folders_with_pseudo_labels_report_top5_and_export_label_and_proba
     np.testing.assert_allclose(sub[classes].sum(axis=1), 1.0, atol=1e-5)
     assert (sub["label"] == sub[classes].idxmax(axis=1)).all()
     folds, client = pd.read_csv(dst / "data/folds.csv"), mlflow_runs(dst)[0]
-    for k in FOLDS:
-        history = pd.read_csv(dst / f"models/fold_{k}/history.csv")
+    for k in FOLDS:  # round 1 in models/fold_K, the last round in models/pseudo_K (read by all)
+        history = pd.read_csv(dst / f"models/pseudo_{k}/history.csv")
         assert list(history["round"]) == [1] * 20 + [2] * 2
         assert list(history["pseudo_images"]) == [0] * 20 + [len(sub)] * 2
         assert list(history["epoch"]) == list(range(22))
-        assert sorted(pd.read_csv(dst / f"models/fold_{k}/oof.csv")["id"]) == \
+        assert len(pd.read_csv(dst / f"models/fold_{k}/history.csv")) == 20
+        assert sorted(pd.read_csv(dst / f"models/pseudo_{k}/oof.csv")["id"]) == \
             sorted(folds.loc[folds["fold"] == k, "id"])
-        run_id = json.loads((dst / f"models/fold_{k}/run.json").read_text())["run_id"]
-        assert [h.value for h in client.get_metric_history(run_id, "round")] == [1.0] * 20 + [2.0] * 2
+        runs = [json.loads((dst / f"models/{name}_{k}/run.json").read_text()) for name in ("fold", "pseudo")]
+        assert runs[0]["parent_run_id"] == runs[1]["parent_run_id"]  # one pipeline run, one parent
+        rounds = sorted(client.get_metric_history(runs[1]["run_id"], "round"), key=lambda h: h.step)
+        assert [h.value for h in rounds] == [1.0] * 20 + [2.0] * 2  # round 1's curve replayed
     oof = pd.read_csv(dst / "data/bagged/oof.csv")
     p = oof[classes].to_numpy()
     p /= p.sum(axis=1, keepdims=True)  # written to 8 significant digits

@@ -110,8 +110,9 @@ def pipeline_key(params: Params, *fingerprint_files) -> str:
     return h.hexdigest()[:16]
 
 
-def parent_for_fold(experiment_id: str, key: str, fold: int, params: Params) -> str:
-    """The parent run this fold belongs to, created when this fold starts a new pipeline run."""
+def parent_for_fold(experiment_id: str, key: str, fold: int, params: Params, role: str = "fold") -> str:
+    """The parent run this fold belongs to, created when this fold starts a new pipeline run
+    (`role`: the fold's round 1, `fold`, or its pseudo-label rounds, `pseudo`)."""
     client = MlflowClient()
     with _lock():
         found = client.search_runs(
@@ -123,22 +124,26 @@ def parent_for_fold(experiment_id: str, key: str, fold: int, params: Params) -> 
             done = client.search_runs(
                 [experiment_id],
                 filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`foldwise.fold` = '{fold}'"
-                              " and attributes.status = 'FINISHED'", max_results=1)
+                              f" and tags.`foldwise.role` = '{role}' and attributes.status = 'FINISHED'",
+                max_results=1)
             if not done:
                 return parent
         return _create_parent(client, experiment_id, key, params)
 
 
-def close_killed_attempts(experiment_id: str, parent_id: str, fold, tag: str = "foldwise.fold") -> list[str]:
-    """Mark this fold's runs (those whose `tag` is `fold`: the distilled network's are
-    `foldwise.role` = distilled) that are still RUNNING under `parent_id` as KILLED: they are
-    attempts whose process died (a fold is trained by one process at a time), and the
-    attempt starting now resumes their work under a run of its own."""
+def close_killed_attempts(experiment_id: str, parent_id: str, fold, tag: str = "foldwise.fold",
+                          role: str | None = None) -> list[str]:
+    """Mark this fold's runs (those whose `tag` is `fold`, and whose `foldwise.role` is `role`
+    where given: the distilled network's are `foldwise.role` = distilled) that are still
+    RUNNING under `parent_id` as KILLED: they are attempts whose process died (a fold is
+    trained by one process at a time), and the attempt starting now resumes their work under
+    a run of its own."""
     client = MlflowClient()
+    of_role = f" and tags.`foldwise.role` = '{role}'" if role else ""
     stale = client.search_runs(
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{tag}` = '{fold}'"
-                      " and attributes.status = 'RUNNING'")
+                      f"{of_role} and attributes.status = 'RUNNING'")
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return [r.info.run_id for r in stale]

@@ -7,7 +7,8 @@ locks, so several `dvc repro` processes may run independent stages of one worksp
 (DVC's documented "parallel stage execution"). This drives exactly that:
 
 1. `dvc repro` of everything upstream of the folds (sample, split, preprocess), once;
-2. `dvc --wait-for-lock repro --single-item train@k` for every fold, N processes at a time; slot
+2. `dvc --wait-for-lock repro --single-item train@k`, then the same for `pseudo@k` (its further
+   pseudo-label rounds, a marker when there are none), for every fold, N processes at a time; slot
    j gets `CUDA_VISIBLE_DEVICES=j mod <GPUs>` (nothing pinned without GPUs). `--single-item` keeps
    each process off the shared upstream stages (a second process would ask for a write lock on
    their outputs while the first reads them: DVC issue #5795); `--wait-for-lock` makes a process
@@ -83,8 +84,11 @@ def train_folds(folds, jobs: int, logs: Path, env=None) -> list[tuple[int, float
             print(f"train@{fold}: started{f' on GPU {device}' if device is not None else ''}, log {log}",
                   flush=True)
             with open(log, "w") as out:
-                rc = subprocess.run(dvc("--wait-for-lock", "repro", "--single-item", f"train@{fold}"),
-                                    stdout=out, stderr=subprocess.STDOUT, env=child).returncode
+                for stage in (f"train@{fold}", f"pseudo@{fold}"):
+                    rc = subprocess.run(dvc("--wait-for-lock", "repro", "--single-item", stage),
+                                        stdout=out, stderr=subprocess.STDOUT, env=child).returncode
+                    if rc != 0:
+                        break
             if rc != 0:
                 failed.append((fold, log))
                 return

@@ -5,7 +5,7 @@ The coordinating checkout (this one, at a committed state) builds the stages ups
 folds and `dvc push`es them to the project's default DVC remote. Each fold is a Ray task asking
 for `--gpus` GPUs: in a checkout of its own (a `git clone` of `--repo` at this commit plus the
 coordinator's `dvc.lock`, in a temporary folder of the node that runs it) it `dvc pull`s the
-upstream outputs, runs `dvc repro --single-item train@k` and `dvc push --run-cache`. The
+upstream outputs, runs `dvc repro --single-item` of `train@k` and `pseudo@k` and `dvc push --run-cache`. The
 coordinator then `dvc pull --run-cache`s and runs `dvc repro --pull`, which restores every fold
 from DVC's run-cache (pulling its outputs) instead of training it, and goes on with bag,
 evaluate, neighbours and export.
@@ -55,7 +55,8 @@ def train_fold(repo: str, commit: str, lock: str, fold: int, env: dict) -> dict:
         child = {**os.environ, **env}
         dvc("pull", *UPSTREAM, cwd=work, env=child)
         out = dvc("repro", "--single-item", f"train@{fold}", cwd=work, env=child)
-        dvc("push", "--run-cache", f"train@{fold}", cwd=work, env=child)
+        dvc("repro", "--single-item", f"pseudo@{fold}", cwd=work, env=child)  # its further rounds
+        dvc("push", "--run-cache", f"train@{fold}", f"pseudo@{fold}", cwd=work, env=child)
         return {"fold": fold, "node": os.uname().nodename,
                 "trained": f"Running stage 'train@{fold}'" in out, "log": out[-1500:]}
 
@@ -94,9 +95,11 @@ def coordinate(repo: str, gpus: float, address: str | None) -> list[dict]:
         ray.shutdown()
     dvc("pull", "--run-cache", *UPSTREAM, cwd=".")  # the workers' run-cache entries
     out = dvc("repro", "--pull", cwd=".")  # folds restored from them, outputs pulled
-    retrained = [k for k in params.folds if f"Running stage 'train@{k}'" in out]
+    retrained = [f"{stage}@{k}" for k in params.folds for stage in ("train", "pseudo")
+                 if f"Running stage '{stage}@{k}'" in out]
     if retrained:
-        raise InputError(f"dvc repro trained folds {retrained} again: the workers' run-cache did not arrive")
+        raise InputError(f"dvc repro ran {', '.join(retrained)} again: the workers' run-cache did "
+                         "not arrive")
     return results
 
 

@@ -1,8 +1,10 @@
 """One fold's whole run: the torchrun relaunch for several devices, the MLflow run, the resume
 file, the loop, and the fold's folder (`outputs`).
 
-`run` is what the train stage calls; everything it reads comes from params.yaml, the fold table
-and the preprocess cache, everything it writes goes to the fold's folder and its history CSV.
+`run` is what the train stage calls (round 1) and the pseudo stage calls (`after`: the further
+pseudo-label rounds, from round 1's folder); everything it reads comes from params.yaml, the
+fold table, the preprocess cache and round 1's folder, everything it writes goes to the fold's
+folder (and round 1's history CSV).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from foldwise.files import project_root, source_digest, write_csv
 from foldwise.tasks import create_task
 from foldwise.train import augment, distributed, outputs, pseudo, tta
 from foldwise.train.loader import Rows, open_cache
-from foldwise.train.loop import FitData, FoldResult, Settings
+from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 
 PACKAGE = Path(__file__).resolve().parents[1]  # foldwise's own code, as installed
 
@@ -45,11 +47,17 @@ class FoldData:
 
 @dataclass(frozen=True)
 class FoldPaths:
-    """The train stage's arguments: what it reads and where it writes."""
+    """The stage's arguments: what it reads and where it writes. `after`: the models folder
+    holding round 1 (the pseudo stage), else None (the train stage)."""
     folds_csv: Path
     processed: Path
     out: Path
-    history_csv: Path
+    history_csv: Path | None
+    after: Path | None = None
+
+    @property
+    def role(self) -> str:
+        return "fold" if self.after is None else "pseudo"
 
 
 def fold_rows(folds_csv, processed: Path, fold: int):
@@ -106,21 +114,23 @@ def log_artifacts(result: FoldResult, out: Path, title: str) -> None:
     mlflow.log_artifact(str(out / "model.pt"))
 
 
-def start_fold_run(params: P.Params, key: str, fold: int, weights: str, device):
+def start_fold_run(params: P.Params, key: str, fold: int, weights: str, device, role: str = "fold"):
     """The fold's MLflow run (an active run, for `with`) under its pipeline's parent, with the
     parent's and experiment's ids; earlier attempts of this fold that died are marked KILLED
-    and named in the new run's `foldwise.resumes` tag."""
+    and named in the new run's `foldwise.resumes` tag. `role`: round 1 (`fold`) or the
+    pseudo-label rounds (`pseudo`), each a run of its own."""
     experiment = tracking.open_experiment(params.mlflow)
-    parent = tracking.parent_for_fold(experiment, key, fold, params)
-    killed = tracking.close_killed_attempts(experiment, parent, fold)
-    tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": "fold",
+    parent = tracking.parent_for_fold(experiment, key, fold, params, role)
+    killed = tracking.close_killed_attempts(experiment, parent, fold, role=role)
+    tags = {"foldwise.fold": str(fold), "foldwise.pipeline_key": key, "foldwise.role": role,
             "foldwise.weights": weights, "foldwise.device": str(device),
             "foldwise.devices": str(distributed.world()), **tracking.source_tags()}
     if killed:
         tags["foldwise.resumes"] = ",".join(killed)
     mlflow.set_system_metrics_sampling_interval(2)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines
-    run = mlflow.start_run(experiment_id=experiment, run_name=f"fold {fold}", parent_run_id=parent,
+    name = f"fold {fold}" if role == "fold" else f"fold {fold} pseudo-labels"
+    run = mlflow.start_run(experiment_id=experiment, run_name=name, parent_run_id=parent,
                            tags=tags, log_system_metrics=True)  # CPU, memory, GPU
     return run, parent, experiment
 
@@ -139,7 +149,7 @@ def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, wei
     """Rank 0's run: the fold trained inside its MLflow run, its folder and history written."""
     device = settings.device
     task, cfg = create_task(meta, params), params.train
-    run, parent, experiment = start_fold_run(params, key, data.fold, weights, device)
+    run, parent, experiment = start_fold_run(params, key, data.fold, weights, device, paths.role)
     with run:
         log_inputs(params, data, paths, meta)
         result = fit(on_epoch=lambda row: mlflow.log_metrics(
@@ -155,40 +165,57 @@ def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, wei
         outputs.write(paths.out, {"spec": spec, "state_dict": result.state_dict, "fold": data.fold},
                       *prediction_tables(data, result, task), info, result.history)
         log_artifacts(result, paths.out, f"fold {data.fold}: {cfg.model}, lr {params.lr:g}")
-        write_csv(result.history, paths.history_csv)
+        if paths.history_csv:
+            write_csv(result.history, paths.history_csv)
     return {**summary, "monitor": task.monitor, "images_per_s": result.train_images_per_s}
 
 
-def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> int:
-    """Train fold `fold` and write its folder; returns the exit status (torchrun's, when this
-    process relaunched itself on several devices)."""
-    paths = FoldPaths(Path(folds_csv), Path(processed), Path(out), Path(history_csv))
-    processed = paths.processed
-    cfg = params.train
-    meta = json.loads((processed / "meta.json").read_text())
-    augment.check(cfg.augment, meta["hflip_safe"])
-    models.check_weights_location(cfg.weights_file)
-    tta.views(params.tta, meta["hflip_safe"])  # a refused view stops before training
-    pseudo.check(params.pseudo, create_task(meta, params) if params.pseudo.rounds else None)
+def fitter(params: P.Params, net, task, settings: Settings, data: FoldData, after: Path | None,
+           resume: Path, wrap):
+    """The training the stage does, as a call taking `on_epoch`: round 1 (`train_fold`), or
+    with `after` (the models folder holding round 1) the further pseudo-label rounds from its
+    kept weights and predictions, round 1's history replayed to `on_epoch` first."""
+    rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
+                   Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
+    if after is None:
+        return partial(train_fold, net, task, settings, rows, resume=resume, wrap=wrap)
+    first = pseudo.first_round(after, data.fold, task, data.table["id"].iloc[data.val_rows],
+                               data.test_ids)
+    net.load_state_dict(first.state_dict)
+    return partial(pseudo.further_rounds, net, task, settings, rows, params.pseudo, first,
+                   resume=resume, wrap=wrap, replay=True)
+
+
+def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv=None,
+        after=None) -> int:
+    """Train fold `fold` and write its folder: round 1, or with `after` (the models folder
+    holding it) its further pseudo-label rounds, where `pseudo.rounds` asks for any. Returns
+    the exit status (torchrun's, when this process relaunched itself on several devices)."""
+    paths = FoldPaths(Path(folds_csv), Path(processed), Path(out),
+                      history_csv and Path(history_csv), after and Path(after))
+    meta = json.loads((paths.processed / "meta.json").read_text())
+    check(params, meta)
+    if paths.after is not None and not params.pseudo.rounds:
+        outputs.write_no_rounds(paths.out)
+        print(f"fold {fold}: pseudo.rounds is 0, round 1 is the fold's model")
+        return 0
     if not distributed.launched():  # an unreachable server fails here, not in DDP's set-up
         tracking.open_experiment(params.mlflow)
-    code = distributed.relaunch(cfg.devices)  # this command, once per device, by torchrun
+    code = distributed.relaunch(params.train.devices)  # this command, once per device, by torchrun
     if code is not None:
         return code
     device = distributed.setup()
-    data = load_data(folds_csv, processed, fold)
+    data = load_data(paths.folds_csv, paths.processed, fold)
     seed = params.seed * 1000 + fold
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta, params)
-    net, weights, spec = models.create_network(cfg, task.num_outputs, data.images.shape[-1],
+    net, weights, spec = models.create_network(params.train, task.num_outputs, data.images.shape[-1],
                                                meta["mean"], meta["std"], task.fp32_head)
-    key = tracking.pipeline_key(params, folds_csv, processed / "meta.json")
-    resume = resume_file(project_root(), key, fold)
-    rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
-                   Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
-    settings = Settings(cfg, params.lr, seed, device)
-    fit = partial(pseudo.train_rounds, net, task, settings, rows, params.pseudo,  # rounds 0: train_fold
-                  resume=resume, wrap=lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"]))
+    key = tracking.pipeline_key(params, paths.folds_csv, paths.processed / "meta.json")
+    resume = resume_file(project_root(), key, fold if paths.after is None else f"pseudo{fold}")
+    settings = Settings(params.train, params.lr, seed, device)
+    fit = fitter(params, net, task, settings, data, paths.after, resume,
+                 lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"]))
     if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
         fit()                       # from its file), logs and writes nothing
         distributed.close()
@@ -201,3 +228,11 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv) -> 
           f"{done['best_val_' + done['monitor']]:.4f}, {done['images_per_s']:.0f} train images/s "
           f"on {device}")
     return 0
+
+
+def check(params: P.Params, meta: dict) -> None:
+    """Settings refused before anything trains, naming the key."""
+    augment.check(params.train.augment, meta["hflip_safe"])
+    models.check_weights_location(params.train.weights_file)
+    tta.views(params.tta, meta["hflip_safe"])
+    pseudo.check(params.pseudo, create_task(meta, params) if params.pseudo.rounds else None)

@@ -1,4 +1,6 @@
-"""A trained fold's folder, `models/fold_K/`: the one module that writes it and reads it.
+"""A trained fold's folder, `models/fold_K/` (round 1) or `models/pseudo_K/` (its last
+pseudo-label round, where `pseudo.rounds` > 0): the one module that writes and reads them.
+Readers get a fold's final folder (`final_dir`): the pseudo-label rounds' where they trained.
 
     model.pt     the checkpoint: {"spec": models' spec, "state_dict", "fold"}
     oof.csv      id, group, fold, [label,] one column per output: the validation predictions
@@ -21,7 +23,25 @@ FLOATS = "%.8g"
 
 
 def fold_dir(models: str | Path, fold: int) -> Path:
+    """Round 1's folder (the train stage's)."""
     return Path(models) / f"fold_{fold}"
+
+
+def pseudo_dir(models: str | Path, fold: int) -> Path:
+    """The pseudo stage's folder: the last round's files, or only `rounds.json` (rounds 0)."""
+    return Path(models) / f"pseudo_{fold}"
+
+
+def final_dir(models: str | Path, fold: int) -> Path:
+    """The fold's final model: its last pseudo-label round where one trained, else round 1."""
+    later = pseudo_dir(models, fold)
+    return later if (later / "model.pt").exists() else fold_dir(models, fold)
+
+
+def write_no_rounds(out: str | Path) -> None:
+    """The pseudo stage's folder when `pseudo.rounds` is 0: round 1 stays the fold's model."""
+    with atomic_dir(out) as tmp:
+        (tmp / "rounds.json").write_text(json.dumps({"rounds": 0}) + "\n")
 
 
 def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
@@ -51,21 +71,21 @@ def write(out: str | Path, checkpoint: dict, oof: pd.DataFrame, test: pd.DataFra
         write_csv(history, tmp / "history.csv")
 
 
-def read_oof(models: str | Path, fold: int) -> pd.DataFrame:
-    return pd.read_csv(fold_dir(models, fold) / "oof.csv", dtype={"id": str, "group": str})
+def read_oof(models: str | Path, fold: int, where=final_dir) -> pd.DataFrame:
+    return pd.read_csv(where(models, fold) / "oof.csv", dtype={"id": str, "group": str})
 
 
-def read_test(models: str | Path, fold: int) -> pd.DataFrame:
-    return pd.read_csv(fold_dir(models, fold) / "test.csv", dtype={"id": str})
+def read_test(models: str | Path, fold: int, where=final_dir) -> pd.DataFrame:
+    return pd.read_csv(where(models, fold) / "test.csv", dtype={"id": str})
 
 
-def read_run(models: str | Path, fold: int) -> dict:
-    return json.loads((fold_dir(models, fold) / "run.json").read_text())
+def read_run(models: str | Path, fold: int, where=final_dir) -> dict:
+    return json.loads((where(models, fold) / "run.json").read_text())
 
 
-def read_history(models: str | Path, fold: int) -> pd.DataFrame:
-    return pd.read_csv(fold_dir(models, fold) / "history.csv")
+def read_history(models: str | Path, fold: int, where=final_dir) -> pd.DataFrame:
+    return pd.read_csv(where(models, fold) / "history.csv")
 
 
-def checkpoint_path(models: str | Path, fold: int) -> Path:
-    return fold_dir(models, fold) / "model.pt"
+def checkpoint_path(models: str | Path, fold: int, where=final_dir) -> Path:
+    return where(models, fold) / "model.pt"

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from foldwise.errors import InputError
 from foldwise.params import Pseudo, evolve
-from foldwise.train import outputs
+from foldwise.train import checkpoints, outputs
 from foldwise.train.loader import Joined, Rows
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 
@@ -183,15 +183,27 @@ def further_settings(run: Settings, cfg: Pseudo) -> Settings:
 
 def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=lambda row: None,
                  resume: Path | None = None, wrap=lambda net: net) -> FoldResult:
-    """Round 1 (`train_fold`), then `cfg.rounds` rounds with pseudo-labels (see the module's
-    text). The result is the last round's, with every round's history (epochs numbered on,
-    columns `round` and `pseudo_images`) and its kept epoch counted across them."""
+    """Round 1 (`train_fold`), then `further_rounds`: what the train and pseudo stages do
+    between them, in one call."""
     if not cfg.rounds:
         return train_fold(net, task, run, data, on_epoch=on_epoch, resume=resume, wrap=wrap)
-    result = train_fold(net, task, run, data, resume=resume, wrap=wrap,
-                        on_epoch=lambda row: on_epoch({**row, "round": 1, "pseudo_images": 0}))
-    histories = [result.history.assign(round=1, pseudo_images=0)]
-    round_run = further_settings(run, cfg)
+    first = train_fold(net, task, run, data, resume=resume, wrap=wrap,
+                       on_epoch=lambda row: on_epoch({**row, "round": 1, "pseudo_images": 0}))
+    return further_rounds(net, task, run, data, cfg, first, on_epoch, resume, wrap)
+
+
+def further_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, first: FoldResult,
+                   on_epoch=lambda row: None, resume: Path | None = None,
+                   wrap=lambda net: net, replay: bool = False) -> FoldResult:
+    """`cfg.rounds` rounds with pseudo-labels after round 1 (`first`, whose kept weights `net`
+    holds; see the module's text). The result is the last round's, with every round's history
+    (epochs numbered on, columns `round` and `pseudo_images`) and its kept epoch counted
+    across them. With `replay`, `on_epoch` first receives round 1's rows (a run of its own
+    that shows the whole curve)."""
+    histories = [first.history.assign(round=1, pseudo_images=0)]
+    for row in histories[0].to_dict("records") if replay else []:
+        on_epoch(row)
+    round_run, result = further_settings(run, cfg), first
     for r in range(2, cfg.rounds + 2):
         round_data, n_pseudo = further_round(data, task.num_outputs, cfg, result)
         offset, extra = sum(len(h) for h in histories), {"round": r, "pseudo_images": n_pseudo}
@@ -201,3 +213,20 @@ def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=
         histories.append(result.history.assign(epoch=result.history["epoch"] + offset, **extra))
     return dataclasses.replace(result, history=pd.concat(histories, ignore_index=True),
                                best_epoch=offset + result.best_epoch)
+
+
+def first_round(models, fold: int, task, val_ids, test_ids) -> FoldResult:
+    """Round 1 as the train stage left it in `models/fold_K/`: kept weights, history and
+    predictions, the rows checked against the fold's validation and test images."""
+    run = outputs.read_run(models, fold, where=outputs.fold_dir)
+    oof = outputs.read_oof(models, fold, where=outputs.fold_dir)
+    test = outputs.read_test(models, fold, where=outputs.fold_dir)
+    for table, ids, name in ((oof, val_ids, "oof.csv"), (test, test_ids, "test.csv")):
+        if list(table["id"]) != list(map(str, ids)):
+            raise InputError(f"{outputs.fold_dir(models, fold) / name}: not the rows of fold "
+                             f"{fold} in this split and cache: rerun its train stage")
+    ckpt = checkpoints.load(outputs.checkpoint_path(models, fold, where=outputs.fold_dir))
+    return FoldResult(ckpt["state_dict"], outputs.read_history(models, fold, where=outputs.fold_dir),
+                      int(run["best_epoch"]), run.get("kept_weights", "raw"),
+                      oof[list(task.columns)].to_numpy(), test[list(task.columns)].to_numpy(),
+                      float(run.get("train_images_per_s", 0.0)))
