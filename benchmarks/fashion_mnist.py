@@ -85,7 +85,10 @@ VARIANTS["regnetx_002+ema+tta+calibration"] = ["train.model=regnetx_002",
 # second-level model over them
 VARIANTS["pseudo"] = [*VARIANTS["ema+tta+calibration"], "pseudo.rounds=1", "pseudo.epochs=3"]
 VARIANTS["pseudo+stack"] = [*VARIANTS["pseudo"], "stack.model=logistic"]
-VARIANTS["pseudo-finetune"] = [*VARIANTS["pseudo"], "pseudo.lr=0.0005"]  # lr/4, no warm-up
+# further rounds fine-tuned from lr/4 without warm-up (params.yaml's default since 2026-12-04),
+# or restarting round 1's schedule (the default before: `pseudo` meant this at code 59aa727)
+VARIANTS["pseudo-finetune"] = [*VARIANTS["pseudo"], "pseudo.lr=0.0005"]
+VARIANTS["pseudo-restart"] = [*VARIANTS["pseudo"], "pseudo.lr=0.0"]
 VARIANTS["stack"] = [*VARIANTS["ema+tta+calibration"], "stack.model=logistic"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
