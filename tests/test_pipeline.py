@@ -516,9 +516,11 @@ def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predi
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) >= 1
     scores = {v.version: float(v.tags["oof_logloss"]) for v in versions}
-    bag = client.get_run(versions[0].run_id).data.metrics["oof_logloss"]
     stacked = json.loads((dst / "metrics/stack.json").read_text())["oof"]["logloss"]
-    assert set(scores.values()) == {bag, stacked}  # the plain exports, the stack in the program
+    for v in versions:  # a plain export: its bag's figure (the pseudo rounds' bag is another)
+        bag = client.get_run(v.run_id).data.metrics["oof_logloss"]
+        assert scores[v.version] in (bag, stacked), v.version
+    assert stacked in scores.values()  # the stack in the program
     champion = client.get_model_version_by_alias(name, "champion")
     best = min(scores.values())
     assert scores[champion.version] == best  # ties: the earliest such version keeps it
