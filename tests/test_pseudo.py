@@ -106,8 +106,8 @@ def test_the_joined_view_gathers_rows_of_both_arrays_in_order():
 @pytest.mark.parametrize("validation, lr", [(False, 0.0), (True, 0.0), (False, 1e-3)],
                          ids=["test", "test+validation", "test, fine-tuned"])
 def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation, lr):
-    """train_rounds against the same two rounds by hand: round 1 by `train_fold`, then round 2
-    from its kept weights on the training rows plus the test images labelled by round 1's test
+    """Round 1 by `train_fold` (the train stage), then `further_rounds` (the pseudo stage,
+    round 1's rows replayed), against the same rounds by hand: round 2 from its kept weights on the training rows plus the test images labelled by round 1's test
     predictions (hard, at 0.6), weighted 0.5, and with `pseudo.validation` the fold's own
     validation images labelled by round 1's validation predictions (never by their labels),
     still scored against their labels. Round 2 restarts round 1's schedule (its lr and warm-up
@@ -128,7 +128,10 @@ def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation, l
         return Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
 
     rows_seen = []
-    got = pseudo.train_rounds(net(), task, settings, data, rounds, on_epoch=rows_seen.append)
+    trained = net()
+    got = pseudo.further_rounds(trained, task, settings, data, rounds,
+                                train_fold(trained, task, settings, data),
+                                on_epoch=rows_seen.append, replay=True)
     first_net = net()
     first = train_fold(first_net, task, settings, data)
     keep, labels = pseudo.targets(first.test_preds, "hard", 0.6)

@@ -62,8 +62,8 @@ def first_step_gaps(net: nn.Module, model: nn.Module, x: torch.Tensor, amp: bool
         net.load_state_dict(saved)
         net.zero_grad(set_to_none=True)
     moved = [e - b for e, b in zip(stats[1], before)]
-    return {"gradients": relative(grads[0], grads[1]),
-            "statistics": relative([c - e for c, e in zip(*stats)], moved, absolute=True)}
+    return {"gradients": relative([c - e for c, e in zip(*grads)], grads[1]),
+            "statistics": relative([c - e for c, e in zip(*stats)], moved)}
 
 
 def step(module: nn.Module, x: torch.Tensor, amp: bool) -> list[torch.Tensor]:
@@ -85,14 +85,12 @@ def running(net: nn.Module) -> list[torch.Tensor]:
     return [b.detach().float().clone() for n, b in net.named_buffers() if n.endswith(STATS)]
 
 
-def relative(got: list[torch.Tensor], reference: list[torch.Tensor], absolute=False) -> float:
-    """|got - reference| / |reference| over all tensors together (`got` is already the
-    difference where `absolute`)."""
+def relative(gaps: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """|gaps| / |reference|, each over all its tensors together."""
     if not reference:
         return 0.0
-    gap = torch.cat([(g if absolute else g - r).flatten() for g, r in zip(got, reference)])
     scale = torch.cat([r.flatten() for r in reference]).norm()
-    return float(gap.norm() / scale.clamp_min(1e-12))
+    return float(torch.cat([g.flatten() for g in gaps]).norm() / scale.clamp_min(1e-12))
 
 
 def batchnorm_counts(net: nn.Module) -> dict[str, int]:

@@ -11,8 +11,8 @@ their fix was one pseudo-label set per fold). `leaked` checks any source against
 images themselves, so a model from another split (another seed, another experiment) is judged
 by what it trained on, not by its fold number.
 
-`train_rounds` is a fold's training with `pseudo.rounds` further rounds: each starts from the
-previous round's kept weights and adds the test images, labelled by that fold's own previous
+`further_rounds` (the pseudo stage, after the train stage's round 1) trains `pseudo.rounds`
+more rounds: each starts from the previous round's kept weights and adds the test images, labelled by that fold's own previous
 round (so by nothing that saw the fold's validation labels), to the fold's training rows, their
 loss weighted by `pseudo.weight` (`PseudoLabelled`); validation is the fold's own labelled rows,
 as in round 1, so the OOF table stays an honest estimate. The fold's folder holds the last round.
@@ -179,17 +179,6 @@ def further_settings(run: Settings, cfg: Pseudo) -> Settings:
     if cfg.lr:
         changes["warmup_epochs"] = 0
     return dataclasses.replace(run, lr=cfg.lr or run.lr, cfg=evolve(run.cfg, changes))
-
-
-def train_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, on_epoch=lambda row: None,
-                 resume: Path | None = None, wrap=lambda net: net) -> FoldResult:
-    """Round 1 (`train_fold`), then `further_rounds`: what the train and pseudo stages do
-    between them, in one call."""
-    if not cfg.rounds:
-        return train_fold(net, task, run, data, on_epoch=on_epoch, resume=resume, wrap=wrap)
-    first = train_fold(net, task, run, data, resume=resume, wrap=wrap,
-                       on_epoch=lambda row: on_epoch({**row, "round": 1, "pseudo_images": 0}))
-    return further_rounds(net, task, run, data, cfg, first, on_epoch, resume, wrap)
 
 
 def further_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, first: FoldResult,
