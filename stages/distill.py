@@ -19,7 +19,6 @@ from pathlib import Path
 
 from foldwise import params as P, stage
 from foldwise.deploy.distill_stage import DistillPaths, run
-from foldwise.tasks import create_task
 
 ARGUMENTS = (("root", "the data set (some submissions follow its lookup table)"),
              ("models", "folder of the fold_k runs (the MLflow parent)"),
@@ -36,7 +35,7 @@ def main():
     paths = DistillPaths(*map(Path, stage.arguments(__doc__, *ARGUMENTS)))
     params = P.load()
     meta = json.loads((paths.processed / "meta.json").read_text())
-    figures = run(params, create_task(meta, params), meta, paths)
+    figures = run(params, meta, paths)
     if figures["model"]:
         fid, speed = figures["test_fidelity"], figures["prediction"]
         print(f"distilled {figures['model']} from the {figures['teacher']}: test agreement "

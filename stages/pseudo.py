@@ -12,7 +12,7 @@ run-cache.
 import sys
 
 from foldwise import params as P, stage
-from foldwise.train import fold as fold_run
+from foldwise.train.pseudo_stage import run
 
 
 def main():
@@ -20,7 +20,7 @@ def main():
         __doc__, ("fold", "which fold (0..k-1)"), ("folds_csv", "split's fold table"),
         ("processed_dir", "the preprocess cache"), ("models_dir", "holds round 1, fold_FOLD"),
         ("out_dir", "the fold's last round"))
-    code = fold_run.run(P.load(), int(fold), folds_csv, processed, out, after=models)
+    code = run(P.load(), int(fold), folds_csv, processed, models, out)
     if code:
         sys.exit(code)
 

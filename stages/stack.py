@@ -16,7 +16,6 @@ from pathlib import Path
 
 from foldwise import params as P, stage
 from foldwise.ensemble.stack_stage import run
-from foldwise.tasks import create_task
 
 
 def main():
@@ -27,7 +26,7 @@ def main():
         ("stack_json", "its OOF figures"))
     params = P.load()
     meta = json.loads((Path(processed) / "meta.json").read_text())
-    summary = run(params, create_task(meta, params), models, processed, bagged, metrics_json,
+    summary = run(params, meta, models, processed, bagged, metrics_json,
                   neighbours_dir, out, out_json)
     if summary["model"]:
         monitor = next(iter(summary["oof"]))

@@ -99,7 +99,7 @@ def test_off_the_stage_writes_an_empty_folder_and_says_so(tmp_path):
     paths = stage_paths(tmp_path)
     (paths.out).mkdir()
     (paths.out / "stale.pt2").write_text("an earlier student")
-    assert run(P.load(ROOT / "params.yaml"), None, {}, paths) == {"model": ""}
+    assert run(P.load(ROOT / "params.yaml"), {}, paths) == {"model": ""}
     assert list(paths.out.iterdir()) == []
     assert json.loads(paths.out_json.read_text()) == {"model": ""}
     assert pd.read_csv(paths.history_csv).empty

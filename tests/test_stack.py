@@ -117,13 +117,13 @@ def test_a_task_without_class_probabilities_is_refused_before_anything_is_read(t
 
     from foldwise import params as P
     from foldwise.ensemble import stack_stage
-    from foldwise.tasks import Keypoints
     base = P.load(Path(__file__).resolve().parents[1] / "params.yaml")
     params = P.evolve(base, {"stack": {"model": "logistic"}})
-    task = Keypoints(["nose_x", "nose_y"], (96, 96))
+    meta = {"task": "keypoints", "target_names": ["nose_x", "nose_y"], "image_size": [96, 96],
+            "flip_pairs": []}
     with pytest.raises(InputError, match=r"stack.model='logistic': a second-level model needs class "
                                          r"probabilities"):
-        stack_stage.run(params, task, *(tmp_path / n for n in ("models", "processed", "bagged",
+        stack_stage.run(params, meta, *(tmp_path / n for n in ("models", "processed", "bagged",
                                                                "m.json", "near", "out", "s.json")))
     assert not (tmp_path / "out").exists()
 

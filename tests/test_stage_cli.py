@@ -48,3 +48,37 @@ def test_help_describes_the_arguments(command, monkeypatch, capsys):
 def test_missing_arguments_print_usage_not_a_traceback(stage, monkeypatch, capsys):
     code, _, err = run(stage, [], monkeypatch, capsys)
     assert code == 2 and "usage:" in err and "Traceback" not in err
+
+
+OFF = {  # stage: its arguments, for a project whose params.yaml switches it off (the default)
+    "pseudo": ["0", "folds.csv", "processed", "models", "models/pseudo_0"],
+    "neighbours": ["models", "processed", "bagged", "metrics.json", "near", "neighbours.json"],
+    "stack": ["models", "processed", "bagged", "metrics.json", "near", "stack", "stack.json"],
+    "distill": ["root", "models", "processed", "bagged", "metrics.json", "near", "stack",
+                "stack.json", "bag", "distilled", "distill.json", "history.csv"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(OFF))
+def test_a_stage_switched_off_writes_its_outputs_without_torch_timm_or_mlflow(stage, tmp_path):
+    """Off stages run in every pipeline (pseudo@k once per fold): each is a process of its own,
+    and importing torch, timm and MLflow would cost it seconds for nothing."""
+    import json
+    import subprocess
+
+    import numpy as np
+    (tmp_path / "processed").mkdir()
+    np.save(tmp_path / "processed/test.npy", np.zeros((3, 1, 4, 4), dtype=np.uint8))
+    (tmp_path / "processed/meta.json").write_text(json.dumps({"task": "classification"}))
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    probe = ("import runpy, sys; sys.argv = sys.argv[1:]; code = 0\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "heavy = sorted(m for m in ('torch', 'timm', 'mlflow') if m in sys.modules)\n"
+             "print('exit', code, 'heavy', heavy)")
+    res = subprocess.run([sys.executable, "-c", probe, str(ROOT / "stages" / f"{stage}.py"),
+                          *OFF[stage]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip().splitlines()[-1] == "exit 0 heavy []", res.stdout + res.stderr
+    written = {"pseudo": "models/pseudo_0/rounds.json", "neighbours": "near/graph.npz",
+               "stack": "stack.json", "distill": "history.csv"}[stage]
+    assert (tmp_path / written).is_file()

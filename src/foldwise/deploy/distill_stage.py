@@ -60,9 +60,10 @@ class Teacher:
     decision: dict  # what its submission applies (the clip bound fit on its OOF rows)
 
 
-def run(params: Params, task, meta: dict, paths: DistillPaths) -> dict:
-    """Train, export, verify and score the distilled network; write its folder, figures and
-    history. Returns the figures (`{"model": ""}` when off)."""
+def run(params: Params, meta: dict, paths: DistillPaths) -> dict:
+    """Train, export, verify and score the distilled network for the task preprocess recorded
+    (`meta`); write its folder, figures and history. Returns the figures (`{"model": ""}` when
+    off)."""
     if not params.distill.model:
         with atomic_dir(paths.out):
             pass
@@ -70,6 +71,8 @@ def run(params: Params, task, meta: dict, paths: DistillPaths) -> dict:
         write_csv(_empty_history(), paths.history_csv)
         return {"model": ""}
     from foldwise.deploy import distill
+    from foldwise.tasks import create_task
+    task = create_task(meta, params)
     student_task = distill.Distilled(task)  # a task without class probabilities stops here
     cfg = student_settings(params)
     teacher = read_teacher(params, task, paths)

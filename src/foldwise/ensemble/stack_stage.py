@@ -15,16 +15,19 @@ from foldwise.files import atomic_dir, write_csv, write_json
 from foldwise.params import Params, flatten
 
 
-def run(params: Params, task, models, processed, bagged, metrics_json, neighbours_dir, out,
+def run(params: Params, meta: dict, models, processed, bagged, metrics_json, neighbours_dir, out,
         out_json) -> dict:
     """Fit, score and save the second-level model (`out`/model.pkl, `out`/oof.csv) and write its
-    OOF figures beside the bag's (`out_json`). Returns the summary."""
+    OOF figures beside the bag's (`out_json`), for the task preprocess recorded (`meta`).
+    Returns the summary."""
     settings = params.stack
     if not settings.model:
         with atomic_dir(out):
             pass
         write_json({"model": ""}, out_json)
         return {"model": ""}
+    from foldwise.tasks import create_task
+    task = create_task(meta, params)
     if not task.probabilities:
         raise InputError(f"params.yaml: stack.model={settings.model!r}: a second-level model "
                          f"needs class probabilities (this task's outputs are not)")

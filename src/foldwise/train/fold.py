@@ -189,16 +189,13 @@ def fitter(params: P.Params, net, task, settings: Settings, data: FoldData, afte
 def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv=None,
         after=None) -> int:
     """Train fold `fold` and write its folder: round 1, or with `after` (the models folder
-    holding it) its further pseudo-label rounds, where `pseudo.rounds` asks for any. Returns
-    the exit status (torchrun's, when this process relaunched itself on several devices)."""
+    holding it) its further pseudo-label rounds (`pseudo_stage` calls it when there are any).
+    Returns the exit status (torchrun's, when this process relaunched itself on several
+    devices)."""
     paths = FoldPaths(Path(folds_csv), Path(processed), Path(out),
                       history_csv and Path(history_csv), after and Path(after))
     meta = json.loads((paths.processed / "meta.json").read_text())
     check(params, meta)
-    if paths.after is not None and not params.pseudo.rounds:
-        outputs.write_no_rounds(paths.out)
-        print(f"fold {fold}: pseudo.rounds is 0, round 1 is the fold's model")
-        return 0
     if not distributed.launched():  # an unreachable server fails here, not in DDP's set-up
         tracking.open_experiment(params.mlflow)
     code = distributed.relaunch(params.train.devices)  # this command, once per device, by torchrun

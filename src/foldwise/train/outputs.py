@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from foldwise.files import atomic_dir, write_csv
-from foldwise.train import checkpoints
 
 FLOATS = "%.8g"
 
@@ -63,6 +62,7 @@ def oof_table(ids, groups, fold: int, labels: np.ndarray, preds, columns) -> pd.
 def write(out: str | Path, checkpoint: dict, oof: pd.DataFrame, test: pd.DataFrame,
           run_info: dict, history: pd.DataFrame) -> None:
     """The whole folder in one atomic replacement: a kill leaves the old folder or the new."""
+    from foldwise.train import checkpoints  # torch: the readers of this module need none
     with atomic_dir(out) as tmp:
         checkpoints.save(checkpoint, tmp / "model.pt")
         write_csv(oof, tmp / "oof.csv", float_format=FLOATS)
