@@ -123,3 +123,24 @@ def test_a_change_to_the_code_moves_the_resume_file(tmp_path):
     loop.write_text(loop.read_text() + "\n# a fix\n")
     after = fold_run.resume_file(tmp_path, "abc", 2, package)
     assert after != before and after.parent == before.parent and after.name.endswith("-fold2.pt")
+
+
+def test_an_experiment_another_project_creates_meanwhile_is_the_one_opened(tmp_path, monkeypatch):
+    """Projects that share a tracking server share no lock: between our lookup of the experiment
+    and our creating it, another may create it. Then we open theirs; no second one, no error."""
+    from foldwise import tracking
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    theirs = MlflowClient(uri).create_experiment("shared")
+    looked = []
+    real = mlflow.get_experiment_by_name
+
+    def first_lookup_misses(name):  # the other project creates it just after our first look
+        looked.append(name)
+        return None if len(looked) == 1 else real(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", first_lookup_misses)
+    cfg = P.Mlflow(experiment="shared", tracking_uri=uri, register=False)
+    assert tracking.open_experiment(cfg) == theirs
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["shared", "Default"]
+    mlflow.set_tracking_uri(None)

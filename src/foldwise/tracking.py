@@ -87,13 +87,23 @@ def open_experiment(cfg: Mlflow) -> str:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     with _lock(tracking_uri(cfg)):
         mlflow.set_tracking_uri(tracking_uri(cfg))  # also exports MLFLOW_TRACKING_URI
-        exp = mlflow.get_experiment_by_name(cfg.experiment)
-        if exp is None:
-            exp = mlflow.get_experiment(mlflow.create_experiment(cfg.experiment,
-                                                                 artifact_location=artifacts))
+        exp = mlflow.get_experiment_by_name(cfg.experiment) or \
+            _create_experiment(cfg.experiment, artifacts)
         if exp.tags.get(KIND_TAG) != MODEL_TRAINING:  # open on the model-training pages
             MlflowClient().set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_TRAINING)
         return exp.experiment_id
+
+
+def _create_experiment(name: str, artifacts: str | None):
+    """A new experiment, or the one another project created since we looked: the lock is a
+    file of this project's, and projects on other machines may share a tracking server."""
+    from mlflow.exceptions import MlflowException
+    try:
+        return mlflow.get_experiment(mlflow.create_experiment(name, artifact_location=artifacts))
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return mlflow.get_experiment_by_name(name)
 
 
 def pipeline_key(params: Params, *fingerprint_files) -> str:
