@@ -187,16 +187,19 @@ def fold_scores(project_dir: Path, data: Path, fold: int) -> dict:
             "train_images_per_s": run["train_images_per_s"]}
 
 
-def fold_minutes(project_dir: Path, folds: int) -> list[float]:
+def fold_minutes(project_dir: Path, folds: int, folder: str = "fold") -> list[float] | None:
     """Each fold run's own wall time (its MLflow run's start to end). A fold that DVC restored from
     its run-cache (trained before, e.g. by `run --fold K` with the same params) still counts what
-    its training took, so a bag's cost is its folds' sum plus the stages around them."""
+    its training took, so a bag's cost is its folds' sum plus the stages around them.
+    `folder` "pseudo": the pseudo-label rounds' runs (the pseudo@k stages), None without any."""
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}")
     minutes = []
     for k in range(folds):
-        info = client.get_run(json.loads((project_dir / "models" / f"fold_{k}" / "run.json")
-                                         .read_text())["run_id"]).info
+        run = project_dir / "models" / f"{folder}_{k}" / "run.json"
+        if not run.is_file():
+            return None
+        info = client.get_run(json.loads(run.read_text())["run_id"]).info
         minutes.append((info.end_time - info.start_time) / 60000)
     return minutes
 
@@ -264,6 +267,7 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
                    "oof_logloss_calibrated": oof.get("logloss_calibrated"), **test_scores(dst / "export" / "submission.csv", data),
                    **temperature_gap(dst, data, oof.get("temperature", 1.0)),
                    "fold_minutes": fold_minutes(dst, len(params["folds"])),
+                   "pseudo_minutes": fold_minutes(dst, len(params["folds"]), "pseudo"),
                    **stack_scores(dst), **distilled_scores(dst, data)}
         else:
             row = {"variant": name, **fold_scores(dst, data, fold)}
