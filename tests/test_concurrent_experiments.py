@@ -1,4 +1,5 @@
-"""Three queued experiments, two at a time (`dvc queue start -j 2`): all complete, `dvc exp
+"""Three queued experiments, two at a time (`dvc queue start -j 2`), in a project that has run
+nothing yet: all complete, `dvc exp
 show` lists them with their params, every parent and fold run is in the project's MLflow store
 with its metrics, the SQLite store passes its integrity check, and
 two experiments with the same training params (exp-a and exp-b, which differ in the bag only)
@@ -24,8 +25,9 @@ def tiny(params):
 
 @pytest.fixture(scope="module")
 def queued(tmp_path_factory):
+    # nothing run before the queue: the experiments create the project's store at once (under
+    # its lock) and share their upstream stages through DVC's run-cache
     dst = make_project(tmp_path_factory.mktemp("queue") / "project", tiny)
-    sh("dvc repro", dst)  # the shared upstream stages (and the store) exist before the queue
     for name, args in EXPERIMENTS.items():
         sh(f"dvc exp run --queue -n {name} {args}", dst)
     sh("dvc queue start -j 2", dst)
@@ -108,6 +110,7 @@ def test_experiments_blend_by_name_with_the_workspace_bag_into_one_submission(qu
     import pandas as pd
     from foldwise.ensemble.blend import experiment_revs
     dst, _ = queued
+    sh("dvc exp apply exp-b", dst)  # the workspace's outputs from DVC's cache: a folder member
     out = sh("foldwise-blend exp-a exp-c data/bagged --out export/blend", dst).stdout
     assert "fitted, cross-validated" in out
     summary = json.loads((dst / "export/blend/blend.json").read_text())
