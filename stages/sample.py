@@ -1,7 +1,7 @@
 """sample: write the embedded synthetic data set in the configured source's layout.
 
 usage: python stages/sample.py OUT_DIR
-params: seed, data.source, sample.<source> (the sample's size and variant)
+params: sample.seed, data.source, sample.<source> (the sample's size and variant)
 """
 
 import dataclasses
@@ -15,7 +15,7 @@ def main():
     params = P.load()
     source = params.data.source
     options = dataclasses.asdict(getattr(params.sample, source))
-    get_source(source).write_sample(out, seed=params.seed, **options)
+    get_source(source).write_sample(out, seed=params.sample.seed, **options)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 `split.dedupe`, by clusters of near-duplicate images.
 
 usage: python stages/split.py DATA_ROOT OUT_CSV DUPLICATES_CSV DUPLICATES_PNG
-params: seed, folds, data.source, split.dedupe, split.hash_distance
+params: folds, data.source, split.seed, split.dedupe, split.hash_distance
 writes OUT_CSV (id, group, label, fold), DUPLICATES_CSV (the near-duplicate clusters found,
 largest first; empty when dedupe is off) and DUPLICATES_PNG (a contact sheet of the largest)
 """

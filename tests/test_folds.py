@@ -56,3 +56,26 @@ def test_regression_targets_split_without_labels_and_groups_stay_whole():
         assert len(set(fold[groups == g])) == 1
     plain = assign_folds(None, None, n_folds=4, seed=0, size=40)
     assert np.array_equal(np.bincount(plain), [10, 10, 10, 10])
+
+
+def test_the_training_seed_leaves_the_folds_alone_and_split_seed_moves_them(statefarm_sample, tmp_path):
+    """Search trials that differ in `seed` must be scored on the same folds (they were not:
+    the split read `seed`); the folds have their own `split.seed`."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from foldwise import params as P
+    from foldwise.data.split import split
+    base = P.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    base = P.evolve(base, {"folds": [0, 1, 2], "data": {"root": str(statefarm_sample)}})
+
+    def folds(**changes):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.csv"
+        split(P.evolve(base, P.nested(changes)), statefarm_sample, out, tmp_path / "d.csv",
+              tmp_path / "d.png")
+        return pd.read_csv(out)["fold"].tolist()
+
+    first = folds(seed=0, **{"split.seed": 0})
+    assert folds(seed=7, **{"split.seed": 0}) == first
+    assert folds(seed=0, **{"split.seed": 3}) != first

@@ -70,3 +70,55 @@ def test_values_arrive_typed_and_evolve_checks_like_load(tmp_path):
     with pytest.raises(InputError, match=r"train.epochs='3' must be int|epochs='3' must be int"):
         P.evolve(params.train, {"epochs": "3"})
     assert params.as_dict()["train"]["augment"]["rotate"] == params.train.augment.rotate
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["stack"].update(model="logistc"),
+     "stack.model='logistc' is not allowed; allowed: '', 'logistic', 'hist_gradient_boosting'"),
+    (lambda p: p["bag"].update(mean="arith"), "bag.mean='arith' is not allowed; allowed: 'arithmetic', 'geometric'"),
+    (lambda p: p["train"].update(scheduler="cosin"), "train.scheduler='cosin' is not allowed; allowed: 'cosine'"),
+    (lambda p: p["train"].update(epochs=-1), "train.epochs=-1 is out of range; allowed: >= 1"),
+    (lambda p: p.update(lr=-1), "lr=-1.0 is out of range; allowed: > 0"),
+    (lambda p: p["train"]["ema"].update(decay=1.0), "train.ema.decay=1.0 is out of range; allowed: >= 0 and < 1"),
+    (lambda p: p["preprocess"].update(crop=[0, 0, 1.5, 1]), "preprocess.crop=[0, 0, 1.5, 1] is out of range"),
+    (lambda p: p.update(folds=[0]), "folds=[0] must be 0, 1, ..., k-1 with k >= 2"),
+    (lambda p: p.update(folds=[0, 2]), "folds=[0, 2] must be 0, 1, ..., k-1"),
+    (lambda p: p["stack"].update(model="logistic", neighbours=3), "stack.neighbours=3 needs neighbours.k >= 3"),
+    (lambda p: p["mlflow"].update(experiment=""), "mlflow.experiment may not be empty"),
+])
+def test_a_value_outside_the_schema_names_the_key_the_value_and_the_allowed_ones(tmp_path, change, message):
+    """Before the schema held allowed values, each of these loaded and failed (or silently did
+    something else) in the stage that used it, after every fold had trained."""
+    with pytest.raises(InputError) as err:
+        P.load(write(tmp_path, change))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["train"].update(model="test_resnt"), "train.model='test_resnt' is not a timm model; close ones: test_resnet"),
+    (lambda p: p["distill"].update(model="resnet10"), "distill.model='resnet10' is not a timm model"),
+    (lambda p: p["train"].update(optimizer="adamx"), "train.optimizer='adamx' is not a timm optimizer; close ones: adamax"),
+])
+def test_timm_names_are_checked_against_timms_own_registries(tmp_path, change, message):
+    with pytest.raises(InputError) as err:
+        P.check(write(tmp_path, change), tmp_path / "checked")
+    assert message in str(err.value) and "git checkout params.yaml" in str(err.value)
+    assert not (tmp_path / "checked").exists()
+    P.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10t")), tmp_path / "checked")
+    assert (tmp_path / "checked").read_text() == P.CHECKED
+
+
+def test_the_schemas_choices_are_the_ones_the_code_dispatches_on():
+    from foldwise.ensemble import bagging, stack
+    from foldwise.train import pseudo
+    assert P.allowed(P.Bag, "mean") == bagging.MEANS
+    assert set(P.allowed(P.Stack, "model")) == {"", *stack.MODELS}
+    assert P.allowed(P.Pseudo, "mode") == pseudo.MODES
+    from foldwise.data.sources import SOURCES
+    assert set(P.allowed(P.Data, "source")) == set(SOURCES)
+    import torch
+    from foldwise.train.loop import create_scheduler
+    base = P.load(ROOT / "params.yaml").train
+    for name in P.allowed(P.Train, "scheduler"):  # every one makes a schedule of timm's
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        assert create_scheduler(opt, P.evolve(base, {"scheduler": name}), 0.1, 4) is not None, name

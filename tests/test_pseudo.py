@@ -155,14 +155,42 @@ def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation, l
 
 
 def test_bad_pseudo_settings_are_refused_before_training_naming_the_key():
-    base = P.load(Path(__file__).resolve().parents[1] / "params.yaml").pseudo
+    full = P.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    base = full.pseudo
     classes = Classification(["a", "b"])
-    pseudo.check(P.evolve(base, {"rounds": 0, "mode": "sharp"}), Keypoints(["x", "y"], (9, 9)))  # off
+    pseudo.check(P.evolve(base, {"rounds": 0}), Keypoints(["x", "y"], (9, 9)))  # off
     for change, key in (({"rounds": -1}, "pseudo.rounds"), ({"rounds": 1, "mode": "sharp"}, "pseudo.mode"),
                         ({"rounds": 1, "threshold": 0.0, "mode": "hard"}, "pseudo.threshold"),
                         ({"rounds": 1, "lr": -1e-3}, "pseudo.lr"),
                         ({"rounds": 1, "weight": 0.0}, "pseudo.weight")):
-        with pytest.raises(InputError, match=key):
-            pseudo.check(P.evolve(base, change), classes)
+        with pytest.raises(InputError, match=key):  # the schema's rule, or the pseudo check's
+            pseudo.check(P.evolve(full, {"pseudo": change}).pseudo, classes)
     with pytest.raises(InputError, match="pseudo.rounds"):
         pseudo.check(P.evolve(base, {"rounds": 1}), Keypoints(["x", "y"], (9, 9)))
+
+
+def test_a_later_round_is_read_only_while_built_from_the_round_1_beside_it(tmp_path):
+    """Every reader of a fold's final folder goes through `final_dir`: a pseudo folder whose
+    recorded round 1 is not the one in models/ now is refused, naming both folders."""
+    import json
+
+    from foldwise.errors import InputError
+    from foldwise.train import outputs
+    first, later = outputs.fold_dir(tmp_path, 0), outputs.pseudo_dir(tmp_path, 0)
+    first.mkdir()
+    later.mkdir()
+    (first / "model.pt").write_bytes(b"round 1 of this run")
+    (first / "run.json").write_text(json.dumps({"best_val_logloss": 0.9}))
+    (later / "model.pt").write_bytes(b"round 2")
+    (later / "run.json").write_text(json.dumps({"best_val_logloss": 0.3,
+                                                "round_1": outputs.round_1_digest(tmp_path, 0)}))
+    assert outputs.final_dir(tmp_path, 0) == later
+    assert outputs.read_run(tmp_path, 0)["best_val_logloss"] == 0.3
+    (first / "model.pt").write_bytes(b"round 1 of a later run, pseudo-labels off")
+    with pytest.raises(InputError, match=r"pseudo_0 was trained from another round 1 than .*fold_0"):
+        outputs.read_run(tmp_path, 0)
+    (later / "run.json").write_text(json.dumps({"best_val_logloss": 0.3}))  # written before
+    with pytest.raises(InputError, match="dvc repro pseudo@0"):             # the digest was
+        outputs.final_dir(tmp_path, 0)
+    (later / "model.pt").unlink()  # pseudo.rounds 0 leaves only rounds.json: round 1 is final
+    assert outputs.final_dir(tmp_path, 0) == first

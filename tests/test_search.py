@@ -20,6 +20,7 @@ FOLDS = 2
 # in two epochs, the sensible trials' first folds then score exactly alike and only the absurd
 # learning rate can be pruned
 SEARCH = {"study": "s", "trials": 4, "pruner": "median", "startup_trials": 1,
+          "heartbeat": 2,  # the killed searcher's trial is failed and retried 6 s after its kill
           "until": "evaluate",  # the trials stop at the objective: no export each
           "space": {"lr": {"choices": [0.002, 1.5]}, "tta.shift": {"choices": [0.0, 0.02, 0.04]}},
           # tried first, in this order: the kill lands in trial 1, trial 2's lr is absurd
@@ -54,7 +55,11 @@ def searched(tmp_path_factory):
     sh("git add search.yaml && git commit -qm search", dst)
     params_before = (dst / "params.yaml").read_bytes()
     first = start_search(dst)
-    wait_for(dst / ".foldwise/search/logs/s-001.log", "$ dvc repro train@0", first)
+    deadline = time.time() + 120
+    while not (dst / ".foldwise/search.db").exists() or not study_id(dst):
+        assert time.time() < deadline and first.poll() is None
+        time.sleep(0.2)
+    wait_for(dst / f".foldwise/search/logs/{name(dst, 1)}.log", "$ dvc repro train@0", first)
     deadline = time.time() + 600
     while not list((dst / ".foldwise/resume").glob("*-fold0.pt")):  # trial 1's first epoch done
         assert time.time() < deadline and first.poll() is None
@@ -70,17 +75,32 @@ def trials(dst):
     return optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}").trials
 
 
+def study_id(dst):
+    try:
+        study = optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}")
+    except KeyError:  # not created yet
+        return None
+    return study.user_attrs.get("foldwise.id")
+
+
+def name(dst, number):
+    """Trial `number`'s DVC experiment: the study's name and own id, then the number."""
+    return f"s-{study_id(dst)}-{number:03d}"
+
+
 def test_the_killed_study_ends_with_exactly_its_trials_the_killed_one_retried(searched):
     dst, out, _ = searched
     done = [t for t in trials(dst) if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 4, out
     failed = [t for t in trials(dst) if t.state.name == "FAIL"]
     assert [t.number for t in failed] == [1]
-    retry = [t for t in done if t.user_attrs.get("retry_of") == 1]
-    assert len(retry) == 1 and retry[0].user_attrs["experiment"] == "s-001"
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retry = [t for t in done if retried(t) == 1]
+    assert len(retry) == 1 and retry[0].user_attrs["experiment"] == name(dst, 1)
     assert retry[0].user_attrs["start"] == "t1"  # search.yaml's start, kept by the retry
     assert retry[0].params == failed[0].params
     assert "trial" in out and "COMPLETE" in out and "PRUNED" in out  # the table
+    assert f"study 's' (id {study_id(dst)}) in sqlite:///{dst / '.foldwise/search.db'}" in out
 
 
 def test_the_absurd_learning_rate_is_pruned_after_its_first_fold(searched):
@@ -90,7 +110,7 @@ def test_the_absurd_learning_rate_is_pruned_after_its_first_fold(searched):
     assert list(absurd[0].intermediate_values) == [0]
     _, runs = mlflow_runs(dst)
     folds = [r for r in runs if r.data.tags.get("foldwise.role") == "fold"
-             and r.data.tags.get("dvc.experiment") == "s-002"]
+             and r.data.tags.get("dvc.experiment") == name(dst, 2)]
     assert [r.data.tags["foldwise.fold"] for r in folds] == ["0"]  # fold 1 never started
 
 
@@ -98,7 +118,7 @@ def test_finished_trials_are_dvc_experiments_and_the_workspace_is_untouched(sear
     dst, _, params_before = searched
     complete = {t.user_attrs["experiment"] for t in trials(dst) if t.state.name == "COMPLETE"}
     listed = set(sh("dvc exp list --name-only", dst).stdout.split())
-    assert complete and complete <= listed and "s-002" not in listed
+    assert complete and complete <= listed and name(dst, 2) not in listed
     show = sh("dvc exp show --no-pager --csv", dst).stdout
     assert "oof.logloss" in show.splitlines()[0]
     assert (dst / "params.yaml").read_bytes() == params_before
@@ -128,11 +148,11 @@ def test_mlflow_holds_study_trials_and_folds_none_trained_twice_none_running(sea
     trained = [(r.data.tags["dvc.experiment"], r.data.tags["foldwise.fold"]) for r in runs
                if r.data.tags.get("foldwise.role") == "fold" and r.info.status == "FINISHED"]
     assert len(trained) == len(set(trained)) == 3 * FOLDS + 1  # the killed fold resumed, once
-    killed = [r for r in runs if r.data.tags.get("dvc.experiment") == "s-001"
+    killed = [r for r in runs if r.data.tags.get("dvc.experiment") == name(dst, 1)
               and r.data.tags.get("foldwise.role") == "fold" and r.info.status == "KILLED"]
     assert len(killed) == 1  # the attempt the kill stopped, closed when its fold resumed
     [resumed] = [r for r in runs if r.data.tags.get("foldwise.resumes") == killed[0].info.run_id]
-    assert resumed.info.status == "FINISHED" and resumed.data.tags["dvc.experiment"] == "s-001"
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["dvc.experiment"] == name(dst, 1)
 
 
 def test_apply_puts_the_best_params_in_params_yaml_and_dvc_repro_restores_them(searched):

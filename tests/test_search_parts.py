@@ -1,8 +1,10 @@
 """foldwise-search's parts without a pipeline: search.yaml's checks (one line naming the key at
 fault, before anything trains), the objective read from evaluate's figures, the folds' spread
 on every parent run, a killed trial found and queued again, the budget, the workers' paths."""
+import dataclasses
 import json
-import multiprocessing as mp
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,16 @@ def test_the_first_folds_score_is_its_kept_epochs_validation_figure(tmp_path):
     assert T.first_fold_score(tmp_path, 0, "f2_thresholds") is None  # not pruned on it
 
 
+def test_the_pruner_reads_this_trials_round_1_not_a_pseudo_folder_left_by_the_last_trial(tmp_path):
+    """A worker checkout: the previous trial had pseudo-labels on (models/pseudo_0 scored 0.25),
+    this one ran only `dvc repro train@0` (0.90). The pruner read 0.25."""
+    for name, value in (("fold_0", 0.90), ("pseudo_0", 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"best_val_logloss": value}))
+        (tmp_path / name / "model.pt").write_bytes(name.encode())
+    assert T.first_fold_score(tmp_path, 0, "logloss") == 0.90
+
+
 def test_the_folds_spread_is_their_mean_and_sample_standard_deviation():
     spread = fold_spread("logloss", {"0": {"logloss": 1.0}, "1": {"logloss": 2.0}, "2": {"logloss": 4.0}})
     assert spread["folds_mean_logloss"] == pytest.approx(7 / 3)
@@ -123,43 +135,145 @@ def test_a_new_study_tries_its_starts_first_in_order_and_only_once(tmp_path):
     search = space.load(path, BASE)
     assert search.start == (("defaults", {"lr": 0.002, "tta.hflip": False}),
                             ("recipe", {"lr": 0.004}))
-    study = S.open_study(search, tmp_path)
+    study = S.open_study(search, S.storage_url(search, tmp_path))
     first, second = study.ask(), study.ask()
     assert search.changes(first) == {"lr": 0.002, "tta.hflip": False}
     assert first.user_attrs["start"] == "defaults" and second.user_attrs["start"] == "recipe"
     assert search.changes(second)["lr"] == 0.004  # hflip, left out, sampled
-    again = S.open_study(search, tmp_path)  # reopened (a resumed search): not queued again
+    again = S.open_study(search, S.storage_url(search, tmp_path))  # resumed: not queued again
     assert len(again.trials) == 2
 
 
-def dead_pid() -> int:
-    p = mp.get_context("spawn").Process(target=_exit_now)
-    p.start()
-    p.join()
-    return p.pid
-
-
-def test_a_trial_whose_searcher_died_fails_and_is_queued_again_with_its_experiment_name(tmp_path):
-    search = space.load(config(tmp_path), BASE)
-    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+def test_a_trial_whose_searcher_stopped_beating_fails_and_is_queued_again_and_a_live_one_is_not(tmp_path):
+    """Optuna's heartbeat decides, not a home-made check of process ids on one machine: a
+    searcher elsewhere that still beats keeps its trial RUNNING."""
+    search = dataclasses.replace(space.load(config(tmp_path), BASE), heartbeat=1)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = S.open_study(search, url)
     done = study.ask()
     done.suggest_float("lr", 1e-4, 1e-2, log=True)
     study.tell(done, 0.5)
-    killed = study.ask()
-    killed.suggest_float("lr", 1e-4, 1e-2, log=True)
-    killed.set_user_attr("experiment", "s-001")
-    killed.set_user_attr("owner", {"host": S.HOST, "pid": dead_pid()})
+    dead = study.ask()
+    dead.suggest_float("lr", 1e-4, 1e-2, log=True)
+    dead.set_user_attr("experiment", "s-abc123-001")
+    study._storage.record_heartbeat(dead._trial_id)  # one beat, then its searcher died
     alive = study.ask()
-    S.claim(alive)  # this process: running, not killed
-    assert S.left(study, search.trials) == 4 - 3
-    assert S.retry_killed(study) == [killed.number]
-    states = {t.number: t.state for t in study.trials}
-    assert states[killed.number] == optuna.trial.TrialState.FAIL
-    assert states[alive.number] == optuna.trial.TrialState.RUNNING
-    assert S.left(study, search.trials) == 4 - 2
-    retry = study.ask()  # the queued copy comes first, its params fixed
-    assert search.changes(retry) == {"lr": study.trials[killed.number].params["lr"]}
-    assert retry.user_attrs["experiment"] == "s-001" and retry.user_attrs["retry_of"] == killed.number
+    with S.heartbeat(study, alive):  # another searcher, beating
+        assert S.left(study, search.trials) == 4 - 3
+        time.sleep(S.GRACE * search.heartbeat + 1.5)
+        other = S.open_study(search, url)  # a second searcher comes in
+        assert S.fail_stale(other) == [dead.number]
+        states = {t.number: t.state for t in other.trials}
+        assert states[dead.number] == optuna.trial.TrialState.FAIL
+        assert states[alive.number] == optuna.trial.TrialState.RUNNING
+        assert S.others_running(other, set())
+        retry = other.ask()  # the queued copy comes first, its params and experiment kept
+    assert search.changes(retry) == {"lr": study.trials[dead.number].params["lr"]}
+    assert retry.user_attrs["experiment"] == "s-abc123-001"
+
+
+def test_a_resumed_study_draws_new_points_not_the_first_runs_again(tmp_path):
+    """optuna#3255: a sampler seeded alike on every start repeats its first points after a
+    resume. The seed moves with the trials the study holds."""
+    search = dataclasses.replace(space.load(config(tmp_path), BASE), sampler="random")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    def three(study):
+        values = []
+        for _ in range(3):
+            t = study.ask()
+            values.append(t.suggest_float("lr", 1e-4, 1e-2, log=True))
+            study.tell(t, 0.5)
+        return values
+
+    first = three(S.open_study(search, url))
+    resumed = three(S.open_study(search, url))
+    assert not set(first) & set(resumed)
+    fresh = f"sqlite:///{tmp_path / 'again.db'}"
+    assert three(S.open_study(search, fresh)) == first  # a new study: the same seeded draws
+
+
+def test_every_tpe_setting_is_given_to_optuna_from_search_yaml(tmp_path):
+    """Optuna 5 changed TPE's defaults: the study must not read otherwise under the next one."""
+    project = yaml.safe_load((ROOT / "search.yaml").read_text())
+    assert set(project["tpe"]) == set(space.TPE)
+    search = space.load(config(tmp_path, tpe={"n_startup_trials": 4, "multivariate": False}), BASE)
+    sampler = S.sampler(search, 0)
+    assert sampler._n_startup_trials == 4 and sampler._multivariate is False
+    assert sampler._n_ei_candidates == space.TPE["n_ei_candidates"] and sampler._constant_liar
+    with pytest.raises(InputError, match="tpe: unknown key"):
+        space.load(config(tmp_path, tpe={"n_startup": 4}), BASE)
+
+
+def test_each_study_has_its_own_experiment_names(tmp_path):
+    """A new study of the same name (its database deleted) named its trials s-000, ... again
+    and adopted the old study's experiments as its own."""
+    search = space.load(config(tmp_path), BASE)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    first = S.experiment_name(S.open_study(search, url), 0)
+    assert S.experiment_name(S.open_study(search, url), 0) == first  # the same study, resumed
+    (tmp_path / "s.db").unlink()
+    again = S.experiment_name(S.open_study(search, url), 0)
+    assert again != first and again.startswith("s-") and again.endswith("-000")
+
+
+def test_the_study_lives_where_search_yaml_says_and_never_moves_to_a_running_server(tmp_path):
+    search = space.load(config(tmp_path), BASE)
+    pg = tmp_path / ".foldwise" / "postgres"
+    pg.mkdir(parents=True)
+    (pg / "postmaster.pid").write_text(f"{os.getpid()}\n{pg}\n0\n54329\n")  # a server runs
+    assert S.storage_url(search, tmp_path) == f"sqlite:///{tmp_path / '.foldwise' / 'search.db'}"
+    assert S.storage_url(search, tmp_path, "sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(InputError, match="storage 'server' names the PostgreSQL of `make mlflow-server`"):
+        S.storage_url(search, tmp_path / "elsewhere", "server")
+
+
+def test_a_failing_trial_of_any_kind_is_failed_and_the_study_goes_on(tmp_path, monkeypatch):
+    """Only RuntimeError was caught: any other error ended the search with the trial RUNNING."""
+    from foldwise.search import cli
+    search = space.load(config(tmp_path, trials=3), BASE)
+    study = S.open_study(search, f"sqlite:///{tmp_path / 's.db'}")
+    calls = []
+
+    def run(checkout, trial, search, study_run, root):
+        trial.set_user_attr("experiment", S.experiment_name(trial.study, trial.number))
+        search.changes(trial)
+        calls.append(trial.number)
+        if len(calls) == 1:
+            raise KeyError("a column the objective needs")
+        return T.Outcome("complete", 0.5)
+
+    monkeypatch.setattr(T, "run", run)
+    monkeypatch.setattr(S, "close_trial_runs", lambda *a, **k: None)  # MLflow bookkeeping
+    monkeypatch.setattr(S, "record", lambda *a, **k: None)
+    shared = cli.Shared(study, search, tmp_path, "0", "run", 3)
+    cli.work(None, shared)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 3
+    report = cli.failure_report(shared)
+    assert report.startswith("1 trial(s) failed:") and "trial 0: KeyError" in report
+
+
+def test_a_finished_experiment_with_other_params_is_never_adopted(tmp_path):
+    """A retried trial adopts its experiment's results only where that experiment's params.yaml
+    is the trial's, key for key."""
+    from conftest import sh
+    from foldwise.search.checkouts import Checkout
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "params.yaml").write_text("lr: 0.5\ntrain: {epochs: 2}\n")
+    (root / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo ${lr} > out.txt\n"
+                                   "    params: [lr, train]\n    outs: [out.txt]\n")
+    sh("git init -q && dvc init -q && git add -A && git commit -qm init && dvc exp run -q -n s-x-001 "
+       "-S lr=0.7 && git clone -q . ../checkout", root)
+    checkout = Checkout(tmp_path / "checkout", None)
+    sh("dvc cache dir --local ../root/.dvc/cache", checkout.path)
+    checkout.set_params({"lr": 0.7})
+    T.adopt(checkout, "s-x-001", {**os.environ}, tmp_path / "log")  # the trial's params: adopted
+    assert (checkout.path / "out.txt").read_text().strip() == "0.7"
+    checkout.set_params({"lr": 0.9})
+    with pytest.raises(RuntimeError, match=r"other params than this trial's.*lr: trial 0.9, experiment 0.7"):
+        T.adopt(checkout, "s-x-001", {**os.environ}, tmp_path / "log")
 
 
 def test_workers_checkouts_belong_to_the_project(tmp_path):

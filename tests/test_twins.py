@@ -110,7 +110,7 @@ def test_a_twin_waits_for_the_run_and_then_for_its_dvc_commit(tmp_path):
     [t.join(timeout=30) for t in threads]
     order = [name for name, _ in sorted(events, key=lambda e: e[1])]
     assert order == ["first starts", "first ends", "commit", "second starts"], events
-    assert list((tmp_path / "exp-a/.foldwise/locks").glob("*.lock"))
+    assert not list((tmp_path / "exp-a/.foldwise/locks").glob("*.lock"))  # done: removed
 
 
 def test_different_runs_do_not_wait_and_a_failed_holder_leaves_no_wait(tmp_path):
@@ -128,8 +128,9 @@ def test_different_runs_do_not_wait_and_a_failed_holder_leaves_no_wait(tmp_path)
         pass
     t0 = time.monotonic()
     with twins.turn(["stages/train.py", "0"], env):  # no commit to wait for
-        pass
+        assert len(list((root / ".foldwise/locks").glob("*.lock"))) == 1  # held: there
     assert time.monotonic() - t0 < 5
+    assert not list((root / ".foldwise/locks").glob("*.lock"))  # failed or done: gone
     locks = Path.cwd() / ".foldwise/locks"  # (a `make repro` in this checkout leaves its own)
     before = sorted(locks.iterdir()) if locks.exists() else []
     with twins.turn(["anything"], {}):  # not under DVC: no lock at all

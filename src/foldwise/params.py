@@ -1,14 +1,17 @@
 """params.yaml is the single source of hyperparameters; this reads it into one typed object,
-`Params`, naming every unknown, missing or mistyped key.
+`Params`, naming every unknown, missing, mistyped or out-of-range key.
 
-The classes hold key names and types only, never values: a default in code would be a second
-copy that drifts from params.yaml, and a misspelt key read with a default would silently turn
-a feature off. After `load`, every value has its declared type (an `int` given for a `float`
-key becomes a float), so code reads `params.train.batch_size` and casts nothing.
+The classes hold key names, types and the values each key allows (`one_of`, `within`: the
+params schema, in this one place), never defaults: a default in code would be a second copy
+that drifts from params.yaml, and a misspelt key read with a default would silently turn a
+feature off. After `load`, every value has its declared type (an `int` given for a `float` key
+becomes a float) and lies in its allowed set, so code reads `params.train.batch_size` and
+casts nothing. The names that timm's own registries decide (models, optimizers) are checked by `check_timm_names`, which the pipeline's first stage (`check`) runs.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,59 +20,86 @@ import yaml
 
 from foldwise.errors import InputError
 
+UNDO = ("nothing was run or removed; put params.yaml back with `git checkout params.yaml` (a "
+        "failed `dvc exp run -S` leaves its change there) or set a valid value")
+
+
+def one_of(*choices):
+    """A key whose value is one of `choices`."""
+    return dataclasses.field(metadata={"choices": choices})
+
+
+def within(low=None, high=None, *, above=None, below=None):
+    """A number from `low` (or strictly `above`) to `high` (or strictly `below`); for a list
+    key, each element."""
+    return dataclasses.field(metadata={"low": low, "high": high, "above": above, "below": below})
+
+
+def named():
+    """A name that may not be ''."""
+    return dataclasses.field(metadata={"named": True})
+
+
+def timm_name(kind: str, blank: bool = False):
+    """A name that timm's registry of `kind` ("model", "optimizer") knows; '' too where `blank`
+    (the feature off). Checked by `check_timm_names`, apart: it imports timm."""
+    return dataclasses.field(metadata={"timm": kind, "blank": blank})
+
 
 @dataclass(frozen=True)
 class Data:
-    source: str
+    source: str = one_of("statefarm", "keypoints", "dogscats", "folders", "multilabel")
     root: str
 
 
 @dataclass(frozen=True)
 class Split:
+    seed: int = within(0)  # the folds' own seed: `seed` changes the training, never the split
     dedupe: bool
-    hash_distance: int
+    hash_distance: int = within(0, 63)
 
 
 @dataclass(frozen=True)
 class StateFarmSample:
-    drivers: int
-    per_class: int
-    test_drivers: int
-    test_per_class: int
+    drivers: int = within(2)
+    per_class: int = within(1)
+    test_drivers: int = within(1)
+    test_per_class: int = within(1)
 
 
 @dataclass(frozen=True)
 class KeypointsSample:
-    train: int
-    test: int
-    variant: str
-    sparse_fraction: float
+    train: int = within(2)
+    test: int = within(1)
+    variant: str = one_of("kaggle", "course")
+    sparse_fraction: float = within(0, 1)
 
 
 @dataclass(frozen=True)
 class DogsCatsSample:
-    per_class: int
-    test: int
+    per_class: int = within(1)
+    test: int = within(1)
 
 
 @dataclass(frozen=True)
 class FoldersSample:
-    classes: int
-    per_class: int
-    test: int
-    layout: str
+    classes: int = within(2)
+    per_class: int = within(1)
+    test: int = within(1)
+    layout: str = one_of("folders", "csv")
 
 
 @dataclass(frozen=True)
 class MultiLabelSample:
-    train: int
-    test: int
-    tags: int
+    train: int = within(2)
+    test: int = within(1)
+    tags: int = within(1, 8)
 
 
 @dataclass(frozen=True)
 class Sample:
     """Each source's embedded synthetic set, under the source's name."""
+    seed: int = within(0)  # the sample's own: neither `seed` nor `split.seed` rewrites the data
     statefarm: StateFarmSample
     keypoints: KeypointsSample
     dogscats: DogsCatsSample
@@ -79,68 +109,69 @@ class Sample:
 
 @dataclass(frozen=True)
 class Preprocess:
-    height: int
-    width: int
-    crop: list
-    mode: str
-    workers: int
+    height: int = within(8)
+    width: int = within(8)
+    crop: list = within(0, 1)
+    mode: str = one_of("RGB", "L")
+    workers: int = within(1)
 
 
 @dataclass(frozen=True)
 class Ema:
-    decay: float
+    decay: float = within(0, below=1)
     warmup: bool
 
 
 @dataclass(frozen=True)
 class Mixup:
-    mixup_alpha: float
-    cutmix_alpha: float
-    prob: float
-    switch_prob: float
+    mixup_alpha: float = within(0)
+    cutmix_alpha: float = within(0)
+    prob: float = within(0, 1)
+    switch_prob: float = within(0, 1)
 
 
 @dataclass(frozen=True)
 class Augment:
     hflip: bool
-    shift: float
-    scale: float
-    rotate: float
-    brightness: float
-    contrast: float
-    saturation: float
-    crop_area: float
+    shift: float = within(0, below=1)
+    scale: float = within(0, below=1)
+    rotate: float = within(0, 180)
+    brightness: float = within(0, 1)
+    contrast: float = within(0, 1)
+    saturation: float = within(0, 1)
+    crop_area: float = within(above=0, high=1)
 
 
 @dataclass(frozen=True)
 class Train:
-    model: str
+    model: str = timm_name("model")
     model_kwargs: dict
     pretrained: bool
     pretrained_fallback: bool
     weights_file: str
-    weights_match: str
-    epochs: int
-    batch_size: int
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    scheduler: str
-    warmup_epochs: int
-    warmup_lr: float
-    min_lr: float
-    decay_epochs: float
-    decay_rate: float
-    label_smoothing: float
-    patience: int
+    weights_match: str = one_of("name", "order")
+    epochs: int = within(1)
+    batch_size: int = within(1)
+    optimizer: str = timm_name("optimizer")
+    momentum: float = within(0, below=1)
+    weight_decay: float = within(0)
+    scheduler: str = one_of("cosine", "tanh", "step", "constant", "multistep", "plateau", "poly",
+                            "wsd", "rsqrt")  # timm create_scheduler_v2's (it lists them nowhere)
+    warmup_epochs: int = within(0)
+    warmup_lr: float = within(above=0, high=1)
+    min_lr: float = within(0, 1)
+    decay_epochs: float = within(above=0)
+    decay_rate: float = within(above=0, high=1)
+    label_smoothing: float = within(0, below=1)
+    patience: int = within(1)
     channels_last: bool
     amp: bool
     compile: bool
-    devices: int
+    devices: int = within(1)
     sync_bn: bool
     lr_per_step: bool
-    clip_grad: float
-    clip_mode: str
+    clip_grad: float = within(0)
+    clip_mode: str = one_of("norm", "value", "agc")
     ema: Ema
     mixup: Mixup
     augment: Augment
@@ -149,13 +180,13 @@ class Train:
 @dataclass(frozen=True)
 class Tta:
     hflip: bool
-    shift: float
-    scale: float
+    shift: float = within(0, below=1)
+    scale: float = within(0, below=1)
 
 
 @dataclass(frozen=True)
 class Bag:
-    mean: str
+    mean: str = one_of("arithmetic", "geometric")
 
 
 @dataclass(frozen=True)
@@ -165,46 +196,46 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Neighbours:
-    k: int
+    k: int = within(0)
 
 
 @dataclass(frozen=True)
 class Stack:
-    model: str
-    neighbours: int
-    c: float
+    model: str = one_of("", "logistic", "hist_gradient_boosting")
+    neighbours: int = within(0)
+    c: float = within(above=0)
 
 
 @dataclass(frozen=True)
 class Pseudo:
-    rounds: int
-    mode: str
-    threshold: float
-    weight: float
-    epochs: int
+    rounds: int = within(0)
+    mode: str = one_of("soft", "hard")
+    threshold: float = within(0, 1)
+    weight: float = within(above=0)
+    epochs: int = within(0)
     validation: bool  # the fold's own validation images join further rounds, unlabelled
-    lr: float  # further rounds: 0 restart as round 1 did (lr, warm-up); else fine-tune from it
+    lr: float = within(0)  # further rounds: 0 restart as round 1 did (lr, warm-up); else fine-tune from it
 
 
 @dataclass(frozen=True)
 class Distill:
-    model: str
-    epochs: int
+    model: str = timm_name("model", blank=True)
+    epochs: int = within(0)
     test: bool  # the test images join the student's training against the teacher's rows
 
 
 @dataclass(frozen=True)
 class Mlflow:
-    experiment: str
+    experiment: str = named()
     tracking_uri: str
     register: bool
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int
-    lr: float
-    folds: list
+    seed: int = within(0)  # the training's randomness (split.seed: the folds')
+    lr: float = within(above=0)
+    folds: list = within(0)
     data: Data
     split: Split
     sample: Sample
@@ -279,9 +310,98 @@ def build(cls, value, where: str = "params.yaml", path: str = ""):
         if key not in value:
             raise InputError(f"{where}: missing key {name!r}")
         kind = hints[key]
-        fields[key] = (build(kind, value[key], where, f"{name}.") if dataclasses.is_dataclass(kind)
-                       else _value(value[key], kind, name, where))
+        if dataclasses.is_dataclass(kind):
+            fields[key] = build(kind, value[key], where, f"{name}.")
+        else:
+            fields[key] = _value(value[key], kind, name, where)
+            _allowed(fields[key], _rules(cls)[key], name, where)
     return cls(**fields)
+
+
+def _rules(cls) -> dict:
+    return {f.name: f.metadata for f in dataclasses.fields(cls)}
+
+
+def _allowed(value, rule, name: str, where: str) -> None:
+    """`value` within the key's rule (`one_of`, `within`, `named`; each element of a list),
+    or an InputError with the key, the value and what is allowed."""
+    if "choices" in rule and value not in rule["choices"]:
+        raise InputError(f"{where}: {name}={value!r} is not allowed; allowed: "
+                         + ", ".join(map(repr, rule["choices"])))
+    if rule.get("named") and not value:
+        raise InputError(f"{where}: {name} may not be empty")
+    if rule.get("timm") and not value and not rule.get("blank"):
+        raise InputError(f"{where}: {name} may not be empty (a timm {rule['timm']} name)")
+    if any(rule.get(k) is not None for k in ("low", "high", "above", "below")):
+        for item in (value if isinstance(value, list) else [value]):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not _inside(item, rule):
+                raise InputError(f"{where}: {name}={value!r} is out of range; allowed: "
+                                 f"{_range_text(rule)}" + (" (each element)"
+                                                           if isinstance(value, list) else ""))
+
+
+def _inside(x, rule) -> bool:
+    return ((rule["low"] is None or x >= rule["low"]) and (rule["high"] is None or x <= rule["high"])
+            and (rule["above"] is None or x > rule["above"])
+            and (rule["below"] is None or x < rule["below"]))
+
+
+def _range_text(rule) -> str:
+    parts = [f">= {rule['low']}" if rule["low"] is not None else "",
+             f"> {rule['above']}" if rule["above"] is not None else "",
+             f"<= {rule['high']}" if rule["high"] is not None else "",
+             f"< {rule['below']}" if rule["below"] is not None else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def allowed(cls, key: str) -> tuple:
+    """The values `one_of` allows for `cls`'s key (the code that dispatches on them reads
+    them here: one list)."""
+    return _rules(cls)[key]["choices"]
+
+
+def timm_keys(cls=None, path: str = "") -> list[tuple[str, str, bool]]:
+    """(dotted key, timm registry kind, '' allowed) of every key that names a timm thing."""
+    cls = cls or Params
+    hints, found = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            found += timm_keys(hints[f.name], f"{path}{f.name}.")
+        elif f.metadata.get("timm"):
+            found.append((f"{path}{f.name}", f.metadata["timm"], bool(f.metadata.get("blank"))))
+    return found
+
+
+def timm_registry(kind: str) -> list[str]:
+    """The names timm's own registry of `kind` holds (model names without a pretrained tag)."""
+    import timm
+    import timm.optim
+    if kind == "model":
+        return timm.list_models()
+    return timm.optim.list_optimizers()
+
+
+def check_timm_names(params: "Params", where: str = "params.yaml") -> None:
+    """Every key that names a timm model or optimizer names one timm knows."""
+    import timm
+    for dotted, kind, _blank in timm_keys():
+        value = get(params, dotted)
+        if not value:
+            continue
+        known = (timm.is_model(value) or timm.is_model(value.split(".")[0]) if kind == "model"
+                 else value in timm_registry(kind))
+        if not known:
+            close = difflib.get_close_matches(value, timm_registry(kind), n=5)
+            raise InputError(f"{where}: {dotted}={value!r} is not a timm {kind}"
+                             + (f"; close ones: {', '.join(close)}" if close else "")
+                             + (" (timm.list_models() lists them)" if kind == "model" else
+                                " (timm.optim.list_optimizers() lists them)"))
+
+
+def get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def evolve(obj, changes: dict):
@@ -310,7 +430,24 @@ def load(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(f)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of parameters")
-    return build(Params, raw, where=str(path))
+    return consistent(build(Params, raw, where=str(path)), where=str(path))
+
+
+def consistent(params: Params, where: str = "params.yaml") -> Params:
+    """The rules between keys: folds 0..k-1 with k >= 2, a crop box inside the frame, a stack's
+    neighbours within the neighbour graph."""
+    folds = list(params.folds)
+    if len(folds) < 2 or folds != list(range(len(folds))):
+        raise InputError(f"{where}: folds={folds} must be 0, 1, ..., k-1 with k >= 2 (one entry "
+                         "per fold)")
+    crop = params.preprocess.crop
+    if len(crop) != 4 or not (crop[0] < crop[2] and crop[1] < crop[3]):
+        raise InputError(f"{where}: preprocess.crop={crop} must be [left, top, right, bottom] "
+                         "with left < right and top < bottom")
+    if params.stack.model and params.stack.neighbours > params.neighbours.k:
+        raise InputError(f"{where}: stack.neighbours={params.stack.neighbours} needs "
+                         f"neighbours.k >= {params.stack.neighbours} (it is {params.neighbours.k})")
+    return params
 
 
 def flatten(params: dict, prefix: str = "") -> dict:
@@ -323,3 +460,18 @@ def flatten(params: dict, prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
+
+
+CHECKED = "params.yaml: every key checked against foldwise's params schema\n"
+
+
+def check(path: str | Path, out: str | Path) -> None:
+    """The check stage: `path` loaded against the schema and timm's registries, then `out`
+    written (always the same line). A bad value is an InputError that names the key, the
+    value and the allowed ones, and says how to get back."""
+    try:
+        check_timm_names(load(path), where=str(path))
+    except InputError as err:
+        raise InputError(f"{err}\n  {UNDO}") from None
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(CHECKED)

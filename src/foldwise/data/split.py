@@ -51,7 +51,7 @@ def split(params: Params, root, out, dup_csv, dup_png) -> None:
     table = data.train[[c for c in ("id", "group", "label") if c in data.train]].copy()
     groups = None if table["group"].isna().all() else table["group"]
     labels = table["label"] if "label" in table else None  # regression: plain k-fold
-    k, seed = len(folds), params.seed
+    k, seed = len(folds), params.split.seed
     items = data.images["train"] if data.images else list(data.train["path"])
     clusters = pd.DataFrame(columns=CLUSTER_COLUMNS)
     if params.split.dedupe:

@@ -10,7 +10,7 @@ twin that hard-links it then keeps a 0-byte file. `benchmarks/twin_race.py` repr
 DVC's own code and runs the twin case through `dvc queue` (docs/scaling.md).
 
 So every stage run takes an exclusive lock named by its identity in the project's own
-`.foldwise/locks/`, which every experiment's temporary copy shares. A twin that finds it taken
+`.foldwise/locks/`, which every experiment's temporary copy shares, and removes it when done. A twin that finds it taken
 waits for the run that holds it, and then for that run's DVC to commit its outputs (DVC
 rewrites the run's dvc.lock after the commit); its own commit then finds every file in the
 cache already and writes none. Runs that differ in anything still run at once.
@@ -65,6 +65,9 @@ def stage_params(root: Path, stage: str) -> dict:
         for name, keys in (entry.items() if isinstance(entry, dict) else [("params.yaml", [entry])]):
             if name not in files:
                 files[name] = yaml.safe_load((root / name).read_text()) or {}
+            if keys is None:  # `- params.yaml:` lists every key of the file
+                values[name] = files[name]
+                continue
             for key in keys:
                 values[f"{name}:{key}"] = _lookup(files[name], key)
     return values
@@ -104,7 +107,24 @@ def turn(argv: list[str], env=os.environ) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f, _holding(path.name):
+    with _locked(path, stage) as f, _holding(path.name):
+        _write(f, {"stage": stage, "experiment": env.get("DVC_EXP_NAME", ""), "pid": os.getpid()})
+        try:
+            yield
+            _write(f, {"stage": stage, "experiment": env.get("DVC_EXP_NAME", ""),
+                       "pid": os.getpid(), "finished": time.time(),
+                       "dvc_lock": str(root / "dvc.lock"), "dvc_pid": dvc_pid()})
+        finally:  # done: the file goes (a twin waiting on it still reads it), the lock after
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, stage: str) -> Iterator:
+    """The lock file at `path`, opened and held exclusively. A holder removes the file when its
+    run is done, so a twin that waited on it takes, after that run's commit, the file that is
+    at `path` now (a third twin may have made it)."""
+    while True:
+        f = open(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,10 +135,20 @@ def turn(argv: list[str], env=os.environ) -> Iterator[None]:
                      other.get("experiment", "?"), other.get("pid", "?"))
             fcntl.flock(f, fcntl.LOCK_EX)
             wait_for_commit(_read(f))
-        _write(f, {"stage": stage, "experiment": env.get("DVC_EXP_NAME", ""), "pid": os.getpid()})
-        yield
-        _write(f, {"stage": stage, "experiment": env.get("DVC_EXP_NAME", ""), "pid": os.getpid(),
-                   "finished": time.time(), "dvc_lock": str(root / "dvc.lock"), "dvc_pid": dvc_pid()})
+        if _same_file(f, path):
+            break
+        f.close()
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        return os.fstat(f.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager

@@ -4,12 +4,17 @@ experiment and an MLflow run, pruned after its first fold, resumable after a kil
     foldwise-search                      # search.yaml's study, one worker
     foldwise-search --workers 2          # two trials at once, each on its own GPU where there are
     foldwise-search --apply              # ... then the best trial's params into params.yaml
+    foldwise-search --storage URL        # the study's database (search.yaml's storage otherwise)
+
+A trial that fails (any error) is marked FAIL, its log named, and the study goes on; the
+command then exits non-zero, saying how many trials failed and why.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +44,9 @@ class Shared:
     run_id: str
     budget: int
     lock: threading.Lock = field(default_factory=threading.Lock)
-    failures: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # (trial number, error) of every failed trial
+    in_a_row: int = 0                             # failures since the last trial that did not
+    mine: set = field(default_factory=set)        # this process's trials
 
 
 def committed_params(root: Path) -> P.Params:
@@ -51,30 +58,46 @@ def committed_params(root: Path) -> P.Params:
 
 
 def work(checkout: checkouts.Checkout, shared: Shared) -> None:
-    """Trials in `checkout` until the study has its budget of them."""
+    """Trials in `checkout` until the study has its budget of them and no other searcher's
+    trial runs (one that dies is then failed and retried here)."""
     while True:
         with shared.lock:
-            if S.left(shared.study, shared.budget) <= 0 or len(shared.failures) >= MAX_FAILURES_IN_A_ROW:
+            for number in S.fail_stale(shared.study):
+                log.warning("trial %d: its searcher stopped beating; failed, and queued again",
+                            number)
+            if shared.in_a_row >= MAX_FAILURES_IN_A_ROW:
                 return
-            trial = shared.study.ask()
-            S.claim(trial)
-        one_trial(checkout, trial, shared)
+            trial = None
+            if S.left(shared.study, shared.budget) > 0:
+                trial = S.ask(shared.study)
+                shared.mine.add(trial.number)
+            elif not S.others_running(shared.study, shared.mine):
+                return
+        if trial is None:  # the budget is started: wait for the others' trials to end
+            time.sleep(min(5, shared.search.heartbeat))
+            continue
+        with S.heartbeat(shared.study, trial):
+            one_trial(checkout, trial, shared)
 
 
 def one_trial(checkout: checkouts.Checkout, trial, shared: Shared) -> None:
     search = shared.search
     try:
         outcome = T.run(checkout, trial, search, shared.run_id, shared.root)
-    except RuntimeError as err:
+    except Exception as err:  # noqa: BLE001 - any failure is the trial's, and the study goes on
         shared.study.tell(trial, state=TrialState.FAIL)
-        S.close_trial_runs(search, shared.experiment_id, trial.user_attrs["experiment"], "FAIL")
-        shared.failures.append(err)
-        log.error("trial %d failed: %s", trial.number, err)
+        name = trial.user_attrs.get("experiment", "")
+        S.close_trial_runs(search, shared.experiment_id, name, "FAIL")
+        with shared.lock:
+            shared.failures.append((trial.number, f"{type(err).__name__}: {err}"))
+            shared.in_a_row += 1
+        log.error("trial %d (%s) failed: %s: %s", trial.number, name, type(err).__name__, err)
         return
     except BaseException:
         shared.study.tell(trial, state=TrialState.FAIL)
         raise
-    shared.failures.clear()
+    with shared.lock:
+        shared.in_a_row = 0
     name = trial.user_attrs["experiment"]
     if outcome.state == "pruned":
         shared.study.tell(trial, state=TrialState.PRUNED)
@@ -87,25 +110,32 @@ def one_trial(checkout: checkouts.Checkout, trial, shared: Shared) -> None:
              f"{outcome.value:.5g}" if outcome.value is not None else "-")
 
 
-def run_search(config: Path, workers: int, trials: int | None) -> Shared:
+def run_search(config: Path, workers: int, trials: int | None, storage: str | None = None) -> Shared:
     root = project_root()
     base = committed_params(root)
     search_ = space.load(config, base)
     experiment_id = tracking.open_experiment(base.mlflow)  # exports MLFLOW_TRACKING_URI
-    study = S.open_study(search_, root, workers)
-    for number in S.retry_killed(study):
-        log.info("trial %d was killed: failed in the study, queued again", number)
+    url = S.storage_url(search_, root, storage)
+    study = S.open_study(search_, url)
+    print(f"study {search_.study!r} (id {study.user_attrs[S.ID]}) in {S.shown(url)}: "
+          f"{len(study.trials)} trials so far", flush=True)
     shared = Shared(study, search_, root, experiment_id, S.study_run(search_, experiment_id),
                     trials or search_.trials)
     slots = [checkouts.prepare(root, k, d) for k, d in enumerate(devices(workers, gpu_count()))]
     threads = [threading.Thread(target=work, args=(c, shared), daemon=True) for c in slots]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    if shared.failures:
-        raise InputError(f"{len(shared.failures)} trials failed in a row; the last: "
-                         f"{shared.failures[-1]}")
-    S.finish(search_, experiment_id, shared.run_id)
+    if shared.in_a_row < MAX_FAILURES_IN_A_ROW:
+        S.finish(search_, study, experiment_id, shared.run_id)
     return shared
+
+
+def failure_report(shared: Shared) -> str:
+    """How many trials failed and why, one line each (the log is named in each error)."""
+    stopped = (f"; the search stopped after {MAX_FAILURES_IN_A_ROW} failures in a row"
+               if shared.in_a_row >= MAX_FAILURES_IN_A_ROW else "")
+    lines = [f"trial {n}: {why.splitlines()[0]}" for n, why in shared.failures]
+    return f"{len(shared.failures)} trial(s) failed{stopped}:\n  " + "\n  ".join(lines)
 
 
 def apply_best(shared: Shared) -> None:
@@ -137,7 +167,10 @@ def table(study: optuna.Study) -> str:
 def main() -> None:
     from foldwise import stage
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=Path("search.yaml"))
+    ap.add_argument("--config", type=Path, default=Path("search.yaml"),
+                    help="the study's settings and search space (default search.yaml)")
+    ap.add_argument("--storage", help="the study's database, an SQLAlchemy URL or `server` "
+                    "(default: search.yaml's storage, else .foldwise/search.db)")
     ap.add_argument("--workers", type=int, default=1, help="trials at once (each its own GPU)")
     ap.add_argument("--trials", type=int, help="the study's size (search.yaml's trials)")
     ap.add_argument("--apply", action="store_true", help="the best trial's params into params.yaml")
@@ -147,10 +180,12 @@ def main() -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # the figures' functions are marked experimental since Optuna 2.2: nothing to act on
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        shared = run_search(args.config, max(1, args.workers), args.trials)
+        shared = run_search(args.config, max(1, args.workers), args.trials, args.storage)
         print(table(shared.study))
         if args.apply:
             apply_best(shared)
+        if shared.failures:
+            raise InputError(failure_report(shared))
     stage.run(go)
 
 

@@ -5,13 +5,18 @@ settings and checked against params.yaml before anything trains.
     trials: 20               # the study ends with this many finished or pruned trials
     objective: logloss       # a figure of metrics/metrics.json's "oof" (its _calibrated value
     direction: minimize      #   where calibration is on); minimize | maximize
-    sampler: tpe             # tpe | random (Optuna's), seeded by `seed`
+    sampler: tpe             # tpe | random (Optuna's), seeded by `seed` plus the trials so far
     seed: 0
+    tpe: {n_startup_trials: 10, n_ei_candidates: 24, multivariate: true, group: false,
+          constant_liar: true}   # every TPE setting given: Optuna's defaults move
+    heartbeat: 60            # seconds between a running trial's heartbeats; a trial silent for 3
+    #                          of them is failed and queued once more (its searcher died)
     pruner: median           # median | none: after the first fold, against earlier trials'
     startup_trials: 3        #   first folds, once this many trials have finished
     epochs: 0                # > 0: train.epochs of the search's trials (a cheaper search)
     until: ''                # '' the whole pipeline; a stage from evaluate on: trials stop there
-    storage: ''              # the study's database; '' = the team server's PostgreSQL here, else SQLite
+    storage: ''              # the study's database: '' .foldwise/search.db (SQLite); server: the
+    #                          PostgreSQL of `make mlflow-server` here; else an SQLAlchemy URL
     space:                   # params.yaml keys, dotted
       lr: {low: 3.0e-4, high: 3.0e-3, log: true}
       train.model: {choices: [test_resnet, resnet10t]}
@@ -29,7 +34,7 @@ import yaml
 from foldwise import params as P
 from foldwise.errors import InputError
 
-FIXED = ("folds", "split", "sample", "data")  # shared by every trial: DVC's run-cache reuses them
+FIXED = ("folds", "split", "sample", "data")  # the folds every trial is scored on, and the data
 DIRECTIONS = ("minimize", "maximize")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
@@ -74,6 +79,8 @@ class Search:
     epochs: int
     until: str
     storage: str
+    heartbeat: int
+    tpe: dict
     space: tuple
     start: tuple = ()        # (name, {key: value}) pairs: the first trials, enqueued
 
@@ -87,7 +94,11 @@ class Search:
 
 DEFAULTS = {"study": "search", "trials": 20, "objective": "logloss", "direction": "minimize",
             "sampler": "tpe", "seed": 0, "pruner": "median", "startup_trials": 3, "epochs": 0,
-            "until": "", "storage": ""}
+            "until": "", "storage": "", "heartbeat": 60}
+# TPE's settings, each passed to Optuna (its own defaults changed in Optuna 5, and may again):
+# these are Optuna 5.1's for one objective
+TPE = {"n_startup_trials": 10, "n_ei_candidates": 24, "multivariate": True, "group": False,
+       "constant_liar": True}
 
 
 def load(path: str | Path, base: P.Params) -> Search:
@@ -98,10 +109,10 @@ def load(path: str | Path, base: P.Params) -> Search:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping")
-    unknown = sorted(set(raw) - set(DEFAULTS) - {"space", "start"})
+    unknown = sorted(set(raw) - set(DEFAULTS) - {"space", "start", "tpe"})
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} (known: "
-                         f"{', '.join([*DEFAULTS, 'space', 'start'])})")
+                         f"{', '.join([*DEFAULTS, 'tpe', 'space', 'start'])})")
     settings = {k: raw.get(k, v) for k, v in DEFAULTS.items()}
     for key, value in settings.items():
         kind = type(DEFAULTS[key])
@@ -112,6 +123,8 @@ def load(path: str | Path, base: P.Params) -> Search:
             raise InputError(f"{path}: {key}={settings[key]!r} must be one of {', '.join(allowed)}")
     if settings["trials"] < 1 or settings["epochs"] < 0 or settings["startup_trials"] < 0:
         raise InputError(f"{path}: trials must be >= 1, epochs and startup_trials >= 0")
+    if settings["heartbeat"] < 1:
+        raise InputError(f"{path}: heartbeat must be >= 1 (seconds)")
     if settings["until"]:
         after = stages_from(path.parent / "dvc.yaml", "evaluate")
         if settings["until"] not in after:
@@ -121,7 +134,28 @@ def load(path: str | Path, base: P.Params) -> Search:
     if not isinstance(space, dict) or not space:
         raise InputError(f"{path}: space must map params.yaml keys to a range or choices")
     dims = tuple(dimension(path, key, spec, base) for key, spec in space.items())
-    return Search(**settings, space=dims, start=starts(path, raw.get("start"), dims))
+    return Search(**settings, tpe=tpe_settings(path, raw.get("tpe")), space=dims,
+                  start=starts(path, raw.get("start"), dims))
+
+
+def tpe_settings(path: Path, raw) -> dict:
+    """`tpe`: TPE's settings, each of `TPE` (a key left out takes foldwise's value, never
+    Optuna's default of the day), of its type."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: tpe must map TPE settings ({', '.join(TPE)}) to values")
+    unknown = sorted(set(raw) - set(TPE))
+    if unknown:
+        raise InputError(f"{path}: tpe: unknown key(s) {', '.join(unknown)} (known: "
+                         f"{', '.join(TPE)})")
+    for key, value in raw.items():
+        if type(value) is not type(TPE[key]) or (type(value) is int and value < 1):
+            raise InputError(f"{path}: tpe.{key}={value!r} must be {type(TPE[key]).__name__}"
+                             + (" >= 1" if type(TPE[key]) is int else ""))
+    settings = {**TPE, **raw}
+    if settings["group"] and not settings["multivariate"]:
+        raise InputError(f"{path}: tpe.group needs tpe.multivariate: true")
+    return settings
 
 
 def starts(path: Path, raw, dims: tuple) -> tuple:
@@ -156,8 +190,9 @@ def dimension(path: Path, key: str, spec, base: P.Params) -> Dimension:
     if kind is None or dataclasses.is_dataclass(kind):
         raise InputError(f"{where}: not a key of params.yaml (dotted, like train.epochs)")
     if key.split(".")[0] in FIXED:
-        raise InputError(f"{where}: {', '.join(FIXED)} stay fixed across trials, so that DVC's "
-                         "run-cache shares their stages")
+        raise InputError(f"{where}: {', '.join(FIXED)} stay fixed across trials: they decide the "
+                         "folds and data every trial is scored on, and trials scored on other "
+                         "folds cannot be compared (`seed` changes the training only)")
     if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
         raise InputError(f"{where}: give {{low: , high: [, log: true]}} or {{choices: [...]}}")
     extra = sorted(set(spec) - {"low", "high", "log", "choices"})

@@ -1,82 +1,153 @@
 """The Optuna study and its MLflow run.
 
-The study lives in a database (`search.yaml` storage; else the PostgreSQL cluster of the team's
-MLflow server when it runs here; else `.foldwise/search.db` beside the project), so a search resumes where it was killed: trials that finished or were pruned stay
-done, and a trial left RUNNING by a searcher of this machine that is gone is marked FAIL and
-queued again with the same params and DVC experiment name (so its folds resume). The study ends
-with exactly `trials` finished or pruned trials.
+The study lives where `search.yaml`'s `storage` (or `--storage`) says: by default the SQLite
+file `.foldwise/search.db` beside the project; `server`: the PostgreSQL of the team's MLflow
+server on this machine; else any SQLAlchemy URL, which several searchers on several machines
+share (Optuna's own way to spread a study). Nothing switches it silently, and the command
+prints where it is.
+
+A search resumes where it was killed: trials that finished or were pruned stay done. Every
+running trial beats Optuna's heartbeat; one whose searcher died (silent for 3 heartbeats) is
+failed by `optuna.storages.fail_stale_trials` and queued once more with the same params and DVC
+experiment name (Optuna's `RetryHeartbeatStaleTrialCallback`), so its folds resume; a live searcher's
+trials are never touched. The study ends with exactly `trials` finished or pruned trials.
+
+Each study holds an id of its own (`foldwise.id`, made when it is created): its trials' DVC
+experiments are `<study>-<id>-NNN`, so a new study of the same name (its database deleted, or
+another storage) never meets an earlier study's experiments.
 
 The study's MLflow run (tagged `foldwise.role=study`) is the parent of every trial's pipeline
 run; it holds the best value and params so far and Optuna's figures.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import socket
 import tempfile
+import threading
+import uuid
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from foldwise import tracking
-from foldwise.files import alive
+from foldwise.errors import InputError
 from foldwise.search.space import Search
 
 log = logging.getLogger(__name__)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-HOST = socket.gethostname()
+ID = "foldwise.id"
+GRACE = 3  # heartbeats a trial may miss before it counts as its searcher's death
 
 
-def storage_url(search: Search, root: Path) -> str:
-    """search.yaml's storage; else the team server's PostgreSQL when `make mlflow-server` runs
-    its own cluster here (`.foldwise/postgres`); else SQLite beside the project."""
-    if search.storage:
-        return search.storage
-    from foldwise.scale.server import search_storage
-    served = search_storage(root / ".foldwise" / "postgres")
-    if served:
+def storage_url(search: Search, root: Path, flag: str | None = None) -> str:
+    """`--storage`, else search.yaml's storage: '' is SQLite beside the project, `server` the
+    PostgreSQL cluster `make mlflow-server` runs here (an error when it does not run)."""
+    chosen = flag if flag is not None else search.storage
+    if chosen == "server":
+        from foldwise.scale.server import search_storage
+        pgdata = root / ".foldwise" / "postgres"
+        served = search_storage(pgdata)
+        if not served:
+            raise InputError(f"search.yaml: storage 'server' names the PostgreSQL of `make "
+                             f"mlflow-server`, which is not running here ({pgdata})")
         return served
+    if chosen:
+        return chosen
     (root / ".foldwise").mkdir(exist_ok=True)
     return f"sqlite:///{root / '.foldwise' / 'search.db'}"
 
 
-def open_study(search: Search, root: Path, workers: int = 1) -> optuna.Study:
-    """The study, created the first time; TPE with the constant liar when trials run at once."""
-    if search.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=search.seed, constant_liar=workers > 1)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=search.seed)
+def shown(url: str) -> str:
+    """The storage URL as printed: its password hidden."""
+    import sqlalchemy
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def sampler(search: Search, done: int) -> optuna.samplers.BaseSampler:
+    """search.yaml's sampler with every setting given, seeded by `seed` plus the trials the
+    study holds already: a resumed search draws new points, not the first run's again."""
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed + done)
+    with warnings.catch_warnings():  # `group` is marked experimental: nothing to act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=search.seed + done, **search.tpe)
+
+
+def open_study(search: Search, url: str) -> optuna.Study:
+    """The study at `url`, created the first time (with its id and search.yaml's starts)."""
+    with warnings.catch_warnings():  # the heartbeat and its callback are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=search.heartbeat, grace_period=GRACE * search.heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials)
               if search.pruner == "median" else optuna.pruners.NopPruner())
-    study = optuna.create_study(study_name=search.study, storage=storage_url(search, root),
-                                sampler=sampler, pruner=pruner, direction=search.direction,
+    study = optuna.create_study(study_name=search.study, storage=storage, pruner=pruner,
+                                sampler=sampler(search, 0), direction=search.direction,
                                 load_if_exists=True)
-    if not study.get_trials(deepcopy=False):  # a new study: search.yaml's starts go first
-        for name, values in search.start:
-            study.enqueue_trial(values, user_attrs={"start": name})
+    trials = study.get_trials(deepcopy=False)
+    study.sampler = sampler(search, len(trials))
+    if ID not in study.user_attrs:  # a new study: its id, and search.yaml's starts go first
+        study.set_user_attr(ID, uuid.uuid4().hex[:6])
+        if not trials:
+            for name, values in search.start:
+                study.enqueue_trial(values, user_attrs={"start": name})
     return study
 
 
-def claim(trial) -> None:
-    """Mark the trial as this process's, so that a later search knows when it was killed."""
-    trial.set_user_attr("owner", {"host": HOST, "pid": os.getpid()})
+def ask(study: optuna.Study):
+    """The next trial (a queued one first). Its heartbeat is beaten by `heartbeat`, as
+    `study.optimize` would: Optuna's warning that it expects optimize says nothing here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+        return study.ask()
 
 
-def retry_killed(study: optuna.Study) -> list[int]:
-    """RUNNING trials whose searcher on this machine is gone: FAIL, and queued again with the
-    same params and experiment name. Returns their numbers."""
-    killed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("owner") or {}
-        if owner.get("host") == HOST and owner.get("pid") != os.getpid() and not alive(owner["pid"]):
-            study.tell(t.number, state=TrialState.FAIL)
-            again = {k: t.user_attrs[k] for k in ("experiment", "start") if k in t.user_attrs}
-            study.enqueue_trial(t.params, user_attrs={**again, "retry_of": t.number})
-            killed.append(t.number)
-    return killed
+def experiment_name(study: optuna.Study, number: int) -> str:
+    """The trial's DVC experiment: the study's name and id, and the trial's number."""
+    return f"{study.study_name}-{study.user_attrs[ID]}-{number:03d}"
+
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Trials whose searcher stopped beating: FAIL, and queued once more by the callback."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    return sorted(before & failed)
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial) -> Iterator[None]:
+    """The trial's heartbeat in the study's storage while the block runs (Optuna's own
+    `record_heartbeat`, as `study.optimize` beats it)."""
+    storage, stop = study._storage, threading.Event()
+    storage.record_heartbeat(trial._trial_id)
+
+    def beat() -> None:
+        while not stop.wait(storage.get_heartbeat_interval()):
+            storage.record_heartbeat(trial._trial_id)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def others_running(study: optuna.Study, mine: set[int]) -> bool:
+    """Whether trials of other searchers (or of this one's other workers) still run."""
+    return any(t.number not in mine
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def left(study: optuna.Study, budget: int) -> int:
@@ -101,8 +172,11 @@ def study_run(search: Search, experiment_id: str) -> str:
         client.log_param(run.info.run_id, f"space.{d.key}",
                          list(d.choices) if d.choices else f"[{d.low:g}, {d.high:g}]"
                          + (" log" if d.log else ""))
-    for key in ("objective", "direction", "sampler", "seed", "pruner", "trials", "epochs"):
+    for key in ("objective", "direction", "sampler", "seed", "pruner", "trials", "epochs",
+                "heartbeat"):
         client.log_param(run.info.run_id, key, getattr(search, key))
+    for key, value in search.tpe.items():
+        client.log_param(run.info.run_id, f"tpe.{key}", value)
     return run.info.run_id
 
 
@@ -176,13 +250,18 @@ def _kill_running_children(client, experiment_id: str, run_id: str) -> None:
         client.set_terminated(child.info.run_id, "KILLED")
 
 
-def finish(search: Search, experiment_id: str, run_id: str) -> None:
+def finish(search: Search, study: optuna.Study, experiment_id: str, run_id: str) -> None:
     """The study has its trials: nothing of it is left RUNNING in MLflow (runs of trials killed
-    and never retried included), and its run is FINISHED."""
+    and never retried included), save the runs of trials still running in the study (another
+    searcher's, alive), and its run is FINISHED."""
     client = MlflowClient()
+    running = {t.user_attrs.get("experiment")
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     for run in client.search_runs([experiment_id], filter_string=(
             f"tags.`foldwise.study` = '{search.study}' and attributes.status = 'RUNNING' "
             "and tags.`foldwise.role` = 'parent'")):
+        if run.data.tags.get("dvc.experiment") in running:
+            continue
         _kill_running_children(client, experiment_id, run.info.run_id)
         client.set_terminated(run.info.run_id, "KILLED")
     client.set_terminated(run_id, "FINISHED")

@@ -5,6 +5,10 @@ experiment (`dvc exp run -n NAME`), which restores that fold from DVC's run-cach
 Every DVC command of a trial runs with the trial's DVC experiment name (so its folds meet one
 MLflow parent, also across a kill and retry) and the study's run and trial number (so that
 parent is the study run's child). Its output goes to `.foldwise/search/logs/NAME.log`.
+
+A retried trial whose experiment finished before the kill reached the study adopts that
+experiment's results, and only when its params.yaml is the trial's, key for key: any other
+experiment of that name is refused, naming the keys that differ.
 """
 from __future__ import annotations
 
@@ -19,7 +23,10 @@ from foldwise import params as P
 from foldwise import tracking
 from foldwise.errors import InputError
 from foldwise.scale.parallel import dvc
+import yaml
+
 from foldwise.search.checkouts import Checkout, experiments
+from foldwise.search.study import experiment_name
 from foldwise.train import outputs
 
 CALIBRATED = "_calibrated"
@@ -31,13 +38,9 @@ class Outcome:
     value: float | None      # the objective of a complete trial, fold 0's of a pruned one
 
 
-def experiment_name(study: str, number: int) -> str:
-    return f"{study}-{number:03d}"
-
-
 def run(checkout: Checkout, trial, search, study_run: str, root: Path) -> Outcome:
     """Run `trial` in `checkout`; raises (naming the log) when a DVC command fails."""
-    name = trial.user_attrs.get("experiment") or experiment_name(search.study, trial.number)
+    name = trial.user_attrs.get("experiment") or experiment_name(trial.study, trial.number)
     trial.set_user_attr("experiment", name)
     checkout.set_params(search.changes(trial))
     env = checkout.env({"DVC_EXP_NAME": name, tracking.STUDY: search.study,
@@ -55,17 +58,39 @@ def run(checkout: Checkout, trial, search, study_run: str, root: Path) -> Outcom
         command(checkout.path, ["exp", "run", "-n", name, *until], env, log)
         command(checkout.path, ["exp", "push", "--no-cache", "origin", name], env, log)
     else:  # it finished before a kill reached the study: its results, not a second run
-        command(checkout.path, ["exp", "pull", "--no-cache", "origin", name], env, log)
-        command(checkout.path, ["exp", "apply", name], env, log)
+        adopt(checkout, name, env, log)
     return Outcome("complete", objective(checkout.path / "metrics" / "metrics.json",
                                          search.objective))
 
 
+def adopt(checkout: Checkout, name: str, env: dict, log: Path) -> None:
+    """The finished experiment `name` applied in `checkout`, whose params.yaml holds the
+    trial's params; refused (a RuntimeError naming the keys) when the experiment's differ."""
+    wanted = yaml.safe_load((checkout.path / "params.yaml").read_text())
+    command(checkout.path, ["exp", "pull", "--no-cache", "origin", name], env, log)
+    command(checkout.path, ["exp", "apply", name], env, log)
+    found = yaml.safe_load((checkout.path / "params.yaml").read_text())
+    differ = differences(wanted, found)
+    if differ:
+        raise RuntimeError(f"experiment {name} exists with other params than this trial's, so "
+                           f"its results are not adopted: {'; '.join(differ[:5])} (log: {log})")
+
+
+def differences(wanted, found, path: str = "") -> list[str]:
+    """`key: trial's -> experiment's` for every dotted key whose values differ."""
+    if isinstance(wanted, dict) and isinstance(found, dict):
+        return [d for key in sorted(set(wanted) | set(found), key=str)
+                for d in differences(wanted.get(key), found.get(key), f"{path}{key}.")]
+    return [] if wanted == found else [f"{path.rstrip('.')}: trial {wanted!r}, experiment {found!r}"]
+
+
 def first_fold_score(models: Path, fold: int, objective_name: str) -> float | None:
-    """The fold's validation figure of the objective at its kept epoch (None where the fold
-    does not record that figure: then the trial is not pruned)."""
+    """The fold's round 1 validation figure of the objective at its kept epoch, the one
+    `dvc repro train@K` has just written (None where the fold does not record that figure:
+    then the trial is not pruned). Never a pseudo-label folder: a checkout's last trial may
+    have left one of its own round 1."""
     base = objective_name.removesuffix(CALIBRATED)
-    value = outputs.read_run(models, fold).get(f"best_val_{base}")
+    value = outputs.read_run(models, fold, where=outputs.fold_dir).get(f"best_val_{base}")
     return None if value is None else float(value)
 
 

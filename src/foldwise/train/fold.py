@@ -162,6 +162,8 @@ def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, wei
                 "pipeline_key": key, "weights": weights, "device": device.type,
                 "devices": distributed.world(), "precision": "bfloat16" if amp else "float32",
                 "kept_weights": result.weights, **summary}
+        if paths.after is not None:  # the round 1 these rounds started from (final_dir checks)
+            info["round_1"] = outputs.round_1_digest(paths.after, data.fold)
         outputs.write(paths.out, {"spec": spec, "state_dict": result.state_dict, "fold": data.fold},
                       *prediction_tables(data, result, task), info, result.history)
         log_artifacts(result, paths.out, f"fold {data.fold}: {cfg.model}, lr {params.lr:g}")

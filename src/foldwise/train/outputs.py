@@ -1,6 +1,9 @@
 """A trained fold's folder, `models/fold_K/` (round 1) or `models/pseudo_K/` (its last
 pseudo-label round, where `pseudo.rounds` > 0): the one module that writes and reads them.
-Readers get a fold's final folder (`final_dir`): the pseudo-label rounds' where they trained.
+Readers get a fold's final folder (`final_dir`): the pseudo-label rounds' where they trained,
+and only while they were built from the round 1 beside them (their run.json's `round_1`, the
+digest of round 1's model.pt): a later round left from another round 1 (a checkout where only
+`train@K` ran since) is refused, never read.
 
     model.pt     the checkpoint: {"spec": models' spec, "state_dict", "fold"}
     oof.csv      id, group, fold, [label,] one column per output: the validation predictions
@@ -10,12 +13,15 @@ Readers get a fold's final folder (`final_dir`): the pseudo-label rounds' where 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
 
 FLOATS = "%.8g"
@@ -32,9 +38,33 @@ def pseudo_dir(models: str | Path, fold: int) -> Path:
 
 
 def final_dir(models: str | Path, fold: int) -> Path:
-    """The fold's final model: its last pseudo-label round where one trained, else round 1."""
+    """The fold's final model: its last pseudo-label round where one trained from the round 1
+    in `models`, else round 1; an InputError for a later round of another round 1."""
     later = pseudo_dir(models, fold)
-    return later if (later / "model.pt").exists() else fold_dir(models, fold)
+    if not (later / "model.pt").exists():
+        return fold_dir(models, fold)
+    built_from = json.loads((later / "run.json").read_text()).get("round_1")
+    if built_from != round_1_digest(models, fold):
+        raise InputError(f"{later} was trained from another round 1 than {fold_dir(models, fold)}"
+                         f" holds now (stale: left by an earlier run); run `dvc repro "
+                         f"pseudo@{fold}` to rebuild it from this one")
+    return later
+
+
+def round_1_digest(models: str | Path, fold: int) -> str:
+    """What a later round records as its start: round 1's model.pt, by content."""
+    path = fold_dir(models, fold) / "model.pt"
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_no_rounds(out: str | Path) -> None:
