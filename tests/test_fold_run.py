@@ -140,7 +140,7 @@ def test_an_experiment_another_project_creates_meanwhile_is_the_one_opened(tmp_p
         return None if len(looked) == 1 else real(name)
 
     monkeypatch.setattr(mlflow, "get_experiment_by_name", first_lookup_misses)
-    cfg = P.Mlflow(experiment="shared", tracking_uri=uri, register=False)
+    cfg = P.Mlflow(experiment="shared", tracking_uri=uri, register=False, model_name="")
     assert tracking.open_experiment(cfg) == theirs
     assert [e.name for e in MlflowClient(uri).search_experiments()] == ["shared", "Default"]
     mlflow.set_tracking_uri(None)

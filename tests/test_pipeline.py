@@ -1,5 +1,6 @@
 """The real `dvc repro`, `dvc exp run` and queued experiments on a tiny sample, in a copy of
 the project; checks the outputs, the metrics against scikit-learn and the MLflow runs."""
+import hashlib
 import json
 import os
 import re
@@ -198,6 +199,39 @@ def test_a_new_lr_reruns_the_folds_and_nothing_upstream(project):
         assert f"Running stage '{stage}'" not in out
     for stage in [f"train@{k}" for k in range(FOLDS)]:
         assert f"Running stage '{stage}'" in out, out
+
+
+def snapshot(dst) -> dict:
+    """Every output file of the pipeline by content."""
+    import hashlib
+    return {str(p.relative_to(dst)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for top in ("data", "models", "metrics", "export") for p in sorted((dst / top).rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("lr=-1", "lr=-1.0 is out of range; allowed: > 0"),
+    ("stack.model=logistc", "stack.model='logistc' is not allowed; allowed: '', 'logistic'"),
+    ("folds=[0]", "folds=[0] must be 0, 1, ..., k-1 with k >= 2"),
+    ("+train.lrr=0.1", "unknown key(s) 'train.lrr'"),
+    ("train.model=resnet10", "train.model='resnet10' is not a timm model"),
+])
+def test_a_bad_experiment_stops_at_the_first_stage_and_loses_nothing(project, setting, says):
+    """Each of these failed in a later stage, after DVC had removed that stage's finished
+    outputs (models/fold_0, data/folds.csv), or inside torch. Now the check stage, which has
+    nothing to lose, stops it with the key, the value and the allowed ones."""
+    dst, _, _ = project
+    params = (dst / "params.yaml").read_text()
+    before = snapshot(dst)
+    try:
+        res = sh(f"dvc exp run -S '{setting}'", dst, check=False)
+    finally:
+        (dst / "params.yaml").write_text(params)
+    assert res.returncode != 0
+    assert says in res.stderr and "git checkout params.yaml" in res.stderr, res.stderr
+    assert re.findall(r"Running stage '([^']+)'", res.stdout) == ["check"], res.stdout
+    assert snapshot(dst) == before
+    assert "Running stage" not in sh("dvc repro", dst).stdout  # nothing to redo
 
 
 def test_bad_input_stops_before_training_with_the_row_named(project, tmp_path):
@@ -501,20 +535,24 @@ def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled
 
 @pytest.mark.extended  # a model server
 def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predict_predicts(project, tmp_path):
-    """Every export is a version of the registered model named after the experiment, tagged
-    with the OOF log loss of what it computes (the stack's where the program holds it, the
-    bag's otherwise); the alias `champion` is on the lowest (the earliest of equals);
-    `mlflow models serve
-    --env-manager local` of models:/foldwise@champion answers images posted on loopback with
-    what `foldwise-predict` writes from that version's own export folder."""
+    """Every export is a version of the registered model named after the experiment, the task
+    and the data set (foldwise-statefarm-sample), tagged with the OOF log loss of what it
+    computes (the stack's where the program holds it, the bag's otherwise) and with its task,
+    metric and training table; the alias `champion` is on the lowest (the earliest of equals);
+    `mlflow models serve --env-manager local` of models:/foldwise-statefarm-sample@champion
+    answers images posted on loopback with what `foldwise-predict` writes from that version's
+    own export folder."""
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
     dst, params, _ = project
     uri = f"sqlite:///{dst / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = params["mlflow"]["experiment"]
+    name = "foldwise-statefarm-sample"
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) >= 1
+    assert {v.tags["foldwise.task"] for v in versions} == {"statefarm"}
+    assert {v.tags["foldwise.data"] for v in versions} == {
+        hashlib.sha256((dst / "data/processed/train.csv").read_bytes()).hexdigest()[:16]}
     scores = {v.version: float(v.tags["oof_logloss"]) for v in versions}
     stacked = json.loads((dst / "metrics/stack.json").read_text())["oof"]["logloss"]
     for v in versions:  # a plain export: its bag's figure (the pseudo rounds' bag is another)
@@ -524,7 +562,7 @@ def test_the_best_export_is_the_registered_champion_and_served_as_foldwise_predi
     champion = client.get_model_version_by_alias(name, "champion")
     best = min(scores.values())
     assert scores[champion.version] == best  # ties: the earliest such version keeps it
-    assert champion.version == min(v for v, score in scores.items() if score == best)
+    assert int(champion.version) == min(int(v) for v, score in scores.items() if score == best)
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri,
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

@@ -229,6 +229,7 @@ class Mlflow:
     experiment: str = named()
     tracking_uri: str
     register: bool
+    model_name: str  # the registered model; '' names it after experiment, task and data set
 
 
 @dataclass(frozen=True)

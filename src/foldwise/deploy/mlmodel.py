@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import mlflow
@@ -68,27 +69,77 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
 
 
 CHAMPION = "champion"
+GROUP = ("foldwise.task", "foldwise.metric", "foldwise.data")  # what versions compete within
+SAMPLE = "foldwise.sample"  # "true": trained on the embedded synthetic sample
 
 
-def register(model_uri: str, name: str, metric: str, score: float) -> tuple[str, str]:
-    """`model_uri` as a new version of the registered model `name`, tagged `metric` = `score`
-    (the OOF figure of what the version computes: the pipeline's, or its second-level model's
-    where the program holds it; lower is better for every task's monitor), and the alias
-    `champion` moved to the version with the lowest such figure (a version without the tag:
-    its run's metric `metric`). Returns (this version, the champion's version)."""
+def registered_name(experiment: str, source: str, root: str, named: str = "") -> str:
+    """The registered model's name: `named` (mlflow.model_name) where given, else the
+    experiment, the task and the data set (`sample` for the embedded one, else the data
+    root's folder name), so that no two tasks or data sets share one `champion`."""
+    if named:
+        return named
+    data = "sample" if is_sample(root) else Path(root).name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{experiment}-{source}-{data}").strip("-")
+
+
+def is_sample(root: str) -> bool:
+    """Whether the data root is the embedded sample (the sample stage's data/sample/SOURCE)."""
+    path = Path(root)
+    return path.parent.name == "sample" and path.parent.parent.name == "data"
+
+
+def register(model_uri: str, name: str, score: float, group: dict[str, str],
+             sample: bool) -> tuple[str, str]:
+    """`model_uri` as a new version of the registered model `name`, tagged with its `group`
+    (task, metric, data set digest), whether it was trained on the sample, and its figure
+    under the metric's name (the OOF figure of what the version computes; lower is better for
+    every task's monitor); then `crown`. Returns (this version, the champion's version)."""
     client = MlflowClient()
     with _quiet():
-        version = mlflow.register_model(model_uri, name).version
-    client.set_model_version_tag(name, version, metric, repr(float(score)))
-    scored = []
-    for v in client.search_model_versions(f"name = '{name}'"):
-        value = float(v.tags[metric]) if metric in v.tags else (
-            client.get_run(v.run_id).data.metrics.get(metric) if v.run_id else None)
-        if value is not None:
-            scored.append((value, int(v.version)))
-    champion = str(min(scored)[1]) if scored else str(version)
-    client.set_registered_model_alias(name, CHAMPION, champion)
-    return str(version), champion
+        version = str(mlflow.register_model(model_uri, name).version)
+    for key, value in {**group, SAMPLE: str(sample).lower(),
+                       group["foldwise.metric"]: repr(float(score))}.items():
+        client.set_model_version_tag(name, version, key, value)
+    return version, crown(client, name, version)
+
+
+def crown(client: MlflowClient, name: str, version: str, tries: int = 5) -> str:
+    """The alias `champion` on the best version of `version`'s group: the lowest figure among
+    versions of the same task, metric and data set (the earliest of equals). A version of the
+    embedded sample never takes it from a version of real data. The alias is set and then read
+    back with the versions, until no concurrent export's stale choice has undone it (each
+    export checks after its own set, so the last one leaves the best)."""
+    for _ in range(tries):
+        best = _best(client, name, version)
+        client.set_registered_model_alias(name, CHAMPION, best)
+        if _best(client, name, version) == best and _alias(client, name) == best:
+            return best
+    return best
+
+
+def _best(client: MlflowClient, name: str, version: str) -> str:
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+    mine = versions[version].tags
+    current = versions.get(_alias(client, name) or "")
+    if (current is not None and mine.get(SAMPLE) == "true" and current.tags.get(SAMPLE) != "true"
+            and _group(current.tags) != _group(mine)):
+        return str(current.version)  # a sample's model does not displace a real data set's
+    metric = mine["foldwise.metric"]
+    scored = [(float(v.tags[metric]), int(v.version)) for v in versions.values()
+              if _group(v.tags) == _group(mine) and metric in v.tags]
+    return str(min(scored)[1])
+
+
+def _group(tags: dict) -> tuple:
+    return tuple(tags.get(key) for key in GROUP)
+
+
+def _alias(client: MlflowClient, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ folds (`verify`), the submission written from what the shipped program predicts 
 `foldwise-predict` reproduces it), and the program logged as the pipeline's MLflow model."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,11 +24,13 @@ from foldwise.train.loader import open_cache
 from foldwise.params import Params
 
 
-def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float) -> str:
+def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
+                  train_csv: Path) -> str:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
     parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model; with
-    `mlflow.register`, a version of the registered model named after the experiment, tagged
-    with `score` (`served_score`), the alias `champion` on its best version by that figure.
+    `mlflow.register`, a version of the registered model of this task and data set
+    (`mlmodel.registered_name`), tagged with `score` (`served_score`), the task, the metric
+    and the training table's digest, the alias `champion` on the best version of those.
     Returns a line naming them."""
     experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
@@ -36,8 +39,12 @@ def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float) 
     uri = mlmodel.log(model_dir, example, parent, loaded=loaded)
     if not params.mlflow.register:
         return uri
-    name = params.mlflow.experiment
-    version, champion = mlmodel.register(uri, name, f"oof_{task.monitor}", score)
+    name = mlmodel.registered_name(params.mlflow.experiment, params.data.source, params.data.root,
+                                   params.mlflow.model_name)
+    group = {"foldwise.task": params.data.source, "foldwise.metric": f"oof_{task.monitor}",
+             "foldwise.data": hashlib.sha256(Path(train_csv).read_bytes()).hexdigest()[:16]}
+    version, champion = mlmodel.register(uri, name, score, group,
+                                         sample=mlmodel.is_sample(params.data.root))
     return f"{uri}, registered as models:/{name}/{version} (@{mlmodel.CHAMPION}: version {champion})"
 
 
@@ -166,7 +173,8 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
     uri = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded,
-                        served_score(task, paths["metrics_json"], stacked))
+                        served_score(task, paths["metrics_json"], stacked),
+                        Path(paths["processed"]) / "train.csv")
     where = "" if not stacked else (" with the second-level model" if stacked.layer is not None
                                     else "; the second-level model in the submission only")
     return (f"exported {len(bag.nets)} fold models{where}; max |exported - eager| = "
