@@ -37,10 +37,44 @@ def test_clip_bound_is_chosen_on_out_of_fold_predictions():
     wrong = rng.choice(400, size=8, replace=False)  # confident mistakes, as mislabelled images make
     p_dog[wrong] = 1 - p_dog[wrong]
     probs = np.stack([1 - p_dog, p_dog], axis=1)
-    summary, _ = Classification(["cat", "dog"]).report(labels, probs)
+    folds = np.arange(400) % 4
+    summary, _ = Classification(["cat", "dog"]).report(labels, probs, folds)
     assert summary["clip"] > 0.001
     assert summary["logloss_clipped"] < summary["logloss"] - 0.01
     assert "prior_logloss" in summary
+
+
+def test_the_clip_bounds_figure_is_cross_fitted_not_scored_on_the_rows_that_chose_it():
+    """The bound was chosen on the same OOF rows it was scored on: an optimistic figure. Each
+    fold's rows must be clipped with the bound the other folds chose; checked against
+    scikit-learn's log loss of that construction by hand."""
+    from sklearn.metrics import log_loss
+
+    from foldwise.tasks import CLIP_GRID
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=400)
+    folds = np.arange(400) % 4
+    p_dog = np.where(labels == 1, 0.99, 0.01)
+    wrong = rng.choice(np.flatnonzero(folds == 0), size=6, replace=False)  # fold 0's mistakes only
+    p_dog[wrong] = 1 - p_dog[wrong]
+    probs = np.stack([1 - p_dog, p_dog], axis=1)
+
+    def clipped(p, c):
+        q = np.clip(p, c, 1 - c)
+        return q / q.sum(1, keepdims=True)
+
+    def best(rows):
+        return CLIP_GRID[np.argmin([log_loss(labels[rows], clipped(probs[rows], c), labels=[0, 1])
+                                    for c in CLIP_GRID])]
+
+    by_hand = np.empty_like(probs)
+    for k in range(4):
+        by_hand[folds == k] = clipped(probs[folds == k], best(folds != k))
+    summary, _ = Classification(["cat", "dog"]).report(labels, probs, folds)
+    assert summary["clip"] == best(np.ones(400, dtype=bool))
+    assert summary["logloss_clipped"] == pytest.approx(log_loss(labels, by_hand), rel=1e-9)
+    in_sample = log_loss(labels, clipped(probs, summary["clip"]))
+    assert summary["logloss_clipped"] > in_sample + 0.005  # the in-sample figure flattered it
 
 
 def test_folders_read_both_layouts_with_the_same_classes(tmp_path):
