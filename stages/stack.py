@@ -9,7 +9,8 @@ params: folds; seed; stack.model ('' off: an empty OUT_DIR, nothing fit), stack.
 reads the temperature evaluate fit (METRICS_JSON) and the neighbours stage's OOF graph
 (NEIGHBOURS_DIR/oof_graph.npz, within each validation fold)
 writes OUT_DIR/{model.pkl (fit on every OOF row), oof.csv (cross-fitted OOF predictions)} and
-STACK_JSON (the stack's OOF figures beside the bag's)
+STACK_JSON (the stack's OOF figures beside those of the submission without it: the bag,
+calibrated and neighbour-averaged where those are on)
 """
 import json
 from pathlib import Path
@@ -30,7 +31,7 @@ def main():
                   neighbours_dir, out, out_json)
     if summary["model"]:
         monitor = next(iter(summary["oof"]))
-        print(f"out-of-fold {monitor}: bag {summary['oof_bag'][monitor]:.4f}, "
+        print(f"out-of-fold {monitor}: {summary['oof_bag_is']} {summary['oof_bag'][monitor]:.4f}, "
               f"{summary['model']} over it {summary['oof'][monitor]:.4f}")
 
 

@@ -171,3 +171,34 @@ def test_only_a_logistic_stack_of_an_images_own_features_that_saw_every_class_is
     assert stack.linear_form(stack.make_model("hist_gradient_boosting", 1.0, 0).fit(x, y), 0, 3) is None
     assert stack.linear_form(LogisticRegression().fit(x, y % 2), 0, 3) is None  # a class unseen
 
+
+
+def test_the_stacks_features_use_the_cross_fitted_temperature_and_its_gain_is_over_the_calibrated_bag(tmp_path):
+    """The stack's OOF features were tempered with the temperature fit on every OOF row (it had
+    seen the labels they are scored on), and its gain was measured against the uncalibrated bag,
+    crediting calibration to the stack."""
+    import json
+
+    import pandas as pd
+
+    from foldwise.ensemble import calibration, stack_stage
+    from foldwise.tasks import Classification
+    rng = np.random.default_rng(5)
+    task = Classification(["a", "b", "c"])
+    p = probs(rng, 240, 3) ** 3  # overconfident
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row ** (1 / 3) / (row ** (1 / 3)).sum()) for row in p])
+    folds = np.arange(240) % 4
+    oof = pd.DataFrame(p, columns=task.columns).assign(fold=folds)
+    calibrated = calibration.cross_fitted(p, y, folds)[0]
+    metrics = {"logloss": task.score(y, p)["logloss"], "accuracy": task.score(y, p)["accuracy"],
+               "temperature": calibration.fit(p, y),
+               "logloss_calibrated": task.score(y, calibrated)["logloss"]}
+    (tmp_path / "metrics.json").write_text(json.dumps({"oof": metrics}))
+    got = stack_stage.bag_predictions(oof, task, tmp_path / "metrics.json", y)
+    np.testing.assert_allclose(got, calibrated)
+    assert np.abs(got - calibration.temper(p, metrics["temperature"])).max() > 1e-4
+    (tmp_path / "near").mkdir()
+    shipped = stack_stage.shipped_bag(task, y, folds, tmp_path / "metrics.json", tmp_path / "near")
+    assert shipped["oof_bag"]["logloss"] == metrics["logloss_calibrated"] < metrics["logloss"]
+    assert shipped["oof_bag_is"] == "bag, calibrated (cross-fitted)"

@@ -38,7 +38,7 @@ def run(params: Params, meta: dict, models, processed, bagged, metrics_json, nei
 
     oof = pd.read_csv(Path(bagged) / "oof.csv", dtype={"id": str, "group": str})
     truth, folds = load_truth(Path(processed)), oof["fold"].to_numpy()
-    x = stack.features(bag_predictions(oof, task, metrics_json),
+    x = stack.features(bag_predictions(oof, task, metrics_json, truth),
                        *graph(Path(neighbours_dir) / "oof_graph.npz", settings.neighbours))
 
     def make():
@@ -47,7 +47,7 @@ def run(params: Params, meta: dict, models, processed, bagged, metrics_json, nei
     stacked = stack.cross_fitted(x, truth, folds, make)
     summary = {"model": settings.model, "neighbours": settings.neighbours,
                "features": int(x.shape[1]), "oof": task.report(truth, stacked, folds)[0],
-               "oof_bag": json.loads(Path(metrics_json).read_text())["oof"]}
+               **shipped_bag(task, truth, folds, metrics_json, Path(neighbours_dir))}
     table = pd.DataFrame(stacked, columns=task.columns)
     table.insert(0, "fold", folds)
     table.insert(0, "id", oof["id"])
@@ -59,13 +59,34 @@ def run(params: Params, meta: dict, models, processed, bagged, metrics_json, nei
     return summary
 
 
-def bag_predictions(oof, task, metrics_json) -> np.ndarray:
-    """The bag's OOF probabilities as export's program gives them: tempered with evaluate's
-    temperature where calibration ran."""
+def bag_predictions(oof, task, metrics_json, truth) -> np.ndarray:
+    """The bag's OOF probabilities as export's program gives the test set's: tempered where
+    calibration ran, each fold's rows with the temperature fit on the other folds' rows (the
+    temperature fit on every row, export's, has seen the labels these features are scored on)."""
     from foldwise.ensemble import calibration
     preds = oof[task.columns].to_numpy()
-    temperature = json.loads(Path(metrics_json).read_text())["oof"].get("temperature", 1.0)
-    return calibration.temper(preds, temperature) if temperature != 1.0 else preds
+    if "temperature" not in json.loads(Path(metrics_json).read_text())["oof"]:
+        return preds
+    return calibration.cross_fitted(preds, truth, oof["fold"].to_numpy())[0]
+
+
+def shipped_bag(task, truth, folds, metrics_json, neighbours_dir: Path) -> dict:
+    """What the stack is measured against (`oof_bag`): the OOF figures of the submission
+    without it, i.e. the bag calibrated (cross-fitted) where calibration ran and averaged over
+    its neighbours where they are on; `oof_bag_is` says which."""
+    import pandas as pd
+    averaged = neighbours_dir / "oof.csv"  # the neighbours stage's, calibrated as evaluate did
+    oof = json.loads(Path(metrics_json).read_text())["oof"]
+    calibrated = "logloss_calibrated" in oof
+    if averaged.is_file():
+        preds = pd.read_csv(averaged)[task.columns].to_numpy()
+        figures = task.report(truth, preds, folds)[0]
+        return {"oof_bag": figures, "oof_bag_is": "bag" + (", calibrated" if calibrated else "")
+                + ", averaged over neighbours"}
+    if calibrated:
+        return {"oof_bag": {**oof, "logloss": oof["logloss_calibrated"]},
+                "oof_bag_is": "bag, calibrated (cross-fitted)"}
+    return {"oof_bag": oof, "oof_bag_is": "bag"}
 
 
 def graph(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, int]:
