@@ -61,17 +61,32 @@ def test_soft_and_hard_targets_by_hand():
         pseudo.targets(p, "hard", 1.5)
 
 
-def test_a_folds_labels_are_its_own_models_test_predictions(tmp_path):
-    folds = split()
-    cols = ["a", "b"]
-    for k in range(3):
-        preds = np.array([[0.9, 0.1], [0.3, 0.7], [0.55, 0.45]]) if k == 1 else np.full((3, 2), 0.5)
-        out = outputs.fold_dir(tmp_path, k)
-        out.mkdir(parents=True)
-        outputs.prediction_table(["t0", "t1", "t2"], preds, cols).to_csv(out / "test.csv", index=False)
-    ids, y = pseudo.fold_labels(tmp_path, 1, folds, cols, "hard", 0.6)
-    assert list(ids) == ["t0", "t1"]
-    np.testing.assert_array_equal(y, [[1, 0], [0, 1]])
+def round_1_folder(models, fold, val_ids, test_ids, cols):
+    """A round-1 folder as the train stage writes it, its model having validated on `val_ids`."""
+    oof = outputs.oof_table(val_ids, ["g"] * len(val_ids), fold, np.zeros(len(val_ids), dtype=int),
+                            np.full((len(val_ids), len(cols)), 0.5), cols)
+    test = outputs.prediction_table(test_ids, np.full((len(test_ids), len(cols)), 0.5), cols)
+    outputs.write(outputs.fold_dir(models, fold), {"spec": {}, "state_dict": {}, "fold": fold}, oof,
+                  test, {"best_epoch": 0}, pd.DataFrame({"epoch": [0]}))
+
+
+def test_further_rounds_refuse_a_first_labeller_that_saw_the_folds_validation_labels(tmp_path):
+    """The guard in the path every further round takes (`first_round`, which the pseudo stage
+    calls): a round-1 folder of another split (another split.seed, a stale copy) trained on
+    some of this fold's validation images, and would label its test images; refused by name.
+    (`leaked` and `check_sources` were called by tests alone.)"""
+    folds, other = split(), split(seed=5)
+    ids, cols, tests = folds["id"], ["a", "b"], ["t0", "t1"]
+    val = folds.loc[folds["fold"] == 1, "id"]
+    shared = pseudo.leaked(val, other, 1)
+    assert 0 < len(shared) < len(val)
+    round_1_folder(tmp_path, 1, list(other.loc[other["fold"] == 1, "id"]), tests, cols)
+    with pytest.raises(InputError, match=f"fold 1: the model in .*fold_1 trained on {len(shared)} of "
+                                         f"the fold's {len(val)} validation images"):
+        pseudo.first_round(tmp_path, 1, Classification(cols), ids, val, tests)
+    round_1_folder(tmp_path, 1, list(val), tests, cols)  # the fold's own round 1: taken
+    first = pseudo.first_round(tmp_path, 1, Classification(cols), ids, val, tests)
+    assert first.val_preds.shape == (len(val), 2)
 
 
 def test_the_weighted_loss_by_hand():

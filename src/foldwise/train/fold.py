@@ -181,7 +181,8 @@ def fitter(params: P.Params, net, task, settings: Settings, data: FoldData, afte
                    Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
     if after is None:
         return partial(train_fold, net, task, settings, rows, resume=resume, wrap=wrap)
-    first = pseudo.first_round(after, data.fold, task, data.table["id"].iloc[data.val_rows],
+    first = pseudo.first_round(after, data.fold, task, data.table["id"],
+                               data.table["id"].iloc[data.val_rows],
                                data.test_ids)
     net.load_state_dict(first.state_dict)
     return partial(pseudo.further_rounds, net, task, settings, rows, params.pseudo, first,

@@ -9,7 +9,8 @@ learns what the other folds' models learnt from fold k's labels, and its validat
 those images flatters (Google QUEST's 1st place: the honest gain was smaller than the leaked one;
 their fix was one pseudo-label set per fold). `leaked` checks any source against a fold by the
 images themselves, so a model from another split (another seed, another experiment) is judged
-by what it trained on, not by its fold number.
+by what it trained on, not by its fold number; `first_round`, where every fold's further rounds
+take their first labeller, refuses one that leaks.
 
 `further_rounds` (the pseudo stage, after the train stage's round 1) trains `pseudo.rounds`
 more rounds: each starts from the previous round's kept weights and adds the test images, labelled by that fold's own previous
@@ -68,17 +69,6 @@ def targets(probs: np.ndarray, mode: str, threshold: float) -> tuple[np.ndarray,
         raise InputError(f"params.yaml: pseudo.threshold={threshold!r} must be in (0, 1]")
     rows = np.flatnonzero(probs.max(axis=1) >= threshold)
     return rows, np.eye(probs.shape[1])[probs[rows].argmax(axis=1)]
-
-
-def fold_labels(models: str | Path, fold: int, folds: pd.DataFrame, columns: list[str],
-                mode: str, threshold: float) -> tuple[pd.Series, np.ndarray]:
-    """The test images' pseudo-labels for fold `fold`'s second round: (ids, targets) from that
-    fold's own first-round model, the one model of the bag that never saw its validation labels
-    (checked, not assumed)."""
-    check_sources(fold, folds, [(folds, fold)], [f"fold {fold}'s model"])
-    test = outputs.read_test(models, fold)
-    rows, y = targets(test[columns].to_numpy(), mode, threshold)
-    return test["id"].iloc[rows].reset_index(drop=True), y
 
 
 def check(cfg: Pseudo, task) -> None:
@@ -204,12 +194,19 @@ def further_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, first: 
                                best_epoch=offset + result.best_epoch)
 
 
-def first_round(models, fold: int, task, val_ids, test_ids) -> FoldResult:
+def first_round(models, fold: int, task, ids, val_ids, test_ids) -> FoldResult:
     """Round 1 as the train stage left it in `models/fold_K/`: kept weights, history and
-    predictions, the rows checked against the fold's validation and test images."""
+    predictions. The labeller of every further round starts here, so the rule is checked
+    here (`check_sources`): the folder's model, which trained on every training image (`ids`)
+    but those it validated on, must never have trained on one of this fold's validation
+    images (`val_ids`); then its rows are checked against them and the test images."""
     run = outputs.read_run(models, fold, where=outputs.fold_dir)
     oof = outputs.read_oof(models, fold, where=outputs.fold_dir)
     test = outputs.read_test(models, fold, where=outputs.fold_dir)
+    ids = pd.Series(list(map(str, ids)))
+    ours = pd.DataFrame({"id": ids, "fold": np.where(ids.isin(set(map(str, val_ids))), fold, -1)})
+    source = pd.DataFrame({"id": ids, "fold": np.where(ids.isin(set(oof["id"])), fold, -1)})
+    check_sources(fold, ours, [(source, fold)], [f"the model in {outputs.fold_dir(models, fold)}"])
     for table, ids, name in ((oof, val_ids, "oof.csv"), (test, test_ids, "test.csv")):
         if list(table["id"]) != list(map(str, ids)):
             raise InputError(f"{outputs.fold_dir(models, fold) / name}: not the rows of fold "
