@@ -90,7 +90,7 @@ def test_a_task_without_class_probabilities_is_refused_naming_the_key():
 def stage_paths(tmp_path):
     from foldwise.deploy.distill_stage import DistillPaths
     return DistillPaths(*[tmp_path / n for n in ("root", "models", "processed", "bagged", "m.json",
-                                                 "near", "stack", "s.json", "bag", "out",
+                                                 "near", "stack", "s.json", "out",
                                                  "distill.json", "history.csv")])
 
 

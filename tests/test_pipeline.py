@@ -514,7 +514,17 @@ def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled
     on_train /= on_train.sum(axis=1, keepdims=True)  # float32 softmax rows, to scikit-learn's tolerance
     assert figures["train_not_out_of_fold"]["logloss"] == pytest.approx(log_loss(truth, on_train, labels=range(10)), rel=1e-6)
     assert figures["train_not_out_of_fold"]["accuracy"] == pytest.approx(accuracy_score(truth, on_train.argmax(1)))
-    assert figures["prediction"]["student_images_per_s"] > 0 and figures["prediction"]["bag_images_per_s"] > 0
+    speed = json.loads((dst / "metrics/speed.json").read_text())  # the speed stage, after both
+    assert "Running stage 'speed'" in out and speed["distill"] == "resnet10t"
+    assert speed["student_images_per_s"] > 0 and speed["bag_images_per_s"] > 0
+    ship = dst / "src/foldwise/deploy/ship.py"  # a change to the export alone ...
+    original = ship.read_text()
+    try:
+        ship.write_text(original + "\n# an export-only change\n")
+        status = sh("dvc status", dst).stdout
+    finally:
+        ship.write_text(original)
+    assert "export:" in status and "distill:" not in status, status  # ... keeps the student
     sub = pd.read_csv(dst / "export/distilled/submission.csv")
     assert list(sub.columns) == list(pd.read_csv(dst / "export/submission.csv").columns)
     clip = meta["decision"]["clip"]  # the teacher's, fit on its OOF rows

@@ -80,10 +80,11 @@ def teacher_predictions(task, bagged: Path, metrics_json: Path, train_ids) -> tu
     """(the training images' targets, the test images' teacher predictions): the bag's
     out-of-fold and test probabilities, tempered with evaluate's temperature where calibration
     ran (as the exported bag gives them), the first in the order of `train_ids`."""
-    from foldwise.ensemble.stack_stage import bag_predictions
+    from foldwise.ensemble.stack_stage import shipped_probabilities
     oof = pd.read_csv(Path(bagged) / "oof.csv", dtype={"id": str, "group": str})
     test = pd.read_csv(Path(bagged) / "test.csv", dtype={"id": str})
     if not oof["id"].equals(pd.Series(list(train_ids), dtype=str, name="id")):
         raise InputError(f"{Path(bagged) / 'oof.csv'} and the training table list different "
                          "images: rerun the bag stage")
-    return bag_predictions(oof, task, metrics_json), bag_predictions(test, task, metrics_json)
+    return (shipped_probabilities(oof, task, metrics_json),
+            shipped_probabilities(test, task, metrics_json))

@@ -1,12 +1,11 @@
 """The distilled network's run (`distill_stage`'s heavy half): trained by the folds' own loop
 inside an MLflow run under the pipeline's parent (killed, it resumes from its last epoch),
-exported as a one-network program, checked against itself run eagerly, timed beside the
-exported bag on the same images, and its submission written from the program's predictions."""
+exported as a one-network program, checked against itself run eagerly, and its submission
+written from the program's predictions (the speed stage times it beside the exported bag)."""
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict
 
 import mlflow
@@ -27,9 +26,6 @@ from foldwise.train import outputs
 from foldwise.train.fold import resume_file
 from foldwise.train.loader import Joined, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
-
-TIMED = 1024  # test images timed through each program
-
 
 def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher: Teacher,
                    paths: DistillPaths) -> dict:
@@ -134,7 +130,6 @@ def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: Dist
                fidelity_key(params): distill.fidelity(teacher.test, got),
                "train_not_out_of_fold": task.score(load_truth(paths.processed), in_sample),
                "teacher_oof": teacher_figures(task, teacher),
-               "prediction": timings(loaded[0], paths.bag_model, test_images, device),
                "export_max_abs_vs_eager": check.worst}
     return figures, loaded
 
@@ -153,18 +148,3 @@ def teacher_figures(task, teacher: Teacher) -> dict:
     oof = teacher.oof
     return {task.monitor: float(oof.get(f"{task.monitor}_calibrated", oof[task.monitor])),
             **{k: float(v) for k, v in oof.items() if k == "accuracy"}}
-
-
-def timings(student, bag_dir, images, device) -> dict:
-    """Images per second of the student's program and the exported bag's on the same test
-    images (up to TIMED), each after one warm-up batch."""
-    images = np.asarray(images[:TIMED])
-    bag = export.load(bag_dir, device)[0]
-    rates = {}
-    for name, model in (("student", student), ("bag", bag)):
-        export.run_model(model, images[:2], device=device, desc="warm-up")
-        t0 = time.perf_counter()
-        export.run_model(model, images, device=device, desc=f"timing {name}")
-        rates[name] = len(images) / max(time.perf_counter() - t0, 1e-9)
-    return {"images": len(images), "student_images_per_s": rates["student"],
-            "bag_images_per_s": rates["bag"], "speedup": rates["student"] / rates["bag"]}

@@ -45,7 +45,6 @@ class DistillPaths:
     neighbours: Path
     stack: Path
     stack_json: Path
-    bag_model: Path  # the exported bag, timed beside the student
     out: Path
     out_json: Path
     history_csv: Path

@@ -59,6 +59,15 @@ def run(params: Params, meta: dict, models, processed, bagged, metrics_json, nei
     return summary
 
 
+def shipped_probabilities(table, task, metrics_json) -> np.ndarray:
+    """A bag table's probabilities as export's program gives them: tempered with evaluate's
+    temperature (fit on every OOF row) where calibration ran."""
+    from foldwise.ensemble import calibration
+    preds = table[task.columns].to_numpy()
+    temperature = json.loads(Path(metrics_json).read_text())["oof"].get("temperature", 1.0)
+    return calibration.temper(preds, temperature) if temperature != 1.0 else preds
+
+
 def bag_predictions(oof, task, metrics_json, truth) -> np.ndarray:
     """The bag's OOF probabilities as export's program gives the test set's: tempered where
     calibration ran, each fold's rows with the temperature fit on the other folds' rows (the
