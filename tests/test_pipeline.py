@@ -370,10 +370,12 @@ def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlf
     assert all(f"fold {k} (val_logloss)" in charts for k in range(FOLDS))  # one chart's legend
 
 
-def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(project):
+def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(project, tmp_path):
     """`neighbours.k`: the OOF score with and without, neighbours of a training image only in its
     own validation fold, and the submission the exported model's predictions averaged over the
-    test graph; the folds, the bag and evaluate stay as they are."""
+    test graph; the folds, the bag and evaluate stay as they are. The program does not hold the
+    averaging: foldwise-predict refuses to pass its predictions off as the submission, and no
+    MLflow model is logged (both silently dropped the averaging)."""
     from foldwise.ensemble import neighbours
     dst, _, _ = project
     before = pd.read_csv(dst / "export/submission.csv")
@@ -394,6 +396,14 @@ def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(
     classes = [f"c{k}" for k in range(10)]
     want = neighbours.smooth(before[classes].to_numpy(), graph["idx"], graph["sim"])
     np.testing.assert_allclose(after[classes].to_numpy(), want, atol=2e-6)
+    assert "MLflow model not logged: the submission also applies neighbours.k=3" in out
+    predict = f"foldwise-predict export/model data/sample/statefarm/imgs/test {tmp_path / 'p.csv'}"
+    res = sh(predict, dst, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "also applies neighbours.k=3 (averaging over the whole test set)" in res.stderr
+    sh(predict + " --bag-only", dst)  # asked for: the program's own, which the bag's are
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")[classes].to_numpy(),
+                               before[classes].to_numpy(), atol=1e-5)
     assert "oof.logloss_without" in sh("dvc metrics show", dst).stdout  # DVC reads it as metrics
     _, all_runs = mlflow_runs(dst)  # the figures on the parent run that evaluate finished
     evaluated = [r for r in all_runs if "neighbours_oof_logloss" in r.data.metrics]

@@ -79,6 +79,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def set_level(meta: dict) -> list[str]:
+    """The params whose steps the submission applies and the program does not hold, so that
+    the program's predictions (foldwise-predict, the MLflow model) would differ from it: test
+    neighbour averaging, and a second-level model that is not a layer of the program. Empty
+    where the program reproduces the submission."""
+    steps = []
+    if meta.get("neighbours", 0):
+        steps.append(f"neighbours.k={meta['neighbours']} (averaging over the whole test set)")
+    stack = meta.get("stack") or {}
+    if stack.get("model") and not stack.get("in_program"):
+        steps.append(f"stack.model={stack['model']}"
+                     + (f" with stack.neighbours={stack['neighbours']}" if stack.get("neighbours") else "")
+                     + " (not a layer of the program)")
+    return steps
+
+
 def load(model_dir: str | Path, device: torch.device | None = None):
     """The exported bag as a callable module on `device` (the GPU when there is one)."""
     model_dir = Path(model_dir)

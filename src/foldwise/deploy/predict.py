@@ -1,7 +1,10 @@
 """`foldwise-predict MODEL_DIR IMAGES_DIR OUT_CSV`: a folder of images to a submission file.
 
 Decodes with the very function preprocess used (same size, crop and reduced-size decoding),
-runs the exported bag and writes the data source's submission format.
+runs the exported bag and writes the data source's submission format: on the test folder, the
+export's own submission. Where that submission also applies steps the program does not hold
+(test-neighbour averaging, a second-level model that is not a layer of it), it refuses, naming
+them, unless `--bag-only` asks for the program's own predictions.
 """
 from __future__ import annotations
 
@@ -21,10 +24,16 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers: int = 2,
-                   chunk: int = 512) -> np.ndarray:
+                   chunk: int = 512, bag_only: bool = False) -> np.ndarray:
     """Decode in `workers` processes, `chunk` images at a time, while the model predicts the
     previous chunk (on the GPU when there is one)."""
     model, meta = export.load(model_dir)
+    differs = export.set_level(meta)
+    if differs and not bag_only:
+        raise InputError(f"{model_dir}: its submission also applies {'; '.join(differs)}, which "
+                         "the exported program does not hold, so foldwise-predict would not "
+                         "reproduce it; use the export's submission.csv, export with those off, "
+                         "or pass --bag-only for the program's own predictions")
     files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"{images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
@@ -44,9 +53,13 @@ def main() -> None:
     parser.add_argument("out_csv", help="where to write the submission CSV")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument("--bag-only", action="store_true",
+                        help="where the submission also averages over test neighbours or applies "
+                        "a second-level model outside the program: the program's own "
+                        "predictions (they differ from the submission)")
     args = parser.parse_args()
     stage.run(lambda: predict_folder(args.model_dir, args.images_dir, args.out_csv,
-                                     args.batch_size, args.workers))
+                                     args.batch_size, args.workers, bag_only=args.bag_only))
 
 
 if __name__ == "__main__":

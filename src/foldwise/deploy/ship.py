@@ -32,6 +32,10 @@ def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
     (`mlmodel.registered_name`), tagged with `score` (`served_score`), the task, the metric
     and the training table's digest, the alias `champion` on the best version of those.
     Returns a line naming them."""
+    differs = export.set_level(loaded[1])
+    if differs:  # a served model would not be the submission: none is logged or registered
+        return (f"not logged: the submission also applies {'; '.join(differs)}, outside the "
+                "program, so a served model would differ from it")
     experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is None:
