@@ -90,6 +90,12 @@ VARIANTS["pseudo+stack"] = [*VARIANTS["pseudo"], "stack.model=logistic"]
 VARIANTS["pseudo-finetune"] = [*VARIANTS["pseudo"], "pseudo.lr=0.0005"]
 VARIANTS["pseudo-restart"] = [*VARIANTS["pseudo"], "pseudo.lr=0.0"]
 VARIANTS["stack"] = [*VARIANTS["ema+tta+calibration"], "stack.model=logistic"]
+# test-neighbour averaging and a stack over neighbour features, each measured out-of-fold (one
+# fold's model, within its validation fold) and on the test labels (all folds, the whole test
+# set): does the OOF effect predict the test effect?
+VARIANTS["calibration+neighbours"] = [*VARIANTS["calibration"], "neighbours.k=5"]
+VARIANTS["calibration+neighbours+stack"] = [*VARIANTS["calibration+neighbours"],
+                                            "stack.model=logistic", "stack.neighbours=5"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 

@@ -88,11 +88,13 @@ def test_the_parent_holds_one_finished_run_per_fold(parallel):
 def test_a_failing_fold_is_named_and_no_further_fold_starts(tmp_path):
     def broken(params):
         reference_params(params)
-        params["train"]["model"] = "no_such_net"  # upstream stages do not read it: folds fail
+        # a value the check stage passes and the fold refuses when it starts (upstream stages
+        # do not read it: the folds fail)
+        params["train"]["weights_file"] = "elsewhere/w.pth"
     dst = make_project(tmp_path / "project", broken)
     res = sh("python -m foldwise.scale.parallel --jobs 2", dst, check=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "error: train@" in res.stderr and "failed (whole log: .foldwise/logs/train@" in res.stderr
-    assert "'no_such_net' is not a timm model name" in res.stderr
+    assert "train.weights_file='elsewhere/w.pth' must be a file under weights/" in res.stderr
     assert (dst / "data/processed").is_dir() and not (dst / "data/bagged").exists()
     assert not (dst / ".foldwise/logs/train@2.log").exists()  # two slots failed: the third never ran

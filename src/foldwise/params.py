@@ -20,8 +20,9 @@ import yaml
 
 from foldwise.errors import InputError
 
-UNDO = ("nothing was run or removed; put params.yaml back with `git checkout params.yaml` (a "
-        "failed `dvc exp run -S` leaves its change there) or set a valid value")
+UNDO = ("no stage ran; put params.yaml back with `git checkout params.yaml` (a failed `dvc exp "
+        "run -S` leaves its change there), or set a valid value; where `folds` changed, DVC set "
+        "the dropped folds' outputs aside, and `dvc checkout` brings them back from its cache")
 
 
 def one_of(*choices):
