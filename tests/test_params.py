@@ -122,3 +122,20 @@ def test_the_schemas_choices_are_the_ones_the_code_dispatches_on():
     for name in P.allowed(P.Train, "scheduler"):  # every one makes a schedule of timm's
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         assert create_scheduler(opt, P.evolve(base, {"scheduler": name}), 0.1, 4) is not None, name
+
+
+def test_timm_names_come_from_a_per_version_cache_and_a_miss_is_looked_up_live(tmp_path, monkeypatch):
+    """Importing timm cost the check stage 4 of its 4.3 s in every pipeline whose params changed:
+    the names are kept per timm version; only a hit is trusted."""
+    import json
+    from importlib.metadata import version
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    names = P.known_timm_names()  # the first: from timm itself, then kept
+    path = tmp_path / "cache" / "foldwise" / f"timm-{version('timm')}.json"
+    assert "resnet10t" in names["model"] and "adamw" in names["optimizer"] and path.is_file()
+    path.write_text(json.dumps({"model": ["test_resnet"], "optimizer": ["adamw"]}))
+    assert P.known_timm_names()["model"] == {"test_resnet"}  # read back, timm not asked
+    ok = write(tmp_path, lambda p: p["distill"].update(model="resnet10t"))  # a miss: asked live
+    P.check(ok, tmp_path / "checked")
+    with pytest.raises(InputError, match="distill.model='resnet10' is not a timm model"):
+        P.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10")), tmp_path / "checked")

@@ -213,8 +213,7 @@ def snapshot(dst) -> dict:
     ("lr=-1", "lr=-1.0 is out of range; allowed: > 0"),
     ("stack.model=logistc", "stack.model='logistc' is not allowed; allowed: '', 'logistic'"),
     ("folds=[0]", "folds=[0] must be 0, 1, ..., k-1 with k >= 2"),
-    ("+train.lrr=0.1", "unknown key(s) 'train.lrr'"),
-    ("train.model=resnet10", "train.model='resnet10' is not a timm model"),
+    ("+train.lrr=0.1", "unknown key(s) 'train.lrr'"),  # timm's names: test_params.py
 ])
 def test_a_bad_experiment_stops_at_the_first_stage_and_loses_nothing(project, setting, says):
     """Each of these failed in a later stage, after DVC had removed that stage's finished
@@ -234,8 +233,8 @@ def test_a_bad_experiment_stops_at_the_first_stage_and_loses_nothing(project, se
     assert re.findall(r"Running stage '([^']+)'", res.stdout) == ["check"], res.stdout
     if setting.startswith("folds"):
         sh("dvc checkout", dst)
+        assert "Running stage" not in sh("dvc repro", dst).stdout  # nothing to redo
     assert snapshot(dst) == before
-    assert "Running stage" not in sh("dvc repro", dst).stdout  # nothing to redo
 
 
 def test_bad_input_stops_before_training_with_the_row_named(project, tmp_path):

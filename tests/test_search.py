@@ -20,7 +20,7 @@ FOLDS = 2
 # in two epochs, the sensible trials' first folds then score exactly alike and only the absurd
 # learning rate can be pruned
 SEARCH = {"study": "s", "trials": 4, "pruner": "median", "startup_trials": 1,
-          "heartbeat": 2,  # the killed searcher's trial is failed and retried 6 s after its kill
+          "heartbeat": 1,  # the killed searcher's trial is failed and retried 3 s after its kill
           "until": "evaluate",  # the trials stop at the objective: no export each
           "space": {"lr": {"choices": [0.002, 1.5]}, "tta.shift": {"choices": [0.0, 0.02, 0.04]}},
           # tried first, in this order: the kill lands in trial 1, trial 2's lr is absurd

@@ -383,13 +383,39 @@ def timm_registry(kind: str) -> list[str]:
     return timm.optim.list_optimizers()
 
 
+def known_timm_names() -> dict[str, set]:
+    """timm's registries as the last import of this timm version listed them, kept in the user's
+    cache (`~/.cache/foldwise/timm-VERSION.json`): importing timm costs the check stage 4 s of
+    its 4.3, in every pipeline whose params change. Only a hit is trusted; a name missing here
+    is looked up in the live registry (a model registered since, or a misspelling)."""
+    import json
+    import os
+    from importlib.metadata import version
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "foldwise"
+    path = cache / f"timm-{version('timm')}.json"
+    try:
+        return {k: set(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        pass
+    names = {kind: timm_registry(kind) for kind in ("model", "optimizer")}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(names))
+        tmp.replace(path)
+    except OSError:  # a read-only home: the check works, only slower
+        pass
+    return {k: set(v) for k, v in names.items()}
+
+
 def check_timm_names(params: "Params", where: str = "params.yaml") -> None:
     """Every key that names a timm model or optimizer names one timm knows."""
-    import timm
+    cached = known_timm_names()
     for dotted, kind, _blank in timm_keys():
         value = get(params, dotted)
-        if not value:
+        if not value or value in cached[kind] or value.split(".")[0] in cached[kind]:
             continue
+        import timm
         known = (timm.is_model(value) or timm.is_model(value.split(".")[0]) if kind == "model"
                  else value in timm_registry(kind))
         if not known:

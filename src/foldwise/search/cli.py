@@ -74,7 +74,7 @@ def work(checkout: checkouts.Checkout, shared: Shared) -> None:
             elif not S.others_running(shared.study, shared.mine):
                 return
         if trial is None:  # the budget is started: wait for the others' trials to end
-            time.sleep(min(5, shared.search.heartbeat))
+            time.sleep(min(2, shared.search.heartbeat))
             continue
         with S.heartbeat(shared.study, trial):
             one_trial(checkout, trial, shared)
