@@ -59,8 +59,9 @@ def test_predict_refuses_to_pass_the_programs_predictions_off_as_a_submission_it
              ({"stack": {"model": "hist_gradient_boosting", "neighbours": 0, "in_program": False}},
               ["stack.model=hist_gradient_boosting (not a layer of the program)"]),
              ({"neighbours": 2, "stack": {"model": "logistic", "neighbours": 2, "in_program": False}},
-              ["neighbours.k=2 (averaging over the whole test set)",
-               "stack.model=logistic with stack.neighbours=2 (not a layer of the program)"])]
+              ["stack.model=logistic with stack.neighbours=2 (not a layer of the program)"]),
+             # a stack in the program is the submission: the neighbours then only feed stacks
+             ({"neighbours": 3, "stack": {"model": "logistic", "neighbours": 0, "in_program": True}}, [])]
     for change, named in cases:
         export.save(bag, torch.zeros((2, 4, 4, 3), dtype=torch.uint8), {**meta, **change}, tmp_path / "m")
         assert export.set_level(json.loads((tmp_path / "m/meta.json").read_text())) == named

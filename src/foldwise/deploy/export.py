@@ -84,15 +84,16 @@ def set_level(meta: dict) -> list[str]:
     the program's predictions (foldwise-predict, the MLflow model) would differ from it: test
     neighbour averaging, and a second-level model that is not a layer of the program. Empty
     where the program reproduces the submission."""
-    steps = []
-    if meta.get("neighbours", 0):
-        steps.append(f"neighbours.k={meta['neighbours']} (averaging over the whole test set)")
     stack = meta.get("stack") or {}
-    if stack.get("model") and not stack.get("in_program"):
-        steps.append(f"stack.model={stack['model']}"
-                     + (f" with stack.neighbours={stack['neighbours']}" if stack.get("neighbours") else "")
-                     + " (not a layer of the program)")
-    return steps
+    if stack.get("model"):  # the stack's output is the submission (neighbours only as its features)
+        if stack.get("in_program"):
+            return []
+        return [f"stack.model={stack['model']}"
+                + (f" with stack.neighbours={stack['neighbours']}" if stack.get("neighbours") else "")
+                + " (not a layer of the program)"]
+    if meta.get("neighbours", 0):
+        return [f"neighbours.k={meta['neighbours']} (averaging over the whole test set)"]
+    return []
 
 
 def load(model_dir: str | Path, device: torch.device | None = None):
