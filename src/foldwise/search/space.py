@@ -1,7 +1,7 @@
 """`search.yaml`: what `foldwise-search` searches, for what, and for how long, read into typed
 settings and checked against params.yaml before anything trains.
 
-    study: search            # the study's name; its trials are DVC experiments search-000, ...
+    study: search            # the study's name; its trials are DVC experiments search-<id>-000, ...
     trials: 20               # the study ends with this many finished or pruned trials
     objective: logloss       # a figure of metrics/metrics.json's "oof" (its _calibrated value
     direction: minimize      #   where calibration is on); minimize | maximize
