@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 from foldwise import params as P, stage
-from foldwise.deploy.distill_stage import DistillPaths, run
+from foldwise.deploy.distill_stage import run
+from foldwise.deploy.student import DistillPaths
 
 ARGUMENTS = (("root", "the data set (some submissions follow its lookup table)"),
              ("models", "folder of the fold_k runs (the MLflow parent)"),

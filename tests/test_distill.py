@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from test_training import CFG, NO_AUGMENT, toy_data
+from helpers import CFG, NO_AUGMENT, toy_data
 
 from foldwise import params as P
 from foldwise.deploy import distill
@@ -88,7 +88,7 @@ def test_a_task_without_class_probabilities_is_refused_naming_the_key():
 
 
 def stage_paths(tmp_path):
-    from foldwise.deploy.distill_stage import DistillPaths
+    from foldwise.deploy.student import DistillPaths
     return DistillPaths(*[tmp_path / n for n in ("root", "models", "processed", "bagged", "m.json",
                                                  "near", "stack", "s.json", "out",
                                                  "distill.json", "history.csv")])
@@ -129,7 +129,7 @@ def test_with_distill_test_the_student_learns_the_teachers_test_rows_and_says_th
     agrees with them only when they are in its training. The figure is then named as not
     held out."""
     from foldwise.deploy.distill_run import fidelity_key, student_data
-    from foldwise.deploy.distill_stage import Teacher
+    from foldwise.deploy.student import Teacher
     x, y = toy_data(n=64)
     x[48:, :2] = 255  # the mark on the test images
     soft = lambda labels: np.where(np.eye(2)[labels] == 1, 0.9, 0.1)

@@ -19,7 +19,7 @@ from foldwise.deploy.verify import check_export
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
 from foldwise.train.loop import FitData, Settings, predict, train_fold
-from test_training import CFG, NO_AUGMENT, toy_data
+from helpers import CFG, NO_AUGMENT, toy_data
 
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

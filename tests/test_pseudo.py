@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_training import CFG, NO_AUGMENT, toy_data
+from helpers import CFG, NO_AUGMENT, toy_data
 
 from foldwise import params as P
 from foldwise.errors import InputError

@@ -17,8 +17,8 @@ from foldwise import models, tracking
 from foldwise.data.cache import load_truth
 from foldwise.data.sources import get_source
 from foldwise.deploy import distill, export, mlmodel
-from foldwise.deploy.distill_stage import (MODEL, STUDENT_SEED, SUBMISSION, DistillPaths,
-                                           Teacher, flat_figures)
+from foldwise.deploy.student import (MODEL, STUDENT_SEED, SUBMISSION, DistillPaths, Teacher,
+                                     flat_figures)
 from foldwise.deploy.verify import check_export
 from foldwise.files import atomic_dir, project_root, write_csv, write_json
 from foldwise.params import Params

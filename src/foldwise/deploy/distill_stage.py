@@ -21,43 +21,13 @@ Off (`distill.model: ''`), the stage writes an empty folder and imports nothing 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from foldwise.deploy.student import DistillPaths, Teacher
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv, write_json
-from foldwise.params import Params, evolve, flatten
-
-MODEL, SUBMISSION = "model", "submission.csv"
-STUDENT_SEED = 999  # the student's seed: params.seed * 1000 + this (folds use + fold)
-
-
-@dataclass(frozen=True)
-class DistillPaths:
-    """The stage's arguments by what they hold."""
-    root: Path  # the data set (some submissions follow its lookup table)
-    models: Path  # the fold runs: the MLflow parent
-    processed: Path
-    bagged: Path
-    metrics_json: Path
-    neighbours: Path
-    stack: Path
-    stack_json: Path
-    out: Path
-    out_json: Path
-    history_csv: Path
-
-
-@dataclass(frozen=True)
-class Teacher:
-    name: str  # "bag" or "stack"
-    train: np.ndarray  # each training image's out-of-fold row
-    test: np.ndarray  # each test image's row
-    oof: dict  # the teacher's own OOF figures against the labels
-    decision: dict  # what its submission applies (the clip bound fit on its OOF rows)
-
+from foldwise.params import Params, evolve
 
 def run(params: Params, meta: dict, paths: DistillPaths) -> dict:
     """Train, export, verify and score the distilled network for the task preprocess recorded
@@ -133,9 +103,3 @@ def stack_teacher(task, paths: DistillPaths, bag_test: np.ndarray, train_ids) ->
     test = stack.predict(model, stack.features(bag_test, idx, sim, n), task.num_outputs)
     return Teacher("stack", oof[task.columns].to_numpy(), test, summary["oof"],
                    task.decision(summary["oof"]))
-
-
-def flat_figures(figures: dict) -> dict:
-    """The figures as MLflow metrics (`test_fidelity.agreement` -> `test_fidelity_agreement`)."""
-    return {k.replace(".", "_"): float(v) for k, v in flatten(figures).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}

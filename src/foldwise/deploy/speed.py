@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from foldwise.deploy.student import MODEL
 from foldwise.files import write_json
 from foldwise.params import Params
 
 TIMED = 1024  # test images timed through each program
-MODEL = "model"  # the student's program in the distill stage's folder (distill_stage.MODEL;
-#                  importing it would make every module the distill stage runs this stage's dep)
 
 
 def run(params: Params, bag_dir, distilled_dir, processed, out_json) -> dict:
