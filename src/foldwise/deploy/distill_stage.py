@@ -63,9 +63,6 @@ def student_settings(params: Params):
     if not timm.is_model(name):
         raise InputError(f"params.yaml: distill.model={name!r} is not a timm model name "
                          "(timm.list_models() lists them)")
-    if params.distill.epochs < 0:
-        raise InputError(f"params.yaml: distill.epochs={params.distill.epochs} must be >= 0 "
-                         "(0: train.epochs)")
     changes = {"model": name, "devices": 1,
                "epochs": params.distill.epochs or params.train.epochs}
     if name != params.train.model:

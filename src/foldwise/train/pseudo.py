@@ -72,11 +72,8 @@ def targets(probs: np.ndarray, mode: str, threshold: float) -> tuple[np.ndarray,
 
 
 def check(cfg: Pseudo, task) -> None:
-    """params.yaml's `pseudo` section, refused before any training where it cannot work."""
-    if cfg.rounds < 0 or cfg.epochs < 0 or cfg.lr < 0:
-        raise InputError(f"params.yaml: pseudo.rounds={cfg.rounds}, pseudo.epochs={cfg.epochs} and "
-                         f"pseudo.lr={cfg.lr} must be >= 0 (rounds 0: off; epochs 0: train.epochs; "
-                         "lr 0: lr)")
+    """params.yaml's `pseudo` section, refused before any training where it cannot work (its
+    ranges are the params schema's, checked when params.yaml is read)."""
     if not cfg.rounds:
         return
     if not getattr(task, "probabilities", False) or not hasattr(task, "classes"):
