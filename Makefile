@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 
 J ?= 2
 
-.PHONY: here repro test test-fast gpu-check peers bench mlflow-ui mlflow-server task folds
+.PHONY: here repro test test-fast gpu-check peers bench mlflow-ui mlflow-server task folds exps
 
 # the pipeline's own dependencies; the tests' (pytest, Playwright, Ray, psycopg) on top, only for
 # `make test`, so that a first `make repro` does not wait for them
@@ -33,9 +33,20 @@ $(VENV)/.foldwise-server-installed: $(VENV)/.foldwise-installed
 here: $(VENV)/.foldwise-installed
 	@$(BIN)/python -c "import foldwise, sys; sys.exit(not foldwise.__file__.startswith('$(CURDIR)/src/'))" \
 		|| $(BIN)/python -m pip install -q --no-deps -e .
+	@test -f .foldwise/vega/vega-embed.js || $(BIN)/python -m foldwise.ensemble.plots
 
 repro: here
 	dvc repro
+
+# the experiments side by side in a terminal: the params that differ, the OOF figures and the
+# folds' mean and spread, best first (DVC's own flags; README, "Comparing experiments")
+# (dropped: per-fold figures, the other metrics files, the sample's sizes, file hashes of deps)
+EXPS_DROP ?= ^(folds\.|k$$|distill$$|sample\.|metrics/|data/|export/|models|src/|stages/|weights$$)
+# (METRIC=accuracy --sort-order desc: another order; EXPS_FLAGS=--csv: a table for a program)
+exps:
+	dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)' --keep '^(oof|spread)\.' \
+		--sort-by metrics/metrics.json:oof.$(or $(METRIC),logloss) --precision 4 $(EXPS_FLAGS)
+	@echo "(bag.mean changes the test predictions only: each OOF row comes from one fold's model, so the OOF figures do not move with it)"
 
 # CI: every test, the 25 slowest listed; test-fast: the unit tests only, for the inner loop
 test: here $(VENV)/.foldwise-test-installed

@@ -280,18 +280,22 @@ def _sync(device):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    head, _, rest = __doc__.strip().partition("\n\n")
+    ap = argparse.ArgumentParser(description=head, epilog=rest,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=0.02, help="1.0 = State Farm's 102,150 images")
-    ap.add_argument("--model", default="resnet10t")
-    ap.add_argument("--height", type=int, default=96)
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--model", default="resnet10t", help="the timm model trained and timed")
+    ap.add_argument("--height", type=int, default=96, help="image height in the cache")
+    ap.add_argument("--width", type=int, default=128, help="image width in the cache")
+    ap.add_argument("--batch", type=int, default=16, help="training batch size")
     ap.add_argument("--steps", type=int, default=24, help="timed training steps per repeat")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (best counts)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                    help="decoding processes (default: every core)")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                     help="bfloat16 autocast (CUDA only)")
-    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="channels-last memory format for the network's inputs")
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/bench-DEVICE.json)")
     ap.add_argument("--no-dvc", action="store_true", help="skip the no-op dvc repro timing")
     ap.add_argument("--noop-project", default=None, metavar="DIR",

@@ -8,8 +8,12 @@ calibration on and `neighbours.k` K, then one `dvc exp run` per second-level mod
 bag, evaluate and neighbours restored from DVC's run-cache): logistic regression on the bag's
 OOF predictions alone, with the K neighbours' too, and histogram gradient boosting with them,
 each at every `stack.c` given (the inverse regularisation strength).
-Reads each one's OOF figures (metrics/metrics.json, neighbours.json, stack.json), times each
-command, prints a table and writes it as JSON.
+Then one more with `neighbours.k=0` (the calibrated bag alone). Reads each one's OOF figures
+(metrics/metrics.json, neighbours.json, stack.json) and, for State Farm's sample, scores its
+submission against the sample's test labels (`statefarm.sample_test_labels`, which no stage
+reads; scikit-learn's log loss and accuracy), so that each OOF gain over the calibrated bag
+stands beside the gain it made on the test set. Times each command, prints a table and writes
+it as JSON.
 """
 from __future__ import annotations
 
@@ -38,6 +42,27 @@ def read(dst: Path, name: str) -> dict:
     return json.loads((dst / "metrics" / name).read_text())
 
 
+def test_scores(dst: Path, source: str) -> dict:
+    """The submission's test log loss and accuracy against the sample's own labels (State
+    Farm's sample only: the other sources' samples are scored by their tests)."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+    from sklearn.metrics import accuracy_score, log_loss
+
+    from foldwise.data.sources import statefarm
+    if source != "statefarm":
+        return {}
+    params = yaml.safe_load((dst / "params.yaml").read_text())["sample"]
+    labels = statefarm.sample_test_labels(**params["statefarm"], seed=params["seed"])
+    sub = pd.read_csv(dst / "export/submission.csv")
+    y = [statefarm.CLASSES.index(labels[name]) for name in sub["img"]]
+    p = sub[list(statefarm.CLASSES)].to_numpy()
+    p = p / p.sum(axis=1, keepdims=True)
+    return {"test_logloss": log_loss(y, p, labels=range(len(statefarm.CLASSES))),
+            "test_accuracy": accuracy_score(y, p.argmax(axis=1))}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work_dir", type=Path)
@@ -60,19 +85,28 @@ def main(argv=None) -> None:
     rows = [{"what": "bag", "logloss": oof["logloss"], "accuracy": oof["accuracy"]},
             {"what": "bag, calibrated (cross-fitted)", "logloss": oof["logloss_calibrated"]},
             {"what": f"+ {args.k} test neighbours", "logloss": near["logloss"],
-             "accuracy": near["accuracy"], "seconds": seconds}]
+             "accuracy": near["accuracy"], "seconds": seconds, **test_scores(dst, args.source)}]
     for c in args.c:
         for name, sets in STACKS.items():
             flags = " ".join(f"-S {s.format(k=args.k)}" for s in sets) + f" -S stack.c={c:g}"
+            flags += f" -S neighbours.k={args.k}"
             seconds = timed(f"dvc exp run {flags}", dst)
             stack = read(dst, "stack.json")
             rows.append({"what": f"stack: {name}, c {c:g}", "logloss": stack["oof"]["logloss"],
                          "accuracy": stack["oof"]["accuracy"], "features": stack["features"],
-                         "seconds": seconds})
+                         "seconds": seconds, **test_scores(dst, args.source)})
             print(rows[-1], flush=True)
+    seconds = timed("dvc exp run -S neighbours.k=0 -S \"stack.model=''\"", dst)
+    rows[1].update(seconds=seconds, **test_scores(dst, args.source))
     args.out.write_text(json.dumps({"source": args.source, "k": args.k, "rows": rows}, indent=2) + "\n")
+    base = rows[1]
+    print(f"{'':<40} OOF log loss (gain) / test log loss (gain) / accuracy OOF, test")
     for r in rows:
-        print(f"{r['what']:<40} {r['logloss']:.4f}  {r.get('accuracy', float('nan')):.4f}  "
+        oof_gain = base["logloss"] - r["logloss"]
+        test = (f"{r['test_logloss']:.4f} ({base['test_logloss'] - r['test_logloss']:+.4f})"
+                if "test_logloss" in r and "test_logloss" in base else "-")
+        print(f"{r['what']:<40} {r['logloss']:.4f} ({oof_gain:+.4f})  {test}  "
+              f"{r.get('accuracy', float('nan')):.4f} {r.get('test_accuracy', float('nan')):.4f}  "
               f"{r.get('seconds', 0):.0f} s")
 
 

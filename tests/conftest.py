@@ -154,6 +154,13 @@ def make_project(dst: Path, change_params=None, task: str | None = None) -> Path
     return dst
 
 
+def start_queue(dst, jobs: int = 2) -> None:
+    """`dvc queue start -j jobs`, its output to .dvc/tmp/queue-start.log: the workers it starts
+    outlive it, and a worker holding the test's pipes (seen once: a worker that did not exit
+    after its queue was done) would keep `sh` waiting for their end."""
+    sh(f"dvc queue start -j {jobs} > .dvc/tmp/queue-start.log 2>&1", dst)
+
+
 def wait_for_queue(dst, timeout=900) -> str:
     """Poll `dvc queue status` until nothing is queued or running; return the last status."""
     import time

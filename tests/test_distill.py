@@ -94,13 +94,16 @@ def stage_paths(tmp_path):
                                                  "distill.json", "history.csv")])
 
 
-def test_off_the_stage_writes_an_empty_folder_and_says_so(tmp_path):
+def test_off_the_stage_writes_a_folder_that_says_so(tmp_path):
+    """Off, its folder holds one file naming the switch (an empty folder made DVC warn
+    "'export/distilled' is empty" on every run), and no earlier student."""
     from foldwise.deploy.distill_stage import run
     paths = stage_paths(tmp_path)
     (paths.out).mkdir()
     (paths.out / "stale.pt2").write_text("an earlier student")
     assert run(P.load(ROOT / "params.yaml"), {}, paths) == {"model": ""}
-    assert list(paths.out.iterdir()) == []
+    assert [p.name for p in paths.out.iterdir()] == ["off.json"]
+    assert json.loads((paths.out / "off.json").read_text()) == {"off": "distill.model: ''"}
     assert json.loads(paths.out_json.read_text()) == {"model": ""}
     assert pd.read_csv(paths.history_csv).empty
 

@@ -139,3 +139,32 @@ def test_timm_names_come_from_a_per_version_cache_and_a_miss_is_looked_up_live(t
     P.check(ok, tmp_path / "checked")
     with pytest.raises(InputError, match="distill.model='resnet10' is not a timm model"):
         P.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10")), tmp_path / "checked")
+
+
+def test_dvc_exp_run_set_changes_only_the_values_it_sets_in_params_yaml(tmp_path):
+    """`dvc exp run -S` rewrote params.yaml: flow lists exploded into block lists and a comment
+    after a list went with it. Through DVC's own code for `-S` (dvc.utils.hydra's
+    apply_overrides), a top-level, a nested, a boolean and a list value changed then set back
+    leave the file byte for byte as it was, and in between only their lines differ."""
+    import difflib
+
+    from dvc.utils.hydra import apply_overrides
+    path = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    path.write_text(original)
+    before = yaml.safe_load(original)
+    apply_overrides(path, ["lr=1e-4", "train.epochs=3", "train.augment.hflip=true",
+                           "folds=[0,1]", "preprocess.crop=[0.1,0.0,1.0,1.0]"])
+    changed = path.read_text()
+    after = yaml.safe_load(changed)
+    assert (after["lr"], after["train"]["epochs"], after["folds"]) == (1e-4, 3, [0, 1])
+    assert after["preprocess"]["crop"] == [0.1, 0.0, 1.0, 1.0] and after["train"]["augment"]["hflip"]
+    removed = [line for line in difflib.ndiff(original.splitlines(), changed.splitlines())
+               if line.startswith("- ")]
+    assert [line[2:].split("#")[0].strip() for line in removed] == [
+        "- 2", "- 3", "- 4", "lr: 0.002", "- 0.0", f"epochs: {before['train']['epochs']}",
+        "hflip: false"]
+    apply_overrides(path, [f"lr={before['lr']}", f"train.epochs={before['train']['epochs']}",
+                           "train.augment.hflip=false", "folds=[0,1,2,3,4]",
+                           "preprocess.crop=[0.0,0.0,1.0,1.0]"])
+    assert path.read_text() == original

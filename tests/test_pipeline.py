@@ -34,7 +34,19 @@ def project(tmp_path_factory):
 
     dst = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny)
     out = sh("dvc repro", dst)
-    return dst, yaml.safe_load((dst / "params.yaml").read_text()), out.stdout
+    return dst, yaml.safe_load((dst / "params.yaml").read_text()), out.stdout + out.stderr
+
+
+def test_the_first_run_reads_as_written_for_a_person(project):
+    """Each epoch was a raw dict and DVC warned "'data/stack' is empty" (three times) and
+    "'export/distilled' is empty" with those stages off; now one line per epoch with the
+    fold's figures, and no warning."""
+    _, params, out = project
+    assert "is empty" not in out, out[-3000:]
+    assert "{'epoch'" not in out
+    for k in range(FOLDS):
+        assert re.search(rf"fold {k}  epoch 1/{EPOCHS}  loss \d\.\d{{4}}  val logloss \d\.\d{{4}} \*", out)
+    assert re.search(rf"fold 0  epoch 1/{EPOCHS} .* fold [0-9ms]+ left, up to {FOLDS - 1} more folds", out)
 
 
 def test_submission_is_in_the_competition_format(project):
@@ -98,6 +110,35 @@ def test_mlflow_has_one_parent_with_a_child_per_fold(project):
         assert "best_epoch" in child.data.metrics
         arts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"learning_curve.png", "history.csv", "model.pt"} <= arts
+
+
+def test_the_parent_run_is_the_folds_dashboard_and_metrics_name_it(project):
+    """The parent's page said "Evaluations" and little else: it now carries a note (task, data
+    and its digest, k, the OOF figure with the folds' mean and spread, a table of the folds by
+    hand, the commit), the training table as a dataset, every fold's curve on one chart; and
+    metrics/mlflow.json names the parent (lineage from DVC to MLflow)."""
+    import hashlib
+    dst, params, _ = project
+    client, all_runs = mlflow_runs(dst)
+    lineage = json.loads((dst / "metrics/mlflow.json").read_text())
+    parent = client.get_run(lineage["parent_run_id"])
+    assert parent.data.tags["foldwise.role"] == "parent" and parent.info.status == "FINISHED"
+    assert lineage["url"].endswith(f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}")
+    m = json.loads((dst / "metrics/metrics.json").read_text())
+    per_fold = [m["folds"][str(k)]["logloss"] for k in range(FOLDS)]
+    note = parent.data.tags["mlflow.note.content"]
+    digest = hashlib.sha256((dst / "data/processed/train.csv").read_bytes()).hexdigest()[:16]
+    assert f"**statefarm** on `{params['data']['root']}` (training table `{digest}`), {FOLDS} folds" in note
+    assert f"Out-of-fold logloss **{m['oof']['logloss']:.4f}**" in note
+    assert f"the folds {np.mean(per_fold):.4f} ± {np.std(per_fold, ddof=1):.4f}" in note
+    for k in range(FOLDS):
+        assert f"| {k} | {per_fold[k]:.4f} |" in note
+    assert parent.data.tags["mlflow.source.git.commit"][:10] in note
+    datasets = {d.dataset.name: d.dataset for d in parent.inputs.dataset_inputs}
+    assert "statefarm training table" in datasets
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"fold_curves.png", "metrics.json", "hardest.png"} <= arts
+    assert (dst / "metrics/fold_curves.png").stat().st_size > 10_000
 
 
 def test_predict_command_reproduces_the_bagged_test_predictions(project, tmp_path):
@@ -273,6 +314,36 @@ def test_bagging_unchanged_folds_again_gets_its_own_parent_run(project):
         pytest.approx(first.data.metrics["oof_logloss"])
 
 
+def test_make_exps_shows_what_differs_and_the_oof_figures_best_first(project):
+    """`dvc exp show` with about 100 params collapsed to `…` and no metrics in a terminal; `make
+    exps` keeps the params that differ, the OOF figures and the folds' mean and spread, sorted
+    by OOF log loss, and says that bag.mean cannot move the OOF figures (here: equal). The
+    workspace's `dvc repro`, committed, is the baseline row (README: "Comparing experiments")."""
+    dst, _, _ = project
+    # the workspace holds the geometric bag's results (the test above): committed, the baseline
+    sh("git add -A && git commit -qm 'dvc repro results'", dst)
+    sh("dvc exp run -S bag.mean=arithmetic", dst)  # the first run's stages, from the run-cache
+    venv = Path(sys.executable).parent.parent
+    shown = sh(f"make -s exps VENV={venv} EXPS_FLAGS=--csv", dst).stdout
+    assert "bag.mean changes the test predictions only" in shown
+    table = pd.read_csv(__import__("io").StringIO(shown.split("\n(bag.mean")[0]))
+    columns = set(table.columns)
+    assert {"bag.mean", "oof.logloss", "oof.accuracy", "spread.folds_mean_logloss",
+            "spread.folds_std_logloss"} <= columns, columns
+    assert not [c for c in columns if c.startswith(("folds.", "src/", "data/", "sample."))]
+    assert "train.optimizer" not in columns and len(columns) < 20  # only what differs
+    # (the OOF figures stay even where equal in every row: --keep)
+    rows = table[table["rev"] != "workspace"].dropna(subset=["oof.logloss"])
+    assert set(rows["bag.mean"]) == {"arithmetic", "geometric"}
+    assert rows["oof.logloss"].nunique() == 1  # as the line says: the OOF figures did not move
+    assert list(rows["oof.logloss"]) == sorted(rows["oof.logloss"])
+    folds = json.loads((dst / "metrics/metrics.json").read_text())["folds"]
+    per_fold = [folds[str(k)]["logloss"] for k in range(FOLDS)]
+    # (`--precision 4`: four significant digits)
+    assert rows["spread.folds_mean_logloss"].iloc[0] == pytest.approx(np.mean(per_fold), rel=1e-3)
+    assert rows["spread.folds_std_logloss"].iloc[0] == pytest.approx(np.std(per_fold, ddof=1), rel=1e-3)
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")
 
@@ -307,6 +378,41 @@ def test_pseudo_label_rounds_reuse_round_1_and_every_later_stage_reads_them(proj
         assert np.abs(first[classes].to_numpy() - oof[classes].to_numpy()).max() > 1e-3
         parent = client.get_run(info["parent_run_id"])
         assert parent.data.metrics["oof_logloss"] == pytest.approx(m["oof"]["logloss"])
+
+
+@NO_CHROMIUM
+def test_dvc_plots_show_renders_every_chart_in_headless_chromium_with_the_network_off(project, tmp_path):
+    """DVC's page loaded vega from a CDN, so offline only hardest.png rendered. With the
+    project's template and the bundle `make here` writes, every vega chart renders in headless
+    Chromium with every request that is not a local file refused, and dvc_plots/ stays out of
+    git. The screenshot stays in the test's temporary folder."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    dst, _, _ = project
+    sh(f"{sys.executable} -m foldwise.ensemble.plots", dst)  # as `make here` does
+    sh("dvc plots show", dst)
+    page_file = dst / "dvc_plots/index.html"
+    assert "cdn.jsdelivr" not in page_file.read_text()
+    assert sh("git check-ignore dvc_plots/index.html", dst).returncode == 0
+    refused, errors = [], []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_context(offline=True).new_page()
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                       else (refused.append(route.request.url), route.abort()))
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(page_file.as_uri())
+            charts = page.locator(".vega-embed")
+            charts.first.wait_for(timeout=30_000)
+            page.wait_for_function(  # every chart drawn (vega-embed adds its svg or canvas)
+                "() => [...document.querySelectorAll('.vega-embed')].every("
+                "e => e.querySelector('svg.marks, canvas.marks'))", timeout=30_000)
+            drawn = charts.count()
+            page.screenshot(path=str(tmp_path / "dvc-plots-offline.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not refused and not errors, (refused, errors)
+    assert drawn >= 5  # the folds' curves, the curves of every fold, confusion, reliability
 
 
 @pytest.fixture
@@ -374,9 +480,10 @@ def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlf
 def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(project, tmp_path):
     """`neighbours.k`: the OOF score with and without, neighbours of a training image only in its
     own validation fold, and the submission the exported model's predictions averaged over the
-    test graph; the folds, the bag and evaluate stay as they are. The program does not hold the
-    averaging: foldwise-predict refuses to pass its predictions off as the submission, and no
-    MLflow model is logged (both silently dropped the averaging)."""
+    test graph; the folds, the bag and evaluate stay as they are. foldwise-predict on the test
+    folder writes the submission (it averaged nothing before: the averaging is set-level, done
+    from the export's feature program), and no MLflow model is logged (a served request is no
+    test set; the model silently dropped the averaging before)."""
     from foldwise.ensemble import neighbours
     dst, _, _ = project
     before = pd.read_csv(dst / "export/submission.csv")
@@ -398,10 +505,11 @@ def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(
     want = neighbours.smooth(before[classes].to_numpy(), graph["idx"], graph["sim"])
     np.testing.assert_allclose(after[classes].to_numpy(), want, atol=2e-6)
     assert "MLflow model not logged: the submission also applies neighbours.k=3" in out
+    assert "the test graph from the shipped features: 100.0% of the neighbours stage's" in out
     predict = f"foldwise-predict export/model data/sample/statefarm/imgs/test {tmp_path / 'p.csv'}"
-    res = sh(predict, dst, check=False)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "also applies neighbours.k=3 (averaging over the whole test set)" in res.stderr
+    sh(predict, dst)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")[classes].to_numpy(),
+                               after[classes].to_numpy(), atol=1e-5)
     sh(predict + " --bag-only", dst)  # asked for: the program's own, which the bag's are
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")[classes].to_numpy(),
                                before[classes].to_numpy(), atol=1e-5)
@@ -412,11 +520,12 @@ def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(
     assert evaluated[0].data.metrics["neighbours_oof_logloss"] == pytest.approx(near["oof"]["logloss"])
 
 
-def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_the_submission(project):
+def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_the_submission(project, tmp_path):
     """`stack.model`: only stack and export run; its OOF predictions are scikit-learn's
     logistic regression fit fold by fold on the other folds' rows (features: the bag's OOF log
     probabilities and the within-fold neighbours'), its figure scikit-learn's log loss on them;
-    the submission is the saved model applied to the test predictions and their neighbours'."""
+    the submission is the saved model applied to the test predictions and their neighbours',
+    and foldwise-predict on the test folder writes it (from the shipped weights and features)."""
     from sklearn.linear_model import LogisticRegression
 
     from foldwise.data.cache import load_truth
@@ -452,6 +561,9 @@ def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_
     want = stack.predict(model, stack.features(test[classes].to_numpy(), graph["idx"], graph["sim"], 3), 10)
     sub = pd.read_csv(dst / "export/submission.csv")
     np.testing.assert_allclose(sub[classes].to_numpy(), want, atol=1e-4)  # exported vs eager bag
+    sh(f"foldwise-predict export/model data/sample/statefarm/imgs/test {tmp_path / 'p.csv'}", dst)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")[classes].to_numpy(),
+                               sub[classes].to_numpy(), atol=1e-5)
     assert "stack.json" in sh("dvc metrics show", dst).stdout
     _, all_runs = mlflow_runs(dst)
     stacked_runs = [r for r in all_runs if "stack_oof_logloss" in r.data.metrics]
@@ -470,7 +582,7 @@ def test_a_logistic_stack_without_neighbours_ships_inside_the_exported_model(pro
     out = sh("dvc exp run -S neighbours.k=3 -S stack.model=logistic -S stack.neighbours=0", dst).stdout
     assert "Running stage 'train@0'" not in out and "Running stage 'export'" in out
     meta = json.loads((dst / "export/model/meta.json").read_text())
-    assert meta["stack"] == {"model": "logistic", "neighbours": 0, "in_program": True}
+    assert meta["stack"] == {"model": "logistic", "neighbours": 0, "in_program": True, "weights": False}
     classes = [f"c{k}" for k in range(10)]
     test = pd.read_csv(dst / "data/bagged/test.csv")
     empty = np.zeros((len(test), 0), dtype=np.int64)

@@ -11,8 +11,8 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import (kill_group, make_project, mlflow_runs, project_env, sh, tiny_statefarm,
-                      wait_for_queue)
+from conftest import (kill_group, make_project, mlflow_runs, project_env, sh, start_queue,
+                      tiny_statefarm, wait_for_queue)
 
 FOLDS = 2
 # Trials differ in test-time augmentation, which changes their OOF predictions but not the
@@ -174,7 +174,7 @@ def test_dvcs_own_grid_sweep_works_beside_it(searched):
     # a grid over a param of evaluate only, up to evaluate: one point is the workspace's own
     # (restored from the run-cache), the other reruns evaluate
     sh("dvc exp run --queue -S 'calibration.temperature=false,true' evaluate", dst)
-    sh("dvc queue start -j 1", dst)
+    start_queue(dst, 2)  # both points at once
     status = wait_for_queue(dst)
     assert status.count("Success") == 2, status
     show = sh("dvc exp show --no-pager --csv", dst).stdout

@@ -281,3 +281,44 @@ def test_workers_checkouts_belong_to_the_project(tmp_path):
     assert project_root(tmp_path / ".foldwise" / "workers" / "1" / "src") == tmp_path
     assert project_root(tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12") == tmp_path
     assert project_root(tmp_path / "plain") == tmp_path / "plain"
+
+
+def test_ctrl_c_leaves_none_of_this_searchers_runs_running_in_mlflow(tmp_path):
+    """Interrupting foldwise-search left its study run RUNNING (a clock in the MLflow UI) and its
+    trials' runs too; now they end KILLED, while another searcher's trial keeps its runs and
+    the study's run, and the trials stay RUNNING in the study for the heartbeat to retry."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        ctrl_c_runs(tmp_path)
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def ctrl_c_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+    search = space.load(config(tmp_path), BASE)
+    client = MlflowClient()
+    experiment = client.create_experiment("e")
+    run_id = S.study_run(search, experiment)
+    study = S.open_study(search, f"sqlite:///{tmp_path / 's.db'}")
+    runs = {}
+    for name in ("s-x-000", "s-x-001"):
+        trial = study.ask()
+        trial.set_user_attr("experiment", name)
+        parent = client.create_run(experiment, tags={"foldwise.role": "parent",
+                                                     "foldwise.study": "s", "dvc.experiment": name})
+        fold = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
+        runs[trial.number] = (parent.info.run_id, fold.info.run_id)
+
+    def status(run):
+        return client.get_run(run).info.status
+
+    S.interrupted(search, study, experiment, run_id, mine={0})  # another searcher runs trial 1
+    assert [status(r) for r in runs[0]] == ["KILLED", "KILLED"]
+    assert [status(r) for r in runs[1]] == ["RUNNING", "RUNNING"] and status(run_id) == "RUNNING"
+    S.interrupted(search, study, experiment, run_id, mine={0, 1})  # the last searcher
+    assert [status(r) for r in runs[1]] == ["KILLED", "KILLED"] and status(run_id) == "KILLED"
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.RUNNING}

@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted(p for p in (ROOT / "stages").glob("*.py"))
 MODULES = ["foldwise.deploy.predict", "foldwise.presets", "foldwise.ensemble.blend",
-           "foldwise.scale.parallel", "foldwise.scale.workers", "foldwise.scale.server"]
+           "foldwise.scale.parallel", "foldwise.scale.workers", "foldwise.scale.server",
+           "foldwise.search.cli"]
 COMMANDS = [str(p) for p in STAGES] + MODULES + [str(ROOT / "benchmarks/bench.py")]
 
 
@@ -38,10 +39,23 @@ def run(command: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, s
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: Path(c).stem if c.endswith(".py") else c)
 def test_help_describes_the_arguments(command, monkeypatch, capsys):
+    """Its docstring's first paragraph whole (foldwise-search's was cut mid-sentence), and a
+    line of help for every option."""
+    import importlib
+    import re
     code, out, err = run(command, ["--help"], monkeypatch, capsys)
     assert code == 0 and out.startswith("usage:"), err[-2000:]
     if command in map(str, STAGES):
         assert "params:" in out and "positional arguments" in out
+    doc = (Path(command).read_text().split('"""')[1] if command.endswith(".py")
+           else importlib.import_module(command).__doc__)
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    assert first.split(":", 1)[-1].strip() in " ".join(out.split()), out
+    lines = out.split("options:", 1)[1].splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^  (-[^ ].*?)(?:\s{2,}(\S.*))?$", line)
+        if m and not m.group(2):
+            assert i + 1 < len(lines) and re.match(r"^\s{6,}\S", lines[i + 1]), f"{m.group(1)}: no help"
 
 
 @pytest.mark.parametrize("stage", [str(p) for p in STAGES], ids=lambda p: Path(p).stem)
@@ -83,3 +97,34 @@ def test_a_stage_switched_off_writes_its_outputs_without_torch_timm_or_mlflow(st
     written = {"pseudo": "models/pseudo_0/rounds.json", "neighbours": "near/graph.npz",
                "stack": "stack.json", "distill": "history.csv", "speed": "speed.json"}[stage]
     assert (tmp_path / written).is_file()
+
+
+def test_ctrl_c_in_the_middle_of_training_is_one_line_not_a_traceback(tmp_path):
+    """Ctrl-C (SIGINT) during torch's backward pass printed a 30-line KeyboardInterrupt
+    traceback; a stage now says in one line what stopped, what was kept and how to go on, and
+    exits 130 as an interrupted command does."""
+    import signal
+    import subprocess
+    import time
+    script = tmp_path / "stages" / "train.py"  # named as the train stage: its line names the fold
+    script.parent.mkdir()
+    script.write_text(
+        "import torch\n"
+        "from foldwise import stage\n"
+        "def main():\n"
+        "    net = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])\n"
+        "    print('training', flush=True)\n"
+        "    while True:\n"
+        "        net(torch.randn(512, 256)).square().mean().backward()\n"
+        "stage.run(main)\n")
+    proc = subprocess.Popen([sys.executable, str(script), "3", "folds.csv"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "training\n"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.strip() == ("interrupted: the train stage (fold 3); its finished epochs are kept "
+                           "(.foldwise/resume/); `dvc repro` goes on from there, and finished "
+                           "stages are not run again")

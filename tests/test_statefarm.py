@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,8 @@ from foldwise.data.cache import build_cache
 from foldwise.errors import InputError
 from foldwise.data.folds import assign_folds
 from foldwise.data.sources import statefarm
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -28,6 +31,20 @@ def test_sample_is_in_the_competition_layout(statefarm_sample):
     sub = pd.read_csv(statefarm_sample / "sample_submission.csv")
     assert list(sub.columns) == ["img"] + list(statefarm.CLASSES)
     assert sorted(sub["img"]) == sorted(p.name for p in (statefarm_sample / "imgs/test").glob("*.jpg"))
+
+
+def test_the_samples_test_labels_pair_names_and_classes_as_the_writer_did(statefarm_sample):
+    """`sample_test_labels` (what benchmarks score a sample's submission with) replays the
+    writer's own plan: its training frames are driver_imgs_list.csv row for row, and its test
+    names are the test folder's files, each class as often as asked."""
+    sizes = dict(drivers=6, per_class=3, test_drivers=1, test_per_class=1, seed=1)  # conftest's
+    table = pd.read_csv(statefarm_sample / "driver_imgs_list.csv")
+    train = [(d, c, n) for frames in statefarm.sample_frames(**sizes)
+             for is_test, d, c, n in frames if not is_test]
+    assert train == list(table.itertuples(index=False, name=None))
+    labels = statefarm.sample_test_labels(**sizes)
+    assert sorted(labels) == sorted(p.name for p in (statefarm_sample / "imgs/test").glob("*.jpg"))
+    assert sorted(labels.values()) == list(statefarm.CLASSES)
 
 
 def test_sample_is_deterministic_in_one_process_or_several(tmp_path, monkeypatch):
@@ -149,3 +166,23 @@ def test_no_room_for_the_cache_is_an_error_naming_the_file_not_a_crash(statefarm
     assert "cannot reserve 0.3 MiB for the cache (File too large)" in out.stdout, out.stdout
     assert str(tmp_path) in out.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sample_stage_writes_only_a_note_when_data_root_is_your_own_data(tmp_path):
+    """With data.root elsewhere the sample stage ran anyway and wrote images nothing reads; now
+    its folder holds one note, and at the sample's own root it writes the sample."""
+    import json
+
+    from foldwise import params as P
+    from foldwise.data.sources import write_configured_sample
+    out = tmp_path / "data/sample/statefarm"
+    base = P.load(ROOT / "params.yaml")
+    small = {"sample": {"statefarm": {"drivers": 2, "per_class": 1, "test_drivers": 1,
+                                      "test_per_class": 1}}}
+    mine = P.evolve(base, {**small, "data": {"root": str(tmp_path / "my-photos")}})
+    assert write_configured_sample(mine, out) == f"sample: not written, data.root is {tmp_path / 'my-photos'}"
+    assert [p.name for p in out.iterdir()] == ["off.json"]
+    assert "not the sample" in json.loads((out / "off.json").read_text())["off"]
+    own = P.evolve(base, {**small, "data": {"root": str(out)}})
+    assert "written" in write_configured_sample(own, out)
+    assert (out / "driver_imgs_list.csv").is_file() and not (out / "off.json").exists()

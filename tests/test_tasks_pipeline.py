@@ -2,7 +2,8 @@
 its embedded synthetic sample: the submission's exact format and a metric clearly better than
 the trivial baseline. Two or three folds, images no larger than the presets' and fewer epochs
 keep each task within a couple of minutes; the margins over the baselines were measured at
-these sizes (keypoints RMSE 0.36 of the mean's, dogs vs cats log loss 0.31 of the prior's,
+these sizes (keypoints RMSE 0.46 of the mean's and dogs vs cats log loss 0.49 of the prior's at
+8 epochs, 0.36 and 0.31 at 12,
 folders 0.86 below the prior's, multi-label log loss 0.30 of the tag frequencies' and F2 0.93
 against their 0.71)."""
 import json
@@ -27,7 +28,7 @@ def small(p, side: int, epochs: int, folds=FOLDS) -> None:
 def keypoint_params(p):
     """Test-time views that move points: the mirror (left and right swap) and shifts; points
     predicted at 48x48 and written in the 96x96 frame's pixels."""
-    small(p, 48, 12)
+    small(p, 48, 8)
     p.update(tta={"hflip": True, "shift": 0.04, "scale": 0.0})
 
 
@@ -69,7 +70,7 @@ def test_keypoints_submission_follows_the_lookup_table(keypoints_project):
 def dogscats_params(p):
     """Mirror and zoom views at test time, and a temperature fit out-of-fold; three folds (with
     two, 150 training images learnt too unevenly: OOF log loss 0.41-0.51 where three gave 0.22)."""
-    small(p, 48, 12, folds=[0, 1, 2])
+    small(p, 48, 8, folds=[0, 1, 2])
     p.update(tta={"hflip": True, "shift": 0.0, "scale": 0.1}, calibration={"temperature": True})
 
 
@@ -146,8 +147,9 @@ def test_image_folders_with_pseudo_labels_report_top5_and_export_label_and_proba
 
 
 def multilabel_params(p):
-    """Three folds (8 sites) of 48x48 scenes, 10 epochs, a mirrored test-time view."""
-    small(p, 48, 10, folds=[0, 1, 2])
+    """Three folds (8 sites) of 48x48 scenes, 8 epochs (log loss 0.36 of the tag frequencies',
+    F2 0.87 against their 0.71; 0.30 and 0.93 at 10), a mirrored test-time view."""
+    small(p, 48, 8, folds=[0, 1, 2])
     p["sample"]["multilabel"].update(train=200, test=12, tags=5)
 
 

@@ -134,7 +134,8 @@ def test_a_fold_killed_mid_training_resumes_to_the_same_result(tmp_path, recipe)
     assert ckpt.is_file()
     seen = []
     resumed = fit(*args(fresh()), on_epoch=seen.append, resume=ckpt)
-    assert [r["epoch"] for r in seen] == [0, 1, 2, 3]  # restored rows are reported again
+    assert [r["epoch"] for r in seen] == [0, 1, 2, 3]  # restored rows are reported again,
+    assert [r.get("replayed", 0.0) for r in seen] == [1.0, 1.0, 0.0, 0.0]  # marked as such
     np.testing.assert_array_equal(resumed.val_preds, whole.val_preds)
     assert resumed.best_epoch == whole.best_epoch
     pd.testing.assert_frame_equal(resumed.history.drop(columns="images_per_s"),

@@ -18,10 +18,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas where it is used: a stage switched off never loads it (0.3 s)
+    import pandas as pd
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -168,6 +170,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         _fsync_fd(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         _remove(tmp)  # after an exchange, the previous output
+
+
+OFF_FILE = "off.json"
+
+
+def write_off(path: str | Path, switch: str) -> None:
+    """The output folder of a stage that `switch` (e.g. "stack.model: ''") turns off: one file
+    saying so, replacing what was there (an empty folder makes DVC warn once for every stage
+    that reads it)."""
+    with atomic_dir(path) as tmp:
+        (tmp / OFF_FILE).write_text(json.dumps({"off": switch}) + "\n")
 
 
 def write_csv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:

@@ -13,16 +13,22 @@ from foldwise.files import project_root, source_digest
 from foldwise.scale import twins
 
 
+def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
+    """A command's parser whose `--help` is its whole docstring as written: the first
+    paragraph above the options, the rest below them."""
+    head, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=head, epilog=rest,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def arguments(doc: str, *names: tuple[str, str]) -> list[str]:
     """Parse the stage's positional arguments, given as (name, help) pairs; `--help` prints
     the stage's docstring (what it reads from params.yaml and what it writes) and each one.
     A wrong number of arguments is a usage line, not a traceback."""
-    title, _, rest = doc.strip().partition("\n")
-    parser = argparse.ArgumentParser(description=title, epilog=rest.strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(doc)
     for name, help_text in names:
-        parser.add_argument(name, help=help_text)
-    args = parser.parse_args()
+        ap.add_argument(name, help=help_text)
+    args = ap.parse_args()
     return [getattr(args, name) for name, _ in names]
 
 
@@ -51,3 +57,24 @@ def run(main) -> None:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever torch was
+        print(f"\n{interrupted(sys.argv)}", file=sys.stderr)
+        sys.exit(130)
+
+
+def interrupted(argv: list[str]) -> str:
+    """The line a command prints when Ctrl-C stops it: what stopped, what was kept, how to go on."""
+    stem = Path(argv[0]).stem
+    if stem in KEPT:
+        return f"interrupted: {stem}; {KEPT[stem]}"
+    what = f"the {stem} stage" + (f" (fold {argv[1]})" if stem in FOLD_STAGES and len(argv) > 1 else "")
+    kept = ("its finished epochs are kept (.foldwise/resume/)" if stem in FOLD_STAGES else
+            "nothing half-written is kept (each output is written whole or not at all)")
+    return (f"interrupted: {what}; {kept}; `dvc repro` goes on from there, and finished stages "
+            "are not run again")
+
+
+KEPT = {"foldwise-search": "its finished trials are kept in the study and as DVC experiments, "
+                           "and its runs in MLflow are marked KILLED; run it again to go on (the "
+                           "trials cut short are failed and retried)"}
+FOLD_STAGES = ("train", "pseudo")

@@ -27,6 +27,11 @@ def describe(source: str, data, stats: dict, size: dict) -> dict:
 
 
 def report_decode_scale(train_items, size: dict) -> None:
+    """The JPEG reduced-size decode the first training image gets (other formats: nothing)."""
+    from PIL import Image
+    with Image.open(train_items.iloc[0]) as im:
+        if im.format != "JPEG":
+            return
     scale = decode_scale(train_items.iloc[0], size["height"], size["width"], size["crop"])
     print(f"preprocess: JPEG decoded at {scale:g} of full size"
           + ("" if scale < 1 else ": the target size needs more than half of the crop's "

@@ -23,6 +23,7 @@ from foldwise.deploy.verify import check_export
 from foldwise.files import atomic_dir, project_root, write_csv, write_json
 from foldwise.params import Params
 from foldwise.train import outputs
+from foldwise.train.progress import REPLAYED
 from foldwise.train.fold import resume_file
 from foldwise.train.loader import Joined, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
@@ -44,7 +45,7 @@ def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher:
         result = train_fold(net, student_task, Settings(cfg, params.lr, seed, device),
                             student_data(images, test_images, teacher, params.distill.test),
                             on_epoch=lambda row: mlflow.log_metrics(
-                                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])),
+                                {k: v for k, v in row.items() if k not in ("epoch", REPLAYED)}, step=int(row["epoch"])),
                             resume=resume)
         figures, loaded = ship_student(params, task, meta, teacher, paths, net, result, device)
         figures["epochs_run"], figures["best_epoch"] = len(result.history), result.best_epoch

@@ -26,7 +26,7 @@ import numpy as np
 
 from foldwise.deploy.student import DistillPaths, Teacher
 from foldwise.errors import InputError
-from foldwise.files import atomic_dir, write_csv, write_json
+from foldwise.files import write_csv, write_json, write_off
 from foldwise.params import Params, evolve
 
 def run(params: Params, meta: dict, paths: DistillPaths) -> dict:
@@ -34,8 +34,7 @@ def run(params: Params, meta: dict, paths: DistillPaths) -> dict:
     (`meta`); write its folder, figures and history. Returns the figures (`{"model": ""}` when
     off)."""
     if not params.distill.model:
-        with atomic_dir(paths.out):
-            pass
+        write_off(paths.out, "distill.model: ''")
         write_json({"model": ""}, paths.out_json)
         write_csv(_empty_history(), paths.history_csv)
         return {"model": ""}

@@ -66,13 +66,31 @@ class Bagged(nn.Module):
         return self.stack(self.tempering(p))
 
 
-def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path) -> None:
-    """Export `bagged` (batch size dynamic) and write it with `meta` into `out_dir` (replaced whole)."""
-    program = torch.export.export(bagged.eval(), (example,),
-                                  dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path,
+         beside=None) -> None:
+    """Export `bagged` (batch size dynamic) and write it with `meta` into `out_dir` (replaced
+    whole); `beside(folder)` writes what the submission's set-level steps need beside them."""
+    program = exported(bagged, example)
     with atomic_dir(out_dir) as tmp:
         torch.export.save(program, str(tmp / MODEL_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if beside is not None:
+            beside(tmp)
+
+
+def exported(module: nn.Module, example: torch.Tensor):
+    """`module` (taking uint8 images) as an ExportedProgram whose batch size stays dynamic."""
+    return torch.export.export(module.eval(), (example,),
+                               dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+
+
+def program_on(path: str | Path, device: torch.device):
+    """A saved `.pt2` as a callable module on `device` (exported on the CPU; torch's own pass
+    moves it)."""
+    program = torch.export.load(str(path))
+    if device.type != "cpu":
+        program = move_to_device_pass(program, device)
+    return program.module()
 
 
 def default_device() -> torch.device:
@@ -80,10 +98,11 @@ def default_device() -> torch.device:
 
 
 def set_level(meta: dict) -> list[str]:
-    """The params whose steps the submission applies and the program does not hold, so that
-    the program's predictions (foldwise-predict, the MLflow model) would differ from it: test
-    neighbour averaging, and a second-level model that is not a layer of the program. Empty
-    where the program reproduces the submission."""
+    """The params whose steps the submission applies over the whole test set, or outside the
+    program: test-neighbour averaging, and a second-level model that is not a layer of the
+    program. A served model, which predicts each request on its own, would differ from the
+    submission (`foldwise-predict` reproduces those `unreproducible` does not name). Empty
+    where the program alone reproduces the submission."""
     stack = meta.get("stack") or {}
     if stack.get("model"):  # the stack's output is the submission (neighbours only as its features)
         if stack.get("in_program"):
@@ -96,15 +115,21 @@ def set_level(meta: dict) -> list[str]:
     return []
 
 
+def unreproducible(meta: dict) -> list[str]:
+    """The params whose steps the export's files cannot reproduce, so that foldwise-predict
+    would differ from the submission: a second-level model that is neither a layer of the
+    program nor a logistic regression shipped as weights (`setlevel`). Empty otherwise."""
+    stack = meta.get("stack") or {}
+    if stack.get("model") and not stack.get("in_program") and not stack.get("weights"):
+        return set_level(meta)
+    return []
+
+
 def load(model_dir: str | Path, device: torch.device | None = None):
     """The exported bag as a callable module on `device` (the GPU when there is one)."""
     model_dir = Path(model_dir)
-    program = torch.export.load(str(model_dir / MODEL_FILE))
-    device = device or default_device()
-    if device.type != "cpu":  # exported on the CPU; torch's own pass moves it
-        program = move_to_device_pass(program, device)
     meta = json.loads((model_dir / META_FILE).read_text())
-    return program.module(), meta
+    return program_on(model_dir / MODEL_FILE, device or default_device()), meta
 
 
 def run_model(model, images, batch_size: int = 64, device: torch.device | None = None,

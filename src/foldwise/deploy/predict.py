@@ -2,19 +2,20 @@
 
 Decodes with the very function preprocess used (same size, crop and reduced-size decoding),
 runs the exported bag and writes the data source's submission format: on the test folder, the
-export's own submission. Where that submission also applies steps the program does not hold
-(test-neighbour averaging, a second-level model that is not a layer of it), it refuses, naming
-them, unless `--bag-only` asks for the program's own predictions.
+export's own submission. Where that submission averages over test neighbours or feeds them to
+a logistic stack, the same is done over the images of the folder, from the export's feature
+program and the stack's weights (`setlevel`), so the folder should be the whole set to predict
+together. A second-level model the export cannot hold (a boosted stack) is refused, naming the
+param, unless `--bag-only` asks for the program's own predictions.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from foldwise import stage
-from foldwise.deploy import export
+from foldwise.deploy import export, setlevel
 from foldwise.data.cache import decode_chunks
 from foldwise.errors import InputError
 from foldwise.data.sources import get_source
@@ -28,35 +29,43 @@ def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers
     """Decode in `workers` processes, `chunk` images at a time, while the model predicts the
     previous chunk (on the GPU when there is one)."""
     model, meta = export.load(model_dir)
-    differs = export.set_level(meta)
+    differs = export.unreproducible(meta)
     if differs and not bag_only:
         raise InputError(f"{model_dir}: its submission also applies {'; '.join(differs)}, which "
-                         "the exported program does not hold, so foldwise-predict would not "
-                         "reproduce it; use the export's submission.csv, export with those off, "
+                         "the export cannot hold, so foldwise-predict would not reproduce it; "
+                         "use the export's submission.csv, export with a logistic stack or none, "
                          "or pass --bag-only for the program's own predictions")
     files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"{images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    pre = meta["preprocess"]
-    preds = [export.run_model(model, block, batch_size, desc=f"predict {i * chunk}/{len(files)}")
-             for i, block in enumerate(decode_chunks(files, pre, workers, chunk))]
-    preds = create_task(meta).postprocess(np.concatenate(preds), meta.get("decision", {}))
+    features = (setlevel.load_features(model_dir, export.default_device())
+                if setlevel.wanted(meta) and not bag_only else None)
+    preds, feats = [], []
+    for i, block in enumerate(decode_chunks(files, meta["preprocess"], workers, chunk)):
+        preds.append(export.run_model(model, block, batch_size, desc=f"predict {i * chunk}/{len(files)}"))
+        if features is not None:
+            feats.append(export.run_model(features, block, batch_size, desc="features"))
+    preds = np.concatenate(preds)
+    if features is not None:  # over every image of the folder, as the submission over the test set
+        feats = np.concatenate(feats)
+        preds = setlevel.apply(preds, setlevel.graph(feats, meta), meta, model_dir)
+    preds = create_task(meta).postprocess(preds, meta.get("decision", {}))
     get_source(meta["source"]).write_submission([p.name for p in files], preds,
                                                 {**meta, "root": str(images_dir)}, out_csv)
     return preds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = stage.parser(__doc__)
     parser.add_argument("model_dir", help="the exported model folder (export/model)")
     parser.add_argument("images_dir", help="folder of images to predict")
     parser.add_argument("out_csv", help="where to write the submission CSV")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--bag-only", action="store_true",
-                        help="where the submission also averages over test neighbours or applies "
-                        "a second-level model outside the program: the program's own "
-                        "predictions (they differ from the submission)")
+                        help="the program's own predictions, without the steps the submission "
+                        "applies over the whole test set (neighbour averaging, a second-level "
+                        "model outside the program): they differ from the submission")
     args = parser.parse_args()
     stage.run(lambda: predict_folder(args.model_dir, args.images_dir, args.out_csv,
                                      args.batch_size, args.workers, bag_only=args.bag_only))

@@ -3,7 +3,6 @@ folds (`verify`), the submission written from what the shipped program predicts 
 `foldwise-predict` reproduces it), and the program logged as the pipeline's MLflow model."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +14,9 @@ from torch import nn
 
 from foldwise import tracking
 from foldwise.data.sources import get_source
-from foldwise.deploy import export, mlmodel
+from foldwise.deploy import export, mlmodel, setlevel
 from foldwise.deploy.verify import check_export
-from foldwise.ensemble import calibration, neighbours, stack
+from foldwise.ensemble import calibration, dashboard, neighbours, stack
 from foldwise.models import load_checkpoint
 from foldwise.train import outputs, tta
 from foldwise.train.loader import open_cache
@@ -25,7 +24,7 @@ from foldwise.params import Params
 
 
 def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
-                  train_csv: Path) -> str:
+                  processed: Path) -> str:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
     parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model; with
     `mlflow.register`, a version of the registered model of this task and data set
@@ -46,7 +45,7 @@ def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
     name = mlmodel.registered_name(params.mlflow.experiment, params.data.source, params.data.root,
                                    params.mlflow.model_name)
     group = {"foldwise.task": params.data.source, "foldwise.metric": f"oof_{task.monitor}",
-             "foldwise.data": hashlib.sha256(Path(train_csv).read_bytes()).hexdigest()[:16]}
+             "foldwise.data": dashboard.data_digest(processed)}
     version, champion = mlmodel.register(uri, name, score, group,
                                          sample=mlmodel.is_sample(params.data.root))
     return f"{uri}, registered as models:/{name}/{version} (@{mlmodel.CHAMPION}: version {champion})"
@@ -74,16 +73,19 @@ def fit_on_oof(task, metrics_json, neighbours_json) -> tuple[dict, float, int]:
 @dataclass(frozen=True)
 class Stacking:
     """The stack stage's second-level model as export uses it: `layer` where it is a layer of
-    the exported program (`stack.linear_form`), else None (applied in the submission only)."""
+    the exported program (`stack.linear_form`), else None; `weights` (W, b) where it is
+    logistic over neighbour features (shipped as `setlevel.STACK_FILE`), else None; neither:
+    applied in the submission only."""
     model: object
     name: str
     neighbours: int
     oof: dict  # its cross-fitted OOF figures, for its decision (the two-class clip)
     layer: nn.Module | None
+    weights: tuple | None = None
 
     def meta(self) -> dict:
         return {"model": self.name, "neighbours": self.neighbours,
-                "in_program": self.layer is not None}
+                "in_program": self.layer is not None, "weights": self.weights is not None}
 
 
 def stacking(task, stack_dir, stack_json) -> Stacking | None:
@@ -92,32 +94,38 @@ def stacking(task, stack_dir, stack_json) -> Stacking | None:
     if model is None:
         return None
     summary = json.loads(Path(stack_json).read_text())
-    form = stack.linear_form(model, summary["neighbours"], task.num_outputs)
-    return Stacking(model, summary["model"], summary["neighbours"], summary["oof"],
-                    None if form is None else export.LinearStack(*form))
+    n = summary["neighbours"]
+    form = stack.linear_weights(model, task.num_outputs)
+    return Stacking(model, summary["model"], n, summary["oof"],
+                    export.LinearStack(*form) if form is not None and not n else None,
+                    form if n else None)
 
 
-def build_bag(params, task, meta, models, temperature: float,
+def build_bag(params, task, meta, nets, temperature: float,
               stacked: Stacking | None = None) -> export.Bagged:
     """The folds' networks, each under its own test-time views, in one module; the
     second-level model after them where it is a layer."""
-    nets = [tta.wrap(load_checkpoint(outputs.checkpoint_path(models, k)), params.tta,
-                     task, meta["hflip_safe"]) for k in params.folds]
-    return export.Bagged(nets, task.head(), params.bag.mean, task.tempering(temperature),
+    return export.Bagged([tta.wrap(net, params.tta, task, meta["hflip_safe"]) for net in nets],
+                         task.head(), params.bag.mean, task.tempering(temperature),
                          stacked.layer if stacked else None)
 
 
-def export_bag(params, meta, bag, test_images, decision, temperature, k, model_dir,
+def export_bag(params, meta, bag, nets, test_images, decision, temperature, k, model_dir,
                stacked: Stacking | None = None) -> None:
+    """The bag's program and meta.json into `model_dir`, with the feature program (and the
+    stack's weights) where the submission has set-level steps (`setlevel`)."""
     example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
-    export.save(bag, example,
-                {**{key: meta[key] for key in export.TASK_KEYS}, "bag_mean": params.bag.mean,
-                 "folds": len(bag.nets), "decision": decision,
-                 "neighbours": k,  # set-level: in the submission, not in predict
-                 "stack": stacked.meta() if stacked else {"model": ""},
-                 "tta": asdict(params.tta), "temperature": temperature,
-                 "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}},
-                model_dir)
+    shipped = {**{key: meta[key] for key in export.TASK_KEYS}, "bag_mean": params.bag.mean,
+               "folds": len(bag.nets), "decision": decision,
+               "neighbours": k,  # set-level: a graph over the images predicted together
+               "stack": stacked.meta() if stacked else {"model": ""},
+               "tta": asdict(params.tta), "temperature": temperature,
+               "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
+    beside = None
+    if setlevel.wanted(shipped):
+        def beside(folder):
+            setlevel.save(folder, nets, example, stacked.weights if stacked else None)
+    export.save(bag, example, shipped, model_dir, beside)
 
 
 def reference(test, task, temperature: float, stacked: Stacking | None) -> np.ndarray:
@@ -142,19 +150,26 @@ def verified(bag, task, reference_preds, test_images, runs, device, model_dir):
     return got, (model, shipped_meta), check_export(got, eager, reference_preds, runs)
 
 
-def submitted(got, task, decision, neighbours_dir, stacked: Stacking | None):
-    """The submission's predictions and decision: the program's predictions averaged over their
-    test neighbours (off: unchanged), or, with a second-level model, the program's own where it
-    holds the model, else that model applied to them and their neighbours' (its decision then
-    fit on its own OOF predictions)."""
-    if stacked is None:
-        graph = np.load(Path(neighbours_dir) / "graph.npz")
-        return neighbours.smooth(got, graph["idx"], graph["sim"]), decision
-    if stacked.layer is not None:
-        return got, task.decision(stacked.oof)
-    graph = np.load(Path(neighbours_dir) / "graph.npz")
-    x = stack.features(got, graph["idx"], graph["sim"], stacked.neighbours)
-    return stack.predict(stacked.model, x, got.shape[1]), task.decision(stacked.oof)
+def submitted(got, loaded, test_images, neighbours_dir, stacked: Stacking | None,
+              model_dir, device) -> tuple[np.ndarray, str]:
+    """The submission's predictions from the shipped program's `got`: as they are, or with the
+    set-level steps computed from the shipped files as foldwise-predict computes them (its
+    test graph checked against the neighbours stage's), or, for a stack the export cannot
+    hold, that model applied to them and their neighbours' in the stage's graph. With a line
+    on the graph."""
+    meta = loaded[1]
+    if not export.unreproducible(meta) and not setlevel.wanted(meta):
+        return got, ""
+    stage_graph = np.load(Path(neighbours_dir) / "graph.npz")
+    if export.unreproducible(meta):
+        x = stack.features(got, stage_graph["idx"], stage_graph["sim"], stacked.neighbours)
+        return stack.predict(stacked.model, x, got.shape[1]), ""
+    features = export.run_model(setlevel.load_features(model_dir, device), test_images,
+                                device=device, desc="features")
+    graph = setlevel.graph(features, meta)
+    same = float(np.mean(graph[0] == stage_graph["idx"])) if graph[0].size else 1.0
+    return (setlevel.apply(got, graph, meta, model_dir),
+            f"; the test graph from the shipped features: {same:.1%} of the neighbours stage's")
 
 
 def ship(params: Params, task, meta: dict, paths: dict) -> str:
@@ -164,23 +179,29 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     account."""
     decision, temperature, k = fit_on_oof(task, paths["metrics_json"], paths["neighbours_json"])
     stacked = stacking(task, paths["stack_dir"], paths["stack_json"])
-    if stacked and stacked.layer is not None:  # the program's own outputs are the stack's
+    if stacked:  # the submission is the stack's: its decision, fit on its own OOF predictions
         decision = task.decision(stacked.oof)
-    bag = build_bag(params, task, meta, paths["models"], temperature, stacked)
+    nets = [load_checkpoint(outputs.checkpoint_path(paths["models"], f)) for f in params.folds]
+    bag = build_bag(params, task, meta, nets, temperature, stacked)
     test_images = open_cache(Path(paths["processed"]) / "test.npy")
-    export_bag(params, meta, bag, test_images, decision, temperature, k, paths["model_dir"], stacked)
+    export_bag(params, meta, bag, nets, test_images, decision, temperature, k, paths["model_dir"],
+               stacked)
     runs = [outputs.read_run(paths["models"], f) for f in params.folds]
     test = pd.read_csv(Path(paths["bagged"]) / "test.csv", dtype={"id": str})
+    device = export.default_device()
     got, loaded, check = verified(bag, task, reference(test, task, temperature, stacked),
-                                  test_images, runs, export.default_device(), paths["model_dir"])
-    final, decision = submitted(got, task, decision, paths["neighbours_dir"], stacked)
+                                  test_images, runs, device, paths["model_dir"])
+    final, graph_note = submitted(got, loaded, test_images, paths["neighbours_dir"], stacked,
+                                  paths["model_dir"], device)
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
     uri = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded,
                         served_score(task, paths["metrics_json"], stacked),
-                        Path(paths["processed"]) / "train.csv")
-    where = "" if not stacked else (" with the second-level model" if stacked.layer is not None
-                                    else "; the second-level model in the submission only")
+                        Path(paths["processed"]))
+    where = "" if not stacked else (
+        " with the second-level model" if stacked.layer is not None else
+        "; the second-level model beside it" if stacked.weights is not None else
+        "; the second-level model in the submission only")
     return (f"exported {len(bag.nets)} fold models{where}; max |exported - eager| = "
             f"{check.worst:.2e}, vs the folds' predictions {check.drift:.2e} (99th percentile); "
-            f"temperature {temperature:.4g}, decision {decision}; MLflow model {uri}")
+            f"temperature {temperature:.4g}, decision {decision}{graph_note}; MLflow model {uri}")

@@ -13,7 +13,6 @@ other folds only. The submission uses the weights fit on all rows.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from dataclasses import dataclass
@@ -254,9 +253,8 @@ def report_lines(summary: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0].strip("`: "), epilog="\n".join(__doc__.splitlines()[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from foldwise import stage
+    parser = stage.parser(__doc__)
     parser.add_argument("members", nargs="+",
                         help="DVC experiment names or folders with oof.csv and test.csv (two or more)")
     parser.add_argument("--mean", choices=MEANS, default="arithmetic", help="how to blend (default arithmetic)")

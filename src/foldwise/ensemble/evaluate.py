@@ -60,17 +60,34 @@ def write_reports(task, oof, truth, breakdown, params, processed: Path, models, 
     report.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")
 
 
-def finish_parent(params, task, summary, per_fold, baseline, models, out: Path) -> None:
+def finish_parent(params, task, summary, per_fold, baseline, models, processed, out: Path) -> None:
+    """The pipeline's MLflow parent finished with the bagged figures and, as the folds'
+    dashboard (`dashboard`), its note, the training table and every fold's curve on one chart;
+    `out`/mlflow.json names it."""
+    from mlflow.tracking import MlflowClient
+
+    from foldwise.ensemble import dashboard
     experiment = tracking.open_experiment(params.mlflow)
+    spread = fold_spread(task.monitor, per_fold)
     flat = {f"oof_{k}": v for k, v in flatten(summary).items()}  # per-tag thresholds: oof_thresholds.TAG
     flat.update({f"fold{k}_{m}": v for k, f in per_fold.items() for m, v in f.items()})
     flat.update({k: v for k, v in baseline.items() if k in task.baselines})
-    flat.update(fold_spread(task.monitor, per_fold))
+    flat.update(spread)
     runs = [outputs.read_run(models, k) for k in params.folds]
     parent = tracking.parent_for_evaluation(experiment, runs, params)
+    client, digest = MlflowClient(), dashboard.data_digest(processed)
+    commit = client.get_run(parent).data.tags.get("mlflow.source.git.commit", "")
+    dashboard.publish(client, parent, dashboard.description(params, task.monitor, summary, per_fold,
+                                                            spread, digest, commit),
+                      pd.read_csv(processed / "train.csv", dtype={"id": str}),
+                      f"{params.data.source} training table", params.data.root, digest)
+    curves = dashboard.fold_curves_png({k: outputs.read_history(models, k) for k in params.folds},
+                                       task.monitor, out / "fold_curves.png")
     tracking.finish_parent(experiment, parent, flat,
                            [out / n for n in ("metrics.json", "baseline.json", "breakdown.csv",
-                                              "hardest.csv", "hardest.png")])
+                                              "hardest.csv", "hardest.png")] + [curves])
+    write_json(dashboard.lineage(experiment, parent, tracking.tracking_uri(params.mlflow)),
+               out / "mlflow.json")
 
 
 def fold_spread(metric: str, per_fold: dict) -> dict:
@@ -90,8 +107,10 @@ def evaluate(params: Params, task, bagged, processed, models, out) -> dict:
     oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})
     truth = load_truth(processed)  # the OOF table is in training order too
     summary, per_fold, baseline, breakdown = summarise(params, task, oof, truth, models)
-    write_json({"oof": summary, "folds": per_fold}, out / "metrics.json")
+    # the folds' mean and spread beside the OOF figures: one column each in `dvc exp show`
+    write_json({"oof": summary, "spread": fold_spread(task.monitor, per_fold), "folds": per_fold},
+               out / "metrics.json")
     write_json(baseline, out / "baseline.json")
     write_reports(task, oof, truth, breakdown, params, processed, models, out)
-    finish_parent(params, task, summary, per_fold, baseline, models, out)
+    finish_parent(params, task, summary, per_fold, baseline, models, processed, out)
     return summary

@@ -15,8 +15,10 @@ to the test set is fit on every OOF row.
 
 Where the model is linear in an image's own features (`logistic` without neighbours), it is
 also a layer of the exported program (`linear_form`), so `foldwise-predict` and the MLflow
-model apply it as the submission does; with neighbours its features are set-level, and a
-boosted model is no layer: those stay in the submission only.
+model apply it as the submission does; with neighbours its features are set-level, and the
+export ships its weights beside a feature program (`deploy.setlevel`), so `foldwise-predict`
+reproduces it over the test folder; a boosted model has no such form and stays in the
+submission only.
 """
 from __future__ import annotations
 
@@ -96,10 +98,16 @@ def load_model(folder: str | Path):
 def linear_form(model, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(W, b) with `predict(model, features(p, ..., n), n_classes)` = softmax(log p @ W + b),
     where the model is a logistic regression on an image's own log probabilities (n = 0) that
-    saw every class; else None (the model is applied in the submission only). Two classes:
+    saw every class; else None (the model is applied in the submission only)."""
+    return None if n else linear_weights(model, n_classes)
+
+
+def linear_weights(model, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W, b) with `predict(model, x, n_classes)` = softmax(x @ W + b) for a logistic regression
+    that saw every class, over whatever features it was fit on; else None. Two classes:
     scikit-learn's sigmoid of one decision value z is the softmax of (0, z)."""
     from sklearn.linear_model import LogisticRegression
-    if n or not isinstance(model, LogisticRegression) or len(model.classes_) != n_classes:
+    if not isinstance(model, LogisticRegression) or len(model.classes_) != n_classes:
         return None
     coef, intercept = np.asarray(model.coef_, np.float64), np.asarray(model.intercept_, np.float64)
     if n_classes == 2:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from foldwise.errors import InputError
-from foldwise.files import atomic_dir, write_csv, write_json
+from foldwise.files import atomic_dir, write_csv, write_json, write_off
 from foldwise.params import Params, flatten
 
 
@@ -22,8 +22,7 @@ def run(params: Params, meta: dict, models, processed, bagged, metrics_json, nei
     Returns the summary."""
     settings = params.stack
     if not settings.model:
-        with atomic_dir(out):
-            pass
+        write_off(out, "stack.model: ''")
         write_json({"model": ""}, out_json)
         return {"model": ""}
     from foldwise.tasks import create_task

@@ -21,7 +21,6 @@ further folds, lets the running ones finish, and is named with the end of its lo
 """
 from __future__ import annotations
 
-import argparse
 import os
 import queue
 import shutil
@@ -121,13 +120,10 @@ def run(jobs: int) -> None:
 
 
 def main() -> None:
-    doc = __doc__.splitlines()
-    parser = argparse.ArgumentParser(description=doc[0].split(": ", 1)[1],
-                                     epilog="\n".join(doc[2:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from foldwise import stage
+    parser = stage.parser(__doc__)
     parser.add_argument("--jobs", "-j", type=int, default=2, help="folds trained at once (default 2)")
     args = parser.parse_args()
-    from foldwise import stage
     stage.run(lambda: run(args.jobs))
 
 

@@ -17,7 +17,6 @@ runs go to the tracking store the coordinator uses (`MLFLOW_TRACKING_URI`, else 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import tempfile
@@ -104,16 +103,13 @@ def coordinate(repo: str, gpus: float, address: str | None) -> list[dict]:
 
 
 def main() -> None:
-    doc = __doc__.splitlines()
-    parser = argparse.ArgumentParser(description=doc[0].split(": ", 1)[1],
-                                     epilog="\n".join(doc[2:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from foldwise import stage
+    parser = stage.parser(__doc__)
     parser.add_argument("--repo", default=".",
                         help="git URL (or path) the workers clone; default: this checkout's folder")
     parser.add_argument("--gpus", type=float, default=1.0, help="GPUs each fold task asks Ray for (default 1)")
     parser.add_argument("--address", help="a running Ray cluster (default: start a local one)")
     args = parser.parse_args()
-    from foldwise import stage
 
     def go():
         repo = args.repo if args.repo != "." else str(Path.cwd())

@@ -11,7 +11,6 @@ command then exits non-zero, saying how many trials failed and why.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -124,7 +123,11 @@ def run_search(config: Path, workers: int, trials: int | None, storage: str | No
     slots = [checkouts.prepare(root, k, d) for k, d in enumerate(devices(workers, gpu_count()))]
     threads = [threading.Thread(target=work, args=(c, shared), daemon=True) for c in slots]
     [t.start() for t in threads]
-    [t.join() for t in threads]
+    try:
+        [t.join() for t in threads]
+    except KeyboardInterrupt:  # nothing of this searcher left RUNNING in MLflow
+        S.interrupted(search_, study, experiment_id, shared.run_id, shared.mine)
+        raise
     if shared.in_a_row < MAX_FAILURES_IN_A_ROW:
         S.finish(search_, study, experiment_id, shared.run_id)
     return shared
@@ -166,7 +169,7 @@ def table(study: optuna.Study) -> str:
 
 def main() -> None:
     from foldwise import stage
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = stage.parser(__doc__)
     ap.add_argument("--config", type=Path, default=Path("search.yaml"),
                     help="the study's settings and search space (default search.yaml)")
     ap.add_argument("--storage", help="the study's database, an SQLAlchemy URL or `server` "

@@ -250,6 +250,20 @@ def _kill_running_children(client, experiment_id: str, run_id: str) -> None:
         client.set_terminated(child.info.run_id, "KILLED")
 
 
+def interrupted(search: Search, study: optuna.Study, experiment_id: str, run_id: str,
+                mine: set[int]) -> None:
+    """Ctrl-C: the MLflow runs of this searcher's trials still running end KILLED (their folds
+    too), and so does the study's run unless another searcher's trials still run. The trials
+    stay RUNNING in the study: their heartbeat stops, so the next searcher fails and retries
+    them (`fail_stale`)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in mine:
+            close_trial_runs(search, experiment_id, t.user_attrs.get("experiment", ""), "KILLED",
+                             t.number)
+    if not others_running(study, mine):
+        MlflowClient().set_terminated(run_id, "KILLED")
+
+
 def finish(search: Search, study: optuna.Study, experiment_id: str, run_id: str) -> None:
     """The study has its trials: nothing of it is left RUNNING in MLflow (runs of trials killed
     and never retried included), save the runs of trials still running in the study (another

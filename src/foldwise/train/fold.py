@@ -28,6 +28,7 @@ from foldwise.tasks import create_task
 from foldwise.train import augment, distributed, outputs, pseudo, tta
 from foldwise.train.loader import Rows, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+from foldwise.train.progress import REPLAYED, Progress
 
 PACKAGE = Path(__file__).resolve().parents[1]  # foldwise's own code, as installed
 
@@ -153,7 +154,7 @@ def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, wei
     with run:
         log_inputs(params, data, paths, meta)
         result = fit(on_epoch=lambda row: mlflow.log_metrics(
-            {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
+            {k: v for k, v in row.items() if k not in ("epoch", REPLAYED)}, step=int(row["epoch"])))
         summary = summarise(result, task, data.labels[data.val_rows])
         mlflow.log_metrics(summary)
         mlflow.set_tag("foldwise.kept_weights", result.weights)
@@ -180,13 +181,32 @@ def fitter(params: P.Params, net, task, settings: Settings, data: FoldData, afte
     rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
                    Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
     if after is None:
-        return partial(train_fold, net, task, settings, rows, resume=resume, wrap=wrap)
+        fit = partial(train_fold, net, task, settings, rows, resume=resume, wrap=wrap)
+        return shown(fit, Progress(f"fold {data.fold}", params.train.epochs, task.monitor,
+                                   folds_after(params, data.fold)))
     first = pseudo.first_round(after, data.fold, task, data.table["id"],
                                data.table["id"].iloc[data.val_rows],
                                data.test_ids)
     net.load_state_dict(first.state_dict)
-    return partial(pseudo.further_rounds, net, task, settings, rows, params.pseudo, first,
-                   resume=resume, wrap=wrap, replay=True)
+    fit = partial(pseudo.further_rounds, net, task, settings, rows, params.pseudo, first,
+                  resume=resume, wrap=wrap, replay=True)
+    planned = len(first.history) + params.pseudo.rounds * params.pseudo.epochs
+    return shown(fit, Progress(f"fold {data.fold} pseudo-labels", planned, task.monitor,
+                               folds_after(params, data.fold)))
+
+
+def folds_after(params: P.Params, fold: int) -> int:
+    """How many folds `folds` lists after this one (the pipeline's training still ahead)."""
+    return len(params.folds) - params.folds.index(fold) - 1 if fold in params.folds else 0
+
+
+def shown(fit, progress: Progress):
+    """`fit` with each epoch's row also printed as one readable line (`progress`), by the
+    lead process only (under torchrun every rank trains)."""
+    def fit_shown(on_epoch=lambda row: None):
+        lead = distributed.is_lead()
+        return fit(on_epoch=lambda row: (on_epoch(row), lead and progress(row)))
+    return fit_shown
 
 
 def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv=None,

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from foldwise.train import augment, compiled, distributed, recipe, state
+from foldwise.train.progress import REPLAYED
 from foldwise.errors import InputError
 from foldwise.train.loader import device_batches, predict_array, to_float
 from foldwise.params import Train
@@ -251,7 +252,7 @@ def resumed(net, optimizer, scheduler, gen, rec, resume, on_epoch) -> state.Loop
     rec.step = s.step
     for row in s.history:
         scheduler.step(row["epoch"] + 1, metric=row["val_metric"])
-        on_epoch(row)
+        on_epoch({**row, REPLAYED: 1.0})  # shown as done before, not logged as a figure
     optimizer.load_state_dict(optimizer_state)
     return s
 
@@ -310,7 +311,7 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
         s.seen, s.train_time, s.step = s.seen + n, s.train_time + seconds, rec.step
         s.history.append(row)
         on_epoch(row)
-        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        log.debug("epoch %d: %s", epoch, row)  # the readable line: progress.Progress
         scheduler.step(epoch + 1, metric=monitored)
         keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, run.cfg)
         if resume:

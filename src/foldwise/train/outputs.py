@@ -18,11 +18,15 @@ import hashlib
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
+
+if TYPE_CHECKING:  # pandas where it is used: a stage switched off never loads it (0.3 s)
+    import pandas as pd
 
 FLOATS = "%.8g"
 
@@ -75,6 +79,7 @@ def write_no_rounds(out: str | Path) -> None:
 
 def prediction_table(ids, preds, columns, **extra) -> pd.DataFrame:
     """ids first, then `extra` columns in order, then one column per output."""
+    import pandas as pd
     df = pd.DataFrame(np.asarray(preds), columns=list(columns))
     for i, (name, values) in enumerate({"id": ids, **extra}.items()):
         df.insert(i, name, np.asarray(values))
@@ -102,10 +107,12 @@ def write(out: str | Path, checkpoint: dict, oof: pd.DataFrame, test: pd.DataFra
 
 
 def read_oof(models: str | Path, fold: int, where=final_dir) -> pd.DataFrame:
+    import pandas as pd
     return pd.read_csv(where(models, fold) / "oof.csv", dtype={"id": str, "group": str})
 
 
 def read_test(models: str | Path, fold: int, where=final_dir) -> pd.DataFrame:
+    import pandas as pd
     return pd.read_csv(where(models, fold) / "test.csv", dtype={"id": str})
 
 
@@ -114,6 +121,7 @@ def read_run(models: str | Path, fold: int, where=final_dir) -> dict:
 
 
 def read_history(models: str | Path, fold: int, where=final_dir) -> pd.DataFrame:
+    import pandas as pd
     return pd.read_csv(where(models, fold) / "history.csv")
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from foldwise.errors import InputError
 from foldwise.params import Pseudo, evolve
 from foldwise.train import checkpoints, outputs
+from foldwise.train.progress import REPLAYED
 from foldwise.train.loader import Joined, Rows
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 
@@ -178,7 +179,7 @@ def further_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, first: 
     that shows the whole curve)."""
     histories = [first.history.assign(round=1, pseudo_images=0)]
     for row in histories[0].to_dict("records") if replay else []:
-        on_epoch(row)
+        on_epoch({**row, REPLAYED: 1.0})
     round_run, result = further_settings(run, cfg), first
     for r in range(2, cfg.rounds + 2):
         round_data, n_pseudo = further_round(data, task.num_outputs, cfg, result)

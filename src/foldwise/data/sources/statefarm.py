@@ -170,29 +170,48 @@ def _write_driver(job) -> None:
         _render(style, background, classname, rng).save(folder / name, quality=88)
 
 
+def sample_frames(*, drivers: int, per_class: int, test_drivers: int, test_per_class: int,
+                  seed: int) -> list[list[tuple[bool, str, str, str]]]:
+    """The synthetic set's frames, driver by driver: (is a test frame, driver id, class, file
+    name) in the order `write_sample` renders them."""
+    rng = np.random.default_rng(seed)
+    n_train, n_test = drivers * per_class * len(CLASSES), test_drivers * test_per_class * len(CLASSES)
+    numbers = iter(rng.permutation(100_000)[: n_train + n_test])  # img_<n>.jpg, as in the real set
+    out = []
+    for d in range(drivers + test_drivers):
+        is_test = d >= drivers
+        out.append([(is_test, f"p{d + 2:03d}", classname, f"img_{next(numbers)}.jpg")
+                     for classname in CLASSES for _ in range(test_per_class if is_test else per_class)])
+    return out
+
+
+def sample_test_labels(**sizes) -> dict[str, str]:
+    """The class of each test image of the synthetic set `write_sample(**sizes)` writes (no
+    stage reads them: they score a sample's submission in benchmarks)."""
+    return {name: classname for frames in sample_frames(**sizes)
+            for is_test, _, classname, name in frames if is_test}
+
+
 def write_sample(root: str | Path, *, drivers: int, per_class: int, test_drivers: int,
                  test_per_class: int, seed: int) -> None:
     """Write a deterministic synthetic set in the State Farm layout to `root` (replaced whole),
     the drivers in parallel on the machine's cores (the files do not depend on how many)."""
-    rng = np.random.default_rng(seed)
-    n_train, n_test = drivers * per_class * len(CLASSES), test_drivers * test_per_class * len(CLASSES)
-    numbers = iter(rng.permutation(100_000)[: n_train + n_test])  # img_<n>.jpg, as in the real set
+    plan = sample_frames(drivers=drivers, per_class=per_class, test_drivers=test_drivers,
+                         test_per_class=test_per_class, seed=seed)
     streams = np.random.SeedSequence(seed).spawn(drivers + test_drivers)  # one per driver
     with atomic_dir(root) as tmp:
         rows, test_names, jobs = [], [], []
-        for d in range(drivers + test_drivers):
-            is_test, frames = d >= drivers, []
-            for classname in CLASSES:
+        for stream, frames in zip(streams, plan):
+            placed = []
+            for is_test, driver, classname, name in frames:
                 folder = tmp / "imgs" / ("test" if is_test else f"train/{classname}")
                 folder.mkdir(parents=True, exist_ok=True)
-                for _ in range(test_per_class if is_test else per_class):
-                    name = f"img_{next(numbers)}.jpg"
-                    frames.append((folder, name, classname))
-                    if is_test:
-                        test_names.append(name)
-                    else:
-                        rows.append((f"p{d + 2:03d}", classname, name))
-            jobs.append((streams[d], frames))
+                placed.append((folder, name, classname))
+                if is_test:
+                    test_names.append(name)
+                else:
+                    rows.append((driver, classname, name))
+            jobs.append((stream, placed))
         processes = min(os.cpu_count() or 1, len(jobs))
         if processes > 1:
             with Pool(processes) as pool:
