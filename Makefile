@@ -75,7 +75,10 @@ bench: here  # make bench ARGS="--scale 1.0"
 task: here  # make task TASK=keypoints
 	$(BIN)/python -m foldwise.presets $(TASK)
 
+# the page to open: the last pipeline's parent run, in the model-training view (dashboard.py)
 mlflow-ui: here
+	@$(BIN)/python -c "import json; print('the last run\'s folds:', json.load(open('metrics/mlflow.json'))['url'])" \
+		2>/dev/null || echo "no pipeline run yet: http://127.0.0.1:5000"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 # a team's tracking server: PostgreSQL backend, artifacts served by the server (README)

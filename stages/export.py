@@ -2,7 +2,7 @@
 
 usage: python stages/export.py DATA_ROOT MODELS_DIR PROCESSED_DIR BAGGED_DIR METRICS_JSON
                                NEIGHBOURS_DIR NEIGHBOURS_JSON STACK_DIR STACK_JSON
-                               SUBMISSION_CSV MODEL_DIR
+                               SUBMISSION_CSV MODEL_DIR CHECKS_JSON
 params: folds, bag.mean, tta (views inside the model); the temperature and clip bound come
         from METRICS_JSON (fit on OOF by evaluate); with neighbours on, the submission averages
         the model's predictions over NEIGHBOURS_DIR's test graph, clipped at the bound chosen
@@ -27,7 +27,8 @@ ARGUMENTS = (("root", "the data set (some submissions follow its lookup table)")
              ("neighbours_json", "the neighbours stage's scores"),
              ("stack_dir", "the stack stage's model"), ("stack_json", "the stack stage's scores"),
              ("submission", "the competition file to write"),
-             ("model_dir", "the exported bag's folder"))
+             ("model_dir", "the exported bag's folder"),
+             ("checks", "what the export checked and logged (JSON, for foldwise-report)"))
 
 
 def main():

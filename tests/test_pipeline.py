@@ -1,5 +1,6 @@
 """The real `dvc repro`, `dvc exp run` and queued experiments on a tiny sample, in a copy of
 the project; checks the outputs, the metrics against scikit-learn and the MLflow runs."""
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ import pytest
 import yaml
 from conftest import free_port, make_project, mlflow_runs, sh, wait_until_up
 from sklearn.metrics import log_loss
+
+from foldwise.ensemble import dashboard
 
 FOLDS = 3
 EPOCHS = 2
@@ -123,7 +126,8 @@ def test_the_parent_run_is_the_folds_dashboard_and_metrics_name_it(project):
     lineage = json.loads((dst / "metrics/mlflow.json").read_text())
     parent = client.get_run(lineage["parent_run_id"])
     assert parent.data.tags["foldwise.role"] == "parent" and parent.info.status == "FINISHED"
-    assert lineage["url"].endswith(f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}")
+    assert lineage["url"].endswith(f"#/experiments/{parent.info.experiment_id}/runs/"
+                                   f"{parent.info.run_id}?workflowType=machine_learning")
     m = json.loads((dst / "metrics/metrics.json").read_text())
     per_fold = [m["folds"][str(k)]["logloss"] for k in range(FOLDS)]
     note = parent.data.tags["mlflow.note.content"]
@@ -314,15 +318,25 @@ def test_bagging_unchanged_folds_again_gets_its_own_parent_run(project):
         pytest.approx(first.data.metrics["oof_logloss"])
 
 
+def arithmetic_experiment(dst) -> str:
+    """The experiment `arithmetic` (bag.mean=arithmetic) on the committed geometric bag: run once
+    for the tests that read it."""
+    if "arithmetic" not in sh("dvc exp list --name-only", dst).stdout.split():
+        if yaml.safe_load((dst / "params.yaml").read_text())["bag"]["mean"] != "geometric":
+            sh("dvc exp run -S bag.mean=geometric", dst)  # as the bagging test above leaves it
+        # the workspace holds the geometric bag's results: committed, the baseline
+        sh("git add -A && git commit -qm 'dvc repro results'", dst)
+        sh("dvc exp run -n arithmetic -S bag.mean=arithmetic", dst)
+    return "arithmetic"
+
+
 def test_make_exps_shows_what_differs_and_the_oof_figures_best_first(project):
     """`dvc exp show` with about 100 params collapsed to `…` and no metrics in a terminal; `make
     exps` keeps the params that differ, the OOF figures and the folds' mean and spread, sorted
     by OOF log loss, and says that bag.mean cannot move the OOF figures (here: equal). The
     workspace's `dvc repro`, committed, is the baseline row (README: "Comparing experiments")."""
     dst, _, _ = project
-    # the workspace holds the geometric bag's results (the test above): committed, the baseline
-    sh("git add -A && git commit -qm 'dvc repro results'", dst)
-    sh("dvc exp run -S bag.mean=arithmetic", dst)  # the first run's stages, from the run-cache
+    arithmetic_experiment(dst)
     venv = Path(sys.executable).parent.parent
     shown = sh(f"make -s exps VENV={venv} EXPS_FLAGS=--csv", dst).stdout
     assert "bag.mean changes the test predictions only" in shown
@@ -344,8 +358,80 @@ def test_make_exps_shows_what_differs_and_the_oof_figures_best_first(project):
     assert rows["spread.folds_std_logloss"].iloc[0] == pytest.approx(np.std(per_fold, ddof=1), rel=1e-3)
 
 
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")
+
+
+@contextlib.contextmanager
+def offline_page(refused: list):
+    """A page of headless Chromium with no network: each request that is not for a local file
+    is refused and listed in `refused`."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_context(offline=True).new_page()
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                       else (refused.append(route.request.url), route.abort()))
+            yield page
+        finally:
+            browser.close()
+
+
+def cached_output(dst, rev: str, path: str) -> bytes:
+    """An output of `rev` read by hand: its md5 in that commit's dvc.lock, then DVC's cache."""
+    lock = yaml.safe_load(sh(f"git show {rev}:dvc.lock", dst).stdout)
+    md5 = next(o["md5"] for s in lock["stages"].values() for o in s.get("outs", []) if o["path"] == path)
+    return (dst / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).read_bytes()
+
+
+def test_a_report_per_experiment_from_its_own_files_logged_to_its_own_parent_run(project):
+    """`foldwise-report EXP` reads EXP's files at its commit, not the workspace's: the report of
+    the experiment `arithmetic` and of the commit it ran on (the geometric bag) each name
+    the params that differ from their baseline, their own OOF figure and their own MLflow
+    parent run (read here from each commit's dvc.lock and DVC's cache), and each is logged to
+    that run under report/."""
+    dst, _, _ = project
+    exp = arithmetic_experiment(dst)
+    client, _ = mlflow_runs(dst)
+    refs = sh("git for-each-ref --format='%(objectname) %(refname)' refs/exps", dst).stdout.split("\n")
+    exp_commit = next(line.split()[0] for line in refs if line.endswith(f"/{exp}"))
+    parents = set()
+    for rev, name, changed in ((exp_commit, exp, "| bag.mean | geometric | arithmetic |"),
+                               ("HEAD", "HEAD", "| bag.mean | arithmetic | geometric |")):
+        out = sh(f"foldwise-report {name}", dst).stdout
+        md = (dst / "reports" / name / "report.md").read_text()
+        assert "1 param differs from its baseline" in md and changed in md, md[:1500]
+        assert ("`dvc exp apply arithmetic` then `dvc repro`" in md) == (name == exp)
+        metrics = json.loads(cached_output(dst, rev, "metrics/metrics.json"))
+        assert f"| logloss | {metrics['oof']['logloss']:.4f} |" in md
+        lineage = json.loads(cached_output(dst, rev, "metrics/mlflow.json"))
+        assert lineage["url"] in md and f"logged to MLflow run {lineage['parent_run_id']}" in out
+        arts = {a.path for a in client.list_artifacts(lineage["parent_run_id"], "report")}
+        assert {"report/report.html", "report/report.md", "report/fold_curves.png"} <= arts
+        assert "**Export checks.** The exported program (3 folds" in md
+        parents.add(lineage["parent_run_id"])
+    assert len(parents) == 2
+
+
+@NO_CHROMIUM
+def test_the_report_page_draws_every_figure_in_headless_chromium_with_the_network_off(project, tmp_path):
+    """The report's page is one file: in headless Chromium with every request that is not a
+    local file refused, every figure is decoded and drawn. The screenshot stays in the test's
+    temporary folder."""
+    dst, _, _ = project
+    sh(f"foldwise-report --no-mlflow --out {tmp_path / 'report'}", dst)
+    refused = []
+    with offline_page(refused) as page:
+        page.goto((tmp_path / "report/report.html").as_uri())
+        drawn = page.evaluate("() => [...document.images].map(i => i.complete && i.naturalWidth)")
+        headings = page.locator("h2").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "report-offline.png"), full_page=True)
+    assert not refused, refused
+    assert len(drawn) == 3 and all(w > 100 for w in drawn), drawn  # curves, reliability, hardest
+    assert {"What was run", "Folds", "Confusion (out of fold)", "Model card", "Links"} <= set(headings)
 
 
 def test_pseudo_label_rounds_reuse_round_1_and_every_later_stage_reads_them(project):
@@ -386,7 +472,6 @@ def test_dvc_plots_show_renders_every_chart_in_headless_chromium_with_the_networ
     project's template and the bundle `make here` writes, every vega chart renders in headless
     Chromium with every request that is not a local file refused, and dvc_plots/ stays out of
     git. The screenshot stays in the test's temporary folder."""
-    playwright = pytest.importorskip("playwright.sync_api")
     dst, _, _ = project
     sh(f"{sys.executable} -m foldwise.ensemble.plots", dst)  # as `make here` does
     sh("dvc plots show", dst)
@@ -394,23 +479,16 @@ def test_dvc_plots_show_renders_every_chart_in_headless_chromium_with_the_networ
     assert "cdn.jsdelivr" not in page_file.read_text()
     assert sh("git check-ignore dvc_plots/index.html", dst).returncode == 0
     refused, errors = [], []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            page = browser.new_context(offline=True).new_page()
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                       else (refused.append(route.request.url), route.abort()))
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(page_file.as_uri())
-            charts = page.locator(".vega-embed")
-            charts.first.wait_for(timeout=30_000)
-            page.wait_for_function(  # every chart drawn (vega-embed adds its svg or canvas)
-                "() => [...document.querySelectorAll('.vega-embed')].every("
-                "e => e.querySelector('svg.marks, canvas.marks'))", timeout=30_000)
-            drawn = charts.count()
-            page.screenshot(path=str(tmp_path / "dvc-plots-offline.png"), full_page=True)
-        finally:
-            browser.close()
+    with offline_page(refused) as page:
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(page_file.as_uri())
+        charts = page.locator(".vega-embed")
+        charts.first.wait_for(timeout=30_000)
+        page.wait_for_function(  # every chart drawn (vega-embed adds its svg or canvas)
+            "() => [...document.querySelectorAll('.vega-embed')].every("
+            "e => e.querySelector('svg.marks, canvas.marks'))", timeout=30_000)
+        drawn = charts.count()
+        page.screenshot(path=str(tmp_path / "dvc-plots-offline.png"), full_page=True)
     assert not refused and not errors, (refused, errors)
     assert drawn >= 5  # the folds' curves, the curves of every fold, confusion, reliability
 
@@ -436,19 +514,27 @@ def mlflow_server(project):
 @pytest.mark.extended  # headless Chromium
 def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlflow_server, tmp_path):
     """`mlflow server` on loopback over this pipeline's store, opened in headless Chromium
-    (Playwright): the parent by its name, its folds when expanded, the oof_logloss column
+    (Playwright): the parent's page from metrics/mlflow.json in the model-training view, the
+    parent by its name, its folds when expanded, the oof_logloss column
     with the parent's value, and in the chart view one val_logloss chart whose legend holds
     every fold; the screenshots stay in the test's temporary folder."""
     playwright = pytest.importorskip("playwright.sync_api")
     dst, params, _ = project
-    client, all_runs = mlflow_runs(dst)
-    parent = next(r for r in all_runs if r.data.tags.get("foldwise.role") == "parent")
+    client, _ = mlflow_runs(dst)
+    lineage = json.loads((dst / "metrics/mlflow.json").read_text())
+    parent = client.get_run(lineage["parent_run_id"])  # the workspace's (other tests add more)
     experiment = parent.info.experiment_id
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = browser.new_page(viewport={"width": 2400, "height": 1000})
-            page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs")
+            # the parent's page as metrics/mlflow.json (and make mlflow-ui) give it: MLflow opened
+            # it in the GenAI view (Judges, Evaluation runs), now in the model-training one
+            page.goto(lineage["url"].replace(dashboard.UI, mlflow_server))
+            page.wait_for_selector("text=Model registry", timeout=90_000)
+            page.wait_for_selector(f"text={parent.info.run_name}", timeout=30_000)
+            view = page.inner_text("body")
+            page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs?{dashboard.TRAINING_VIEW}")
             page.wait_for_selector(f"text={parent.info.run_name}", timeout=90_000)
             for expand in page.locator('button[data-component-id*="runnamecellrenderer"]').all():
                 expand.click()  # a parent's folds are nested under it, collapsed
@@ -461,13 +547,14 @@ def test_the_mlflow_ui_shows_the_parent_its_folds_and_the_oof_score(project, mlf
             page.screenshot(path=str(tmp_path / "mlflow-experiment.png"), full_page=True)
             text = page.inner_text("body")
             # the chart view: every visible run a line, so the folds' validation curves on one chart
-            page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs?compareRunsMode=CHART")
+            page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs?compareRunsMode=CHART&{dashboard.TRAINING_VIEW}")
             page.get_by_placeholder("Search metric charts").first.fill("val_logloss", timeout=60_000)
             page.wait_for_selector("text=fold 0 (val_logloss)", timeout=30_000)
             page.screenshot(path=str(tmp_path / "mlflow-fold-curves.png"), full_page=True)
             charts = page.inner_text("body")
         finally:
             browser.close()
+    assert "Judges" not in view and "Evaluation runs" not in view
     assert parent.info.run_name in text
     assert all(f"fold {k}" in text for k in range(FOLDS))
     headers = text[text.index("Run Name"):]

@@ -117,12 +117,19 @@ def test_ctrl_c_in_the_middle_of_training_is_one_line_not_a_traceback(tmp_path):
         "    while True:\n"
         "        net(torch.randn(512, 256)).square().mean().backward()\n"
         "stage.run(main)\n")
+    # SIGINT as a terminal delivers it: a suite started in the background (`make test &`)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt in the child
     proc = subprocess.Popen([sys.executable, str(script), "3", "folds.csv"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "training\n"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline() == "training\n"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never left training for the rest of the suite
+        proc.wait()
     assert proc.returncode == 130
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.strip() == ("interrupted: the train stage (fold 3); its finished epochs are kept "

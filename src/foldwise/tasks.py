@@ -73,6 +73,7 @@ def reliability_table(conf: np.ndarray, right: np.ndarray, low: float, bins: int
 class Classification:
     monitor = "logloss"  # the validation figure that picks the kept epoch (lower is better)
     baselines = ("prior_logloss",)  # report() figures of the data, not of the model
+    outputs_are = "classes"  # what its columns are, in a sentence (foldwise-report's card)
     probabilities = True  # outputs are probabilities: geometric bags and temperatures apply
     mixes = True  # timm's mixup and cutmix blend its targets
     view_outputs = {}  # a class survives a warp: the views' outputs average as they are
@@ -182,6 +183,7 @@ class Keypoints:
 
     monitor = "rmse"
     baselines = ("mean_baseline_rmse",)
+    outputs_are = "keypoint coordinates"
     probabilities = False
     mixes = False
     fp32_head = True  # coordinates: the classifier stays in float32 under autocast
@@ -283,6 +285,7 @@ class MultiLabel:
 
     monitor = "logloss"
     baselines = ("prior_logloss", "prior_f2")
+    outputs_are = "tags"
     probabilities = False  # not rows that sum to one: no geometric bag, no temperature
     mixes = False  # timm's Mixup one-hot encodes single labels
     view_outputs = {}  # tags survive a warp

@@ -15,7 +15,8 @@ from torch import nn
 from foldwise import tracking
 from foldwise.data.sources import get_source
 from foldwise.deploy import export, mlmodel, setlevel
-from foldwise.deploy.verify import check_export
+from foldwise.deploy.verify import TOLERANCE, check_export
+from foldwise.files import write_json
 from foldwise.ensemble import calibration, dashboard, neighbours, stack
 from foldwise.models import load_checkpoint
 from foldwise.train import outputs, tta
@@ -24,31 +25,42 @@ from foldwise.params import Params
 
 
 def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
-                  processed: Path) -> str:
+                  processed: Path) -> dict:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
     parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model; with
     `mlflow.register`, a version of the registered model of this task and data set
     (`mlmodel.registered_name`), tagged with `score` (`served_score`), the task, the metric
     and the training table's digest, the alias `champion` on the best version of those.
-    Returns a line naming them."""
+    Returns what was logged (`mlflow_line` words it): model (its URI, or "" with `not_logged`
+    saying why), registered (models:/NAME/VERSION or ""), champion (its version or "")."""
+    logged = {"model": "", "not_logged": "", "registered": "", "champion": ""}
     differs = export.set_level(loaded[1])
     if differs:  # a served model would not be the submission: none is logged or registered
-        return (f"not logged: the submission also applies {'; '.join(differs)}, outside the "
-                "program, so a served model would differ from it")
+        return {**logged, "not_logged": f"the submission also applies {'; '.join(differs)}, "
+                                        "outside the program, so a served model would differ from it"}
     experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is None:
         raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
-    uri = mlmodel.log(model_dir, example, parent, loaded=loaded)
+    logged["model"] = mlmodel.log(model_dir, example, parent, loaded=loaded)
     if not params.mlflow.register:
-        return uri
+        return logged
     name = mlmodel.registered_name(params.mlflow.experiment, params.data.source, params.data.root,
                                    params.mlflow.model_name)
     group = {"foldwise.task": params.data.source, "foldwise.metric": f"oof_{task.monitor}",
              "foldwise.data": dashboard.data_digest(processed)}
-    version, champion = mlmodel.register(uri, name, score, group,
+    version, champion = mlmodel.register(logged["model"], name, score, group,
                                          sample=mlmodel.is_sample(params.data.root))
-    return f"{uri}, registered as models:/{name}/{version} (@{mlmodel.CHAMPION}: version {champion})"
+    return {**logged, "registered": f"models:/{name}/{version}", "champion": champion}
+
+
+def mlflow_line(logged: dict) -> str:
+    if not logged["model"]:
+        return f"not logged: {logged['not_logged']}"
+    if not logged["registered"]:
+        return logged["model"]
+    return (f"{logged['model']}, registered as {logged['registered']} "
+            f"(@{mlmodel.CHAMPION}: version {logged['champion']})")
 
 
 def served_score(task, metrics_json, stacked) -> float:
@@ -151,31 +163,30 @@ def verified(bag, task, reference_preds, test_images, runs, device, model_dir):
 
 
 def submitted(got, loaded, test_images, neighbours_dir, stacked: Stacking | None,
-              model_dir, device) -> tuple[np.ndarray, str]:
+              model_dir, device) -> tuple[np.ndarray, float | None]:
     """The submission's predictions from the shipped program's `got`: as they are, or with the
     set-level steps computed from the shipped files as foldwise-predict computes them (its
     test graph checked against the neighbours stage's), or, for a stack the export cannot
-    hold, that model applied to them and their neighbours' in the stage's graph. With a line
-    on the graph."""
+    hold, that model applied to them and their neighbours' in the stage's graph. With the
+    share of the shipped features' test graph that is the stage's (None: no graph built)."""
     meta = loaded[1]
     if not export.unreproducible(meta) and not setlevel.wanted(meta):
-        return got, ""
+        return got, None
     stage_graph = np.load(Path(neighbours_dir) / "graph.npz")
     if export.unreproducible(meta):
         x = stack.features(got, stage_graph["idx"], stage_graph["sim"], stacked.neighbours)
-        return stack.predict(stacked.model, x, got.shape[1]), ""
+        return stack.predict(stacked.model, x, got.shape[1]), None
     features = export.run_model(setlevel.load_features(model_dir, device), test_images,
                                 device=device, desc="features")
     graph = setlevel.graph(features, meta)
     same = float(np.mean(graph[0] == stage_graph["idx"])) if graph[0].size else 1.0
-    return (setlevel.apply(got, graph, meta, model_dir),
-            f"; the test graph from the shipped features: {same:.1%} of the neighbours stage's")
+    return setlevel.apply(got, graph, meta, model_dir), same
 
 
 def ship(params: Params, task, meta: dict, paths: dict) -> str:
     """Export, verify, write the submission and log the MLflow model. `paths`: the stage's
     arguments by name (root, models, processed, bagged, metrics_json, neighbours_dir,
-    neighbours_json, stack_dir, stack_json, submission, model_dir). Returns a one-line
+    neighbours_json, stack_dir, stack_json, submission, model_dir, checks). Returns a one-line
     account."""
     decision, temperature, k = fit_on_oof(task, paths["metrics_json"], paths["neighbours_json"])
     stacked = stacking(task, paths["stack_dir"], paths["stack_json"])
@@ -191,17 +202,39 @@ def ship(params: Params, task, meta: dict, paths: dict) -> str:
     device = export.default_device()
     got, loaded, check = verified(bag, task, reference(test, task, temperature, stacked),
                                   test_images, runs, device, paths["model_dir"])
-    final, graph_note = submitted(got, loaded, test_images, paths["neighbours_dir"], stacked,
-                                  paths["model_dir"], device)
+    final, same = submitted(got, loaded, test_images, paths["neighbours_dir"], stacked,
+                            paths["model_dir"], device)
     get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
                                                 {**meta, "root": paths["root"]}, paths["submission"])
-    uri = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]), loaded,
-                        served_score(task, paths["metrics_json"], stacked),
-                        Path(paths["processed"]))
+    served = served_score(task, paths["metrics_json"], stacked)
+    logged = log_to_mlflow(params, task, runs, paths["model_dir"], np.asarray(test_images[:2]),
+                           loaded, served, Path(paths["processed"]))
+    record = checks(check, same, f"oof_{task.monitor}", served, logged, loaded[1])
+    write_json(record, paths["checks"])
+    return account(record, stacked, temperature, decision)
+
+
+def checks(check, same, metric: str, served: float, logged: dict, meta: dict) -> dict:
+    """export/checks.json: what the export stage checked and shipped, as the report's model
+    card reads it."""
+    return {"exported_vs_eager": check.worst, "tolerance": TOLERANCE,
+            "drift_p99": check.drift, "drift_max": check.drift_max,
+            "test_graph_agreement": same, "metric": metric, "served_figure": served,
+            "outside_program": export.set_level(meta),  # reproduced by foldwise-predict
+            "predict_refuses": export.unreproducible(meta),
+            "folds": meta["folds"], "stack": meta["stack"].get("model", ""), **logged}
+
+
+def account(record: dict, stacked: Stacking | None, temperature: float, decision) -> str:
+    """The export stage's line."""
     where = "" if not stacked else (
         " with the second-level model" if stacked.layer is not None else
         "; the second-level model beside it" if stacked.weights is not None else
         "; the second-level model in the submission only")
-    return (f"exported {len(bag.nets)} fold models{where}; max |exported - eager| = "
-            f"{check.worst:.2e}, vs the folds' predictions {check.drift:.2e} (99th percentile); "
-            f"temperature {temperature:.4g}, decision {decision}{graph_note}; MLflow model {uri}")
+    graph = ("" if record["test_graph_agreement"] is None else
+             f"; the test graph from the shipped features: {record['test_graph_agreement']:.1%} "
+             "of the neighbours stage's")
+    return (f"exported {record['folds']} fold models{where}; max |exported - eager| = "
+            f"{record['exported_vs_eager']:.2e}, vs the folds' predictions {record['drift_p99']:.2e} "
+            f"(99th percentile); temperature {temperature:.4g}, decision {decision}{graph}; "
+            f"MLflow model {mlflow_line(record)}")

@@ -15,6 +15,10 @@ import os
 from pathlib import Path
 
 UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
+# MLflow's UI (3.17 and 3.18 alike) opens every experiment in its GenAI view unless the page's
+# address or the browser's storage asks for the model-training one: the experiment's own
+# `mlflow.experimentKind` tag is not read while the view switch is on (mlflow#24498)
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def data_digest(processed: Path) -> str:
@@ -73,7 +77,7 @@ def lineage(experiment_id: str, run_id: str, tracking_uri: str) -> dict:
     """metrics/mlflow.json: where the parent run is, and its page."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else UI
     return {"parent_run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri,
-            "url": f"{base}/#/experiments/{experiment_id}/runs/{run_id}"}
+            "url": f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"}
 
 
 def publish(client, run_id: str, note: str, table, name: str, source: str, digest: str) -> None:

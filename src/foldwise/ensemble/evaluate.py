@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from foldwise import report, tracking
+from foldwise import tracking
 from foldwise.data.cache import load_truth
-from foldwise.ensemble import calibration
+from foldwise.ensemble import calibration, scores
 from foldwise.files import write_csv, write_json
 from foldwise.train import outputs
 from foldwise.params import Params, flatten
@@ -36,7 +36,7 @@ def summarise(params: Params, task, oof: pd.DataFrame, truth, models):
     """(summary, per-fold figures, baseline, breakdown table): what stays the same across
     experiments (the data's own figures, image counts) goes to the baseline, not among the
     metrics."""
-    summary, per_fold, breakdown = report.evaluate(task, oof, truth)
+    summary, per_fold, breakdown = scores.evaluate(task, oof, truth)
     if params.calibration.temperature and task.probabilities:
         summary.update(calibrate(task, oof, truth))
     baseline = {"images": len(oof), **{k: summary.pop(k) for k in task.baselines if k in summary},
@@ -51,13 +51,13 @@ def summarise(params: Params, task, oof: pd.DataFrame, truth, models):
 def write_reports(task, oof, truth, breakdown, params, processed: Path, models, out: Path) -> None:
     """The tables and figures DVC plots: breakdown, confusion, reliability, curves, hardest."""
     write_csv(breakdown, out / "breakdown.csv", float_format="%.6g")
-    write_csv(report.confusion(task, oof, truth), out / "confusion.csv")
-    write_csv(report.reliability(task, oof, truth), out / "calibration.csv", float_format="%.6g")
-    write_csv(report.curves({k: outputs.read_history(models, k) for k in params.folds}),
+    write_csv(scores.confusion(task, oof, truth), out / "confusion.csv")
+    write_csv(scores.reliability(task, oof, truth), out / "calibration.csv", float_format="%.6g")
+    write_csv(scores.curves({k: outputs.read_history(models, k) for k in params.folds}),
               out / "curves.csv", float_format="%.6g")
-    worst = report.hardest(task, oof, truth, HARDEST)
+    worst = scores.hardest(task, oof, truth, HARDEST)
     write_csv(worst, out / "hardest.csv", float_format="%.6g")
-    report.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")
+    scores.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")
 
 
 def finish_parent(params, task, summary, per_fold, baseline, models, processed, out: Path) -> None:
