@@ -300,34 +300,38 @@ def test_bagging_unchanged_folds_again_gets_its_own_parent_run(project):
     the first run's metrics. The new evaluation must not overwrite them: it gets a new parent
     that names the fold runs it bags."""
     dst, _, _ = project
-    client, before = mlflow_runs(dst)
-    first = client.get_run(json.loads((dst / "models/fold_0/run.json").read_text())["parent_run_id"])
-    assert first.info.status == "FINISHED"
-    out = sh("dvc exp run -S bag.mean=geometric", dst).stdout
-    assert "Running stage 'train@0'" not in out and "Running stage 'evaluate'" in out
-    _, after = mlflow_runs(dst)
+    run = geometric_experiment(dst)
+    client, after = mlflow_runs(dst)
+    first = client.get_run(run["first_parent"])
+    assert "Running stage 'train@0'" not in run["out"] and "Running stage 'evaluate'" in run["out"]
     new = [r for r in after if r.data.tags.get("foldwise.role") == "parent"
-           and r.info.run_id not in {b.info.run_id for b in before}]
+           and r.info.run_id not in run["runs_before"]]
     assert len(new) == 1 and new[0].info.status == "FINISHED"
     assert new[0].data.tags["foldwise.folds_restored"] == "true"
     fold_runs = json.loads((dst / "models/fold_0/run.json").read_text())
     assert fold_runs["run_id"] in new[0].data.tags["foldwise.fold_runs"].split(",")
     m = json.loads((dst / "metrics/metrics.json").read_text())
     assert new[0].data.metrics["oof_logloss"] == pytest.approx(m["oof"]["logloss"])
-    assert client.get_run(first.info.run_id).data.metrics["oof_logloss"] == \
-        pytest.approx(first.data.metrics["oof_logloss"])
+    assert first.info.status == "FINISHED"
+    assert first.data.metrics["oof_logloss"] == pytest.approx(run["first_oof_logloss"])
 
 
-def arithmetic_experiment(dst) -> str:
-    """The experiment `arithmetic` (bag.mean=arithmetic) on the committed geometric bag: run once
-    for the tests that read it."""
-    if "arithmetic" not in sh("dvc exp list --name-only", dst).stdout.split():
-        if yaml.safe_load((dst / "params.yaml").read_text())["bag"]["mean"] != "geometric":
-            sh("dvc exp run -S bag.mean=geometric", dst)  # as the bagging test above leaves it
-        # the workspace holds the geometric bag's results: committed, the baseline
-        sh("git add -A && git commit -qm 'dvc repro results'", dst)
-        sh("dvc exp run -n arithmetic -S bag.mean=arithmetic", dst)
-    return "arithmetic"
+EXPERIMENTS = {}
+
+
+def geometric_experiment(dst) -> dict:
+    """The experiment `geometric` (bag.mean=geometric) on the committed first `dvc repro` (the
+    default arithmetic bag), run once for the tests that read it: what it printed, the MLflow
+    runs before it, and the first run's parent with its OOF figure then."""
+    if dst not in EXPERIMENTS:
+        client, before = mlflow_runs(dst)
+        first = json.loads((dst / "models/fold_0/run.json").read_text())["parent_run_id"]
+        sh("git add -A && git commit -qm 'dvc repro results'", dst)  # the baseline row
+        out = sh("dvc exp run -n geometric -S bag.mean=geometric", dst).stdout
+        EXPERIMENTS[dst] = {"name": "geometric", "out": out, "first_parent": first,
+                            "runs_before": {r.info.run_id for r in before},
+                            "first_oof_logloss": client.get_run(first).data.metrics["oof_logloss"]}
+    return EXPERIMENTS[dst]
 
 
 def test_make_exps_shows_what_differs_and_the_oof_figures_best_first(project):
@@ -336,7 +340,7 @@ def test_make_exps_shows_what_differs_and_the_oof_figures_best_first(project):
     by OOF log loss, and says that bag.mean cannot move the OOF figures (here: equal). The
     workspace's `dvc repro`, committed, is the baseline row (README: "Comparing experiments")."""
     dst, _, _ = project
-    arithmetic_experiment(dst)
+    geometric_experiment(dst)
     venv = Path(sys.executable).parent.parent
     shown = sh(f"make -s exps VENV={venv} EXPS_FLAGS=--csv", dst).stdout
     assert "bag.mean changes the test predictions only" in shown
@@ -389,22 +393,23 @@ def cached_output(dst, rev: str, path: str) -> bytes:
 
 def test_a_report_per_experiment_from_its_own_files_logged_to_its_own_parent_run(project):
     """`foldwise-report EXP` reads EXP's files at its commit, not the workspace's: the report of
-    the experiment `arithmetic` and of the commit it ran on (the geometric bag) each name
+    the experiment `geometric` and of the commit it ran on (the first `dvc repro`) each name
     the params that differ from their baseline, their own OOF figure and their own MLflow
     parent run (read here from each commit's dvc.lock and DVC's cache), and each is logged to
     that run under report/."""
     dst, _, _ = project
-    exp = arithmetic_experiment(dst)
+    exp = geometric_experiment(dst)["name"]
     client, _ = mlflow_runs(dst)
     refs = sh("git for-each-ref --format='%(objectname) %(refname)' refs/exps", dst).stdout.split("\n")
     exp_commit = next(line.split()[0] for line in refs if line.endswith(f"/{exp}"))
     parents = set()
-    for rev, name, changed in ((exp_commit, exp, "| bag.mean | geometric | arithmetic |"),
-                               ("HEAD", "HEAD", "| bag.mean | arithmetic | geometric |")):
+    for rev, name, changed in ((exp_commit, exp, "1 param differs from its baseline"),
+                               ("HEAD", "HEAD", "The params of its baseline")):
         out = sh(f"foldwise-report {name}", dst).stdout
         md = (dst / "reports" / name / "report.md").read_text()
-        assert "1 param differs from its baseline" in md and changed in md, md[:1500]
-        assert ("`dvc exp apply arithmetic` then `dvc repro`" in md) == (name == exp)
+        assert changed in md, md[:1500]
+        assert ("| bag.mean | arithmetic | geometric |" in md) == (name == exp)
+        assert ("`dvc exp apply geometric` then `dvc repro`" in md) == (name == exp)
         metrics = json.loads(cached_output(dst, rev, "metrics/metrics.json"))
         assert f"| logloss | {metrics['oof']['logloss']:.4f} |" in md
         lineage = json.loads(cached_output(dst, rev, "metrics/mlflow.json"))
