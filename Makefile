@@ -40,8 +40,9 @@ repro: here
 
 # the experiments side by side in a terminal: the params that differ, the OOF figures and the
 # folds' mean and spread, best first (DVC's own flags; README, "Comparing experiments")
-# (dropped: per-fold figures, the other metrics files, the sample's sizes, file hashes of deps)
-EXPS_DROP ?= ^(folds\.|k$$|distill$$|sample\.|metrics/|data/|export/|models|src/|stages/|weights$$)
+# (dropped: per-fold figures, the other metrics files, the sample's sizes, and every file or
+# folder a stage depends on, your own data root too: their hashes are columns named by path)
+EXPS_DROP ?= ^(folds\.|k$$|distill$$|sample\.|models|weights$$|.*/)
 # (METRIC=accuracy --sort-order desc: another order; EXPS_FLAGS=--csv: a table for a program)
 exps:
 	dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)' --keep '^(oof|spread)\.' \

@@ -46,6 +46,7 @@ def test_the_first_run_reads_as_written_for_a_person(project):
     fold's figures, and no warning."""
     _, params, out = project
     assert "is empty" not in out, out[-3000:]
+    assert "Warning:" not in out, [line for line in out.splitlines() if "Warning:" in line]
     assert "{'epoch'" not in out
     for k in range(FOLDS):
         assert re.search(rf"fold {k}  epoch 1/{EPOCHS}  loss \d\.\d{{4}}  val logloss \d\.\d{{4}} \*", out)

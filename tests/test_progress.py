@@ -37,3 +37,15 @@ def test_replayed_epochs_show_as_they_were_marked_and_without_a_pace(monkeypatch
     assert "epoch 3/4" in trained and "val rmse 0.5000 *" in trained
     assert trained.endswith("fold 30s left")  # one epoch left at the one trained epoch's pace
     assert progress.duration(3725) == "1h02m" and progress.duration(59.6) == "1m00s"
+
+
+def test_with_ema_the_line_says_which_weights_scored_not_a_raw_flag(monkeypatch):
+    """With EMA on, the row carries `val_is_ema` (1: the moving average validated better); the
+    line printed it as `is_ema 0`. Now `(ema)` follows the figure the average scored."""
+    monkeypatch.setattr(progress.time, "monotonic", lambda: 130.0)
+    show = Progress("fold 0", epochs=8, monitor="logloss", last=100.0)
+    raw = show.line({**row(0, 0.9), "val_is_ema": 0.0})
+    ema = show.line({**row(1, 0.8), "val_is_ema": 1.0})
+    assert "is_ema" not in raw + ema
+    assert "val logloss 0.9000 *  accuracy" in raw
+    assert "val logloss 0.8000 (ema) *  accuracy 0.8750" in ema

@@ -125,3 +125,14 @@ def test_a_revision_without_results_or_an_unknown_name_is_one_error_naming_it(fi
     sh("dvc init -q", finished)
     with pytest.raises(InputError, match="no experiment, branch or commit named 'nope'"):
         read.resolve(finished, "nope")
+
+
+def test_data_without_groups_is_said_to_have_none_not_zero_groups_kept_together(finished, tmp_path):
+    """Image folders without a group column have no groups; the card said "the folds keep
+    each image together (0 of them; 0 found in two folds)"."""
+    write(finished / "data/folds.csv", pd.DataFrame({"id": list("uvwxyz"), "group": [None] * 6,
+                                                     "fold": [0, 0, 0, 1, 1, 1]}))
+    cli.report(finished, None, tmp_path / "out", to_mlflow=False)
+    md = (tmp_path / "out/report.md").read_text()
+    assert "the data names no groups, so each image is its own" in md
+    assert "0 of them" not in md

@@ -93,5 +93,6 @@ def publish(client, run_id: str, note: str, table, name: str, source: str, diges
                                                   "contains integer)")
         dataset = mlflow.data.from_pandas(table, source=source, name=name, digest=digest[:10],
                                           targets="label" if "label" in table else None)
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                     [InputTag("mlflow.data.context", "training")])])
+        entity = dataset._to_mlflow_entity()  # where MLflow infers the schema, and hints
+    client.log_inputs(run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context",
+                                                                       "training")])])

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from foldwise.report.content import Experiment
 
-GROUPS = {"statefarm": "driver", "keypoints": "image", "dogscats": "image", "folders": "image",
-          "multilabel": "image"}  # what a fold keeps together, where the data has no own groups
+GROUPS = {"statefarm": "driver"}  # what a source's groups are (else: its `group` column's)
 
 
 def intended_data(exp: Experiment) -> str:
@@ -39,11 +38,15 @@ def honesty(exp: Experiment, leaks: int | None, groups: int | None) -> str:
     """How the OOF figure was made and where it is optimistic."""
     k = len(exp.metrics.get("folds", {}))
     word = GROUPS.get(exp.params.get("data.source"), "group")
+    kept = (f"the folds keep each {word} together ({groups} of them; {leaks} found in two folds "
+            "by this report)" if groups else
+            "the data names no groups, so each image is its own: one subject's images or near-"
+            "duplicates can sit in two folds and flatter the figure (`split.dedupe: true` keeps "
+            "near-duplicates together)" if groups == 0 else "the folds were not found")
     lines = [f"**How honest the out-of-fold figure is.** Each training image is predicted by "
-             f"the one of {k} fold models that did not train on it; the folds keep each {word} "
-             f"together" + (f" ({groups} of them; {leaks} found in two folds by this report)"
-                            if groups is not None else "") + ". Each fold's kept epoch was "
-             "chosen on its own validation images, which makes the figure slightly optimistic."]
+             f"the one of {k} fold models that did not train on it; {kept}. Each fold's kept "
+             "epoch was chosen on its own validation images, which makes the figure slightly "
+             "optimistic."]
     if "temperature" in exp.metrics.get("oof", {}):
         lines.append("The calibrated figure is cross-fitted: each fold is tempered with the "
                      "temperature fit on the other folds.")

@@ -2,7 +2,8 @@
 
     fold 0  epoch  3/12  loss 0.4120  val logloss 0.3880 *  accuracy 0.9100  lr 1.2e-03  820 img/s  fold 1m10s left, up to 2 more folds ~6m
 
-The monitored validation figure is marked `*` when it is the best so far (the weights kept);
+The monitored validation figure is marked `*` when it is the best so far (the weights kept),
+and `(ema)` when it is the moving average's weights that scored it (EMA on, `val_is_ema`);
 the time left is this fold's remaining epochs at the pace of its epochs so far (early stopping
 may end it sooner), and the folds listed after it in `folds` at the same pace (a fold DVC
 finds unchanged is not trained again: hence "up to").
@@ -56,11 +57,12 @@ class Progress:
         mark = " *" if monitored < self.best else ""
         self.best = min(self.best, monitored)
         epoch = int(row["epoch"]) + 1
-        others = [f"{k[4:]} {figure(v)}" for k, v in row.items()
-                  if k.startswith("val_") and k not in ("val_metric", f"val_{self.monitor}")]
+        others = [f"{k[4:]} {figure(v)}" for k, v in row.items() if k.startswith("val_")
+                  and k not in ("val_metric", f"val_{self.monitor}", "val_is_ema")]
+        ema = " (ema)" if row.get("val_is_ema") else ""  # the moving average's weights validated
         parts = [f"{self.label}  epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}",
                  f"loss {figure(row['train_loss'])}",
-                 f"val {self.monitor} {figure(monitored)}{mark}", *others[:2],
+                 f"val {self.monitor} {figure(monitored)}{ema}{mark}", *others[:2],
                  f"lr {row['lr']:.1e}", f"{row['images_per_s']:.0f} img/s"]
         return "  ".join(parts + (["(resumed)"] if replayed else self.left(epoch)))
 
