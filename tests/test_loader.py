@@ -64,3 +64,19 @@ def test_the_array_kept_whole_is_copied_once_replaced_by_another_and_freed_with_
     got = rows(loader.sequential(len(big), 16), big, resident=big.nbytes - 1)
     np.testing.assert_array_equal(np.concatenate(got), big)
     assert loader.RESIDENT.tensor is None
+
+
+def test_the_reduced_size_decode_line_is_printed_for_jpeg_only(tmp_path, capsys):
+    """Preprocess said "JPEG decoded at 1 of full size" for PNG images too, which are never
+    decoded at reduced size; now only JPEG training images get the line."""
+    import pandas as pd
+    from PIL import Image
+
+    from foldwise.data.preprocess import report_decode_scale
+    size = {"height": 32, "width": 32, "crop": (0.0, 0.0, 1.0, 1.0)}
+    for fmt in ("PNG", "JPEG"):
+        path = tmp_path / f"a.{fmt.lower()}"
+        Image.new("RGB", (256, 256), "grey").save(path, fmt)
+        report_decode_scale(pd.Series([path]), size)
+    out = capsys.readouterr().out
+    assert out == "preprocess: JPEG decoded at 0.125 of full size\n"
