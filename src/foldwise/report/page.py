@@ -8,6 +8,7 @@ import io
 import json
 import re
 
+from foldwise.params import flatten
 from foldwise.report.content import Experiment
 
 CHANGES_SHOWN = 40
@@ -143,14 +144,10 @@ def second_level(exp: Experiment) -> list[str]:
     return out
 
 
-def flatten_floats(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(flatten_floats(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            flat[f"{prefix}{k}"] = v
-    return flat
+def flatten_floats(d: dict) -> dict:
+    """The numbers of a nested summary, by dotted key (`params.flatten`'s keys)."""
+    return {k: v for k, v in flatten(d).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def links(exp: Experiment, logged_to: str | None) -> list[str]:
