@@ -14,6 +14,8 @@ import yaml
 from conftest import (kill_group, make_project, mlflow_runs, project_env, sh, start_queue,
                       tiny_statefarm, wait_for_queue)
 
+from foldwise.search import study as S
+
 FOLDS = 2
 # Trials differ in test-time augmentation, which changes their OOF predictions but not the
 # epochs' validation figures (chosen on plain predictions): on a sample too small to learn from
@@ -71,16 +73,21 @@ def searched(tmp_path_factory):
     return dst, out, params_before
 
 
+def study(dst):
+    """The searcher's study, read as a second searcher would (it may be making the tables)."""
+    return optuna.load_study(study_name="s", storage=S.connect(f"sqlite:///{dst / '.foldwise/search.db'}"))
+
+
 def trials(dst):
-    return optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}").trials
+    return study(dst).trials
 
 
 def study_id(dst):
     try:
-        study = optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}")
+        study_ = study(dst)
     except KeyError:  # not created yet
         return None
-    return study.user_attrs.get("foldwise.id")
+    return study_.user_attrs.get("foldwise.id")
 
 
 def name(dst, number):
@@ -129,15 +136,15 @@ def test_mlflow_holds_study_trials_and_folds_none_trained_twice_none_running(sea
     dst, _, _ = searched
     client, runs = mlflow_runs(dst)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    [study] = [r for r in runs if r.data.tags.get("foldwise.role") == "study"]
-    assert study.info.status == "FINISHED" and "best_logloss" in study.data.metrics
-    assert study.data.tags["best.experiment"].startswith("s-")
-    artifacts = {a.path for a in client.list_artifacts(study.info.run_id)}
+    [parent] = [r for r in runs if r.data.tags.get("foldwise.role") == "study"]
+    assert parent.info.status == "FINISHED" and "best_logloss" in parent.data.metrics
+    assert parent.data.tags["best.experiment"].startswith("s-")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "trials.csv" in artifacts and "figures" in artifacts
-    figures = {a.path for a in client.list_artifacts(study.info.run_id, "figures")}
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert "figures/history.png" in figures
     parents = [r for r in runs if r.data.tags.get("foldwise.role") == "parent"]
-    assert parents and all(p.data.tags["mlflow.parentRunId"] == study.info.run_id for p in parents)
+    assert parents and all(p.data.tags["mlflow.parentRunId"] == parent.info.run_id for p in parents)
     by_state = {}
     for p in parents:
         by_state.setdefault(p.data.tags.get("foldwise.trial_state"), []).append(p)
@@ -157,7 +164,7 @@ def test_mlflow_holds_study_trials_and_folds_none_trained_twice_none_running(sea
 
 def test_apply_puts_the_best_params_in_params_yaml_and_dvc_repro_restores_them(searched):
     dst, _, _ = searched
-    best = optuna.load_study(study_name="s", storage=f"sqlite:///{dst / '.foldwise/search.db'}").best_trial
+    best = study(dst).best_trial
     out = sh("foldwise-search --apply", dst).stdout
     assert f"trial {best.number}" in out
     assert yaml.safe_load((dst / "params.yaml").read_text())["lr"] == pytest.approx(best.params["lr"])

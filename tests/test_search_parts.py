@@ -144,6 +144,34 @@ def test_a_new_study_tries_its_starts_first_in_order_and_only_once(tmp_path):
     assert len(again.trials) == 2
 
 
+def _open_at_once(search, url, barrier, out):
+    barrier.wait()
+    try:
+        study = S.open_study(search, url)
+        out.put((S.experiment_name(study, 0), len(study.trials)))
+    except Exception as e:  # what the test reports
+        out.put((f"{type(e).__name__}: {e}"[:200], -1))
+
+
+def test_searchers_that_start_at_once_on_a_new_database_share_one_study(tmp_path):
+    """Several searchers started together on a new database (the way to spread a study): none
+    fails on the tables' creation, the study gets one id and its starts are queued once."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    search = space.load(config(tmp_path, start={"a": {"lr": 0.002}, "b": {"lr": 0.004}}), BASE)
+    for attempt in range(3):
+        url, barrier, out = f"sqlite:///{tmp_path / f'{attempt}.db'}", ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(search, url, barrier, out)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        seen = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+        assert len({name for name, _ in seen}) == 1, seen
+        queued = optuna.load_study(study_name=search.study, storage=url).trials
+        assert [t.user_attrs["start"] for t in queued] == ["a", "b"], seen
+
+
 def test_a_trial_whose_searcher_stopped_beating_fails_and_is_queued_again_and_a_live_one_is_not(tmp_path):
     """Optuna's heartbeat decides, not a home-made check of process ids on one machine: a
     searcher elsewhere that still beats keeps its trial RUNNING."""

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -78,27 +79,53 @@ def sampler(search: Search, done: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=search.seed + done, **search.tpe)
 
 
+def connect(url: str, **settings) -> optuna.storages.RDBStorage:
+    """Optuna's storage at `url`. Searchers that start together on a new database race to make
+    its tables; the one that loses finds them made when it tries again."""
+    import sqlalchemy.exc
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, **settings)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 5:
+                raise
+            time.sleep(0.1 * 2 ** attempt)
+
+
 def open_study(search: Search, url: str) -> optuna.Study:
-    """The study at `url`, created the first time (with its id and search.yaml's starts)."""
+    """The study at `url`. The searcher that creates it (the database lets one) gives it its id
+    and queues search.yaml's starts; one that loads it waits for the id."""
     with warnings.catch_warnings():  # the heartbeat and its callback are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
+        storage = connect(
             url, heartbeat_interval=search.heartbeat, grace_period=GRACE * search.heartbeat,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=1))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials)
               if search.pruner == "median" else optuna.pruners.NopPruner())
-    study = optuna.create_study(study_name=search.study, storage=storage, pruner=pruner,
-                                sampler=sampler(search, 0), direction=search.direction,
-                                load_if_exists=True)
-    trials = study.get_trials(deepcopy=False)
-    study.sampler = sampler(search, len(trials))
-    if ID not in study.user_attrs:  # a new study: its id, and search.yaml's starts go first
+    try:
+        study = optuna.create_study(study_name=search.study, storage=storage, pruner=pruner,
+                                    sampler=sampler(search, 0), direction=search.direction)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=search.study, storage=storage, pruner=pruner)
+        await_id(study)
+    else:
         study.set_user_attr(ID, uuid.uuid4().hex[:6])
-        if not trials:
-            for name, values in search.start:
-                study.enqueue_trial(values, user_attrs={"start": name})
+        for name, values in search.start:
+            study.enqueue_trial(values, user_attrs={"start": name})
+    study.sampler = sampler(search, len(study.get_trials(deepcopy=False)))
     return study
+
+
+def await_id(study: optuna.Study, timeout: float = 30.0) -> None:
+    """The id its creator gives a study just after creating it; made here if none comes (a
+    creator that died in between)."""
+    deadline = time.monotonic() + timeout
+    while ID not in study.user_attrs:
+        if time.monotonic() > deadline:
+            study.set_user_attr(ID, uuid.uuid4().hex[:6])
+            return
+        time.sleep(0.1)
 
 
 def ask(study: optuna.Study):
