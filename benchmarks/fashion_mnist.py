@@ -96,6 +96,15 @@ VARIANTS["stack"] = [*VARIANTS["ema+tta+calibration"], "stack.model=logistic"]
 VARIANTS["calibration+neighbours"] = [*VARIANTS["calibration"], "neighbours.k=5"]
 VARIANTS["calibration+neighbours+stack"] = [*VARIANTS["calibration+neighbours"],
                                             "stack.model=logistic", "stack.neighbours=5"]
+# the networks for small images (foldwise.smallnets) at native 28x28 against the small-image
+# recipe before them (test_resnet upscaled to 56x56), each with EMA and the mirrored and shifted
+# test-time views; random erasing and label smoothing on top, one at a time
+VARIANTS["test_resnet56"] = ["train.model=test_resnet", "preprocess.height=56", "preprocess.width=56",
+                             "train.ema.decay=0.998", "tta.hflip=true", "tta.shift=0.04"]
+VARIANTS["small_resnet20"] = ["train.model=small_resnet20", "train.ema.decay=0.998", "tta.hflip=true",
+                              "tta.shift=0.04"]
+VARIANTS["small_resnet20+erase"] = [*VARIANTS["small_resnet20"], "train.augment.erase=0.25"]
+VARIANTS["small_resnet20+smoothing"] = [*VARIANTS["small_resnet20"], "train.label_smoothing=0.1"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 

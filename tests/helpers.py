@@ -15,9 +15,11 @@ CFG = P.evolve(P.load(ROOT / "params.yaml").train, {"epochs": 4, "batch_size": 8
        "clip_grad": 0.0, "clip_mode": "norm", "ema": {"decay": 0.0, "warmup": True},
        "mixup": {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5},
        "augment": {"hflip": False, "shift": 0.05, "scale": 0.05, "rotate": 3,
-                   "brightness": 0.1, "contrast": 0.1, "saturation": 0.0, "crop_area": 1.0}})
+                   "brightness": 0.1, "contrast": 0.1, "saturation": 0.0, "crop_area": 1.0,
+                   "erase": 0.0, "erase_mode": "pixel"}})
 NO_AUGMENT = P.build(P.Augment, {"hflip": False, "shift": 0, "scale": 0, "rotate": 0, "brightness": 0,
-                                 "contrast": 0, "saturation": 0, "crop_area": 1.0})
+                                 "contrast": 0, "saturation": 0, "crop_area": 1.0,
+                                 "erase": 0.0, "erase_mode": "pixel"})
 
 
 def toy_data(n=48, seed=0):

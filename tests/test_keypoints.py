@@ -93,7 +93,7 @@ def test_random_warps_keep_points_on_the_drawn_features(height, width):
     from foldwise import params as P
     cfg = P.build(P.Augment, {"shift": 0.05, "scale": 0.1, "rotate": 30, "hflip": False,
                               "crop_area": 1.0, "brightness": 0.0, "contrast": 0.0,
-                              "saturation": 0.0})
+                              "saturation": 0.0, "erase": 0.0, "erase_mode": "pixel"})
     for _ in range(8):
         warped, theta = augment(torch.from_numpy(img), cfg, gen)
         x, y = t.values(t.augment_targets(t.targets(pixels), theta))[0, :2]

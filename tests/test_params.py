@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from foldwise import params as P
+from foldwise import names, params as P
 from foldwise.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +101,11 @@ def test_a_value_outside_the_schema_names_the_key_the_value_and_the_allowed_ones
 ])
 def test_timm_names_are_checked_against_timms_own_registries(tmp_path, change, message):
     with pytest.raises(InputError) as err:
-        P.check(write(tmp_path, change), tmp_path / "checked")
+        names.check(write(tmp_path, change), tmp_path / "checked")
     assert message in str(err.value) and "git checkout params.yaml" in str(err.value)
     assert not (tmp_path / "checked").exists()
-    P.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10t")), tmp_path / "checked")
-    assert (tmp_path / "checked").read_text() == P.CHECKED
+    names.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10t")), tmp_path / "checked")
+    assert (tmp_path / "checked").read_text() == names.CHECKED
 
 
 def test_the_schemas_choices_are_the_ones_the_code_dispatches_on():
@@ -130,15 +130,16 @@ def test_timm_names_come_from_a_per_version_cache_and_a_miss_is_looked_up_live(t
     import json
     from importlib.metadata import version
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    names = P.known_timm_names()  # the first: from timm itself, then kept
+    known = names.known_timm_names()  # the first: from timm itself, then kept
     path = tmp_path / "cache" / "foldwise" / f"timm-{version('timm')}.json"
-    assert "resnet10t" in names["model"] and "adamw" in names["optimizer"] and path.is_file()
+    assert "resnet10t" in known["model"] and "adamw" in known["optimizer"] and path.is_file()
+    assert "small_resnet20" in known["model"]  # foldwise's networks for small images, registered
     path.write_text(json.dumps({"model": ["test_resnet"], "optimizer": ["adamw"]}))
-    assert P.known_timm_names()["model"] == {"test_resnet"}  # read back, timm not asked
+    assert names.known_timm_names()["model"] == {"test_resnet"}  # read back, timm not asked
     ok = write(tmp_path, lambda p: p["distill"].update(model="resnet10t"))  # a miss: asked live
-    P.check(ok, tmp_path / "checked")
+    names.check(ok, tmp_path / "checked")
     with pytest.raises(InputError, match="distill.model='resnet10' is not a timm model"):
-        P.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10")), tmp_path / "checked")
+        names.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10")), tmp_path / "checked")
 
 
 def test_dvc_exp_run_set_changes_only_the_values_it_sets_in_params_yaml(tmp_path):

@@ -12,6 +12,7 @@ import timm
 import torch
 from torch import nn
 
+from foldwise import smallnets  # noqa: F401  (registers the networks for small images in timm)
 from foldwise.errors import InputError
 from foldwise.params import Train
 

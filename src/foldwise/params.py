@@ -6,12 +6,11 @@ params schema, in this one place), never defaults: a default in code would be a 
 that drifts from params.yaml, and a misspelt key read with a default would silently turn a
 feature off. After `load`, every value has its declared type (an `int` given for a `float` key
 becomes a float) and lies in its allowed set, so code reads `params.train.batch_size` and
-casts nothing. The names that timm's own registries decide (models, optimizers) are checked by `check_timm_names`, which the pipeline's first stage (`check`) runs.
+casts nothing. The names that timm's own registries decide (models, optimizers) are checked by `names.check_timm_names`, which the pipeline's first stage (`check`) runs.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ def named():
 
 def timm_name(kind: str, blank: bool = False):
     """A name that timm's registry of `kind` ("model", "optimizer") knows; '' too where `blank`
-    (the feature off). Checked by `check_timm_names`, apart: it imports timm."""
+    (the feature off). Checked by `names.check_timm_names`, apart: it imports timm."""
     return dataclasses.field(metadata={"timm": kind, "blank": blank})
 
 
@@ -141,6 +140,8 @@ class Augment:
     contrast: float = within(0, 1)
     saturation: float = within(0, 1)
     crop_area: float = within(above=0, high=1)
+    erase: float = within(0, 1)
+    erase_mode: str = one_of("const", "rand", "pixel")
 
 
 @dataclass(frozen=True)
@@ -374,58 +375,6 @@ def timm_keys(cls=None, path: str = "") -> list[tuple[str, str, bool]]:
     return found
 
 
-def timm_registry(kind: str) -> list[str]:
-    """The names timm's own registry of `kind` holds (model names without a pretrained tag)."""
-    import timm
-    import timm.optim
-    if kind == "model":
-        return timm.list_models()
-    return timm.optim.list_optimizers()
-
-
-def known_timm_names() -> dict[str, set]:
-    """timm's registries as the last import of this timm version listed them, kept in the user's
-    cache (`~/.cache/foldwise/timm-VERSION.json`): importing timm costs the check stage 4 s of
-    its 4.3, in every pipeline whose params change. Only a hit is trusted; a name missing here
-    is looked up in the live registry (a model registered since, or a misspelling)."""
-    import json
-    import os
-    from importlib.metadata import version
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "foldwise"
-    path = cache / f"timm-{version('timm')}.json"
-    try:
-        return {k: set(v) for k, v in json.loads(path.read_text()).items()}
-    except (OSError, ValueError):
-        pass
-    names = {kind: timm_registry(kind) for kind in ("model", "optimizer")}
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(names))
-        tmp.replace(path)
-    except OSError:  # a read-only home: the check works, only slower
-        pass
-    return {k: set(v) for k, v in names.items()}
-
-
-def check_timm_names(params: "Params", where: str = "params.yaml") -> None:
-    """Every key that names a timm model or optimizer names one timm knows."""
-    cached = known_timm_names()
-    for dotted, kind, _blank in timm_keys():
-        value = get(params, dotted)
-        if not value or value in cached[kind] or value.split(".")[0] in cached[kind]:
-            continue
-        import timm
-        known = (timm.is_model(value) or timm.is_model(value.split(".")[0]) if kind == "model"
-                 else value in timm_registry(kind))
-        if not known:
-            close = difflib.get_close_matches(value, timm_registry(kind), n=5)
-            raise InputError(f"{where}: {dotted}={value!r} is not a timm {kind}"
-                             + (f"; close ones: {', '.join(close)}" if close else "")
-                             + (" (timm.list_models() lists them)" if kind == "model" else
-                                " (timm.optim.list_optimizers() lists them)"))
-
-
 def get(obj, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -488,18 +437,3 @@ def flatten(params: dict, prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
-
-
-CHECKED = "params.yaml: every key checked against foldwise's params schema\n"
-
-
-def check(path: str | Path, out: str | Path) -> None:
-    """The check stage: `path` loaded against the schema and timm's registries, then `out`
-    written (always the same line). A bad value is an InputError that names the key, the
-    value and the allowed ones, and says how to get back."""
-    try:
-        check_timm_names(load(path), where=str(path))
-    except InputError as err:
-        raise InputError(f"{err}\n  {UNDO}") from None
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(CHECKED)

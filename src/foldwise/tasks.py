@@ -3,7 +3,7 @@
 Every difference between task kinds is a member of its class here, and nothing outside this
 module asks which kind a task is:
 - training: `targets`, `augment_targets`, `loss`, `activate`, `score`, `monitor`, `mixes`,
-  `fp32_head`;
+  `erases`, `fp32_head`;
 - test-time views: `view_outputs` (how a warped view's outputs map back to the image);
 - the bag and calibration: `probabilities` (geometric means and temperatures apply);
 - evaluate: `report`, `item_loss`, `baselines`, `confusion`, `reliability`, `item_columns`;
@@ -76,6 +76,7 @@ class Classification:
     outputs_are = "classes"  # what its columns are, in a sentence (foldwise-report's card)
     probabilities = True  # outputs are probabilities: geometric bags and temperatures apply
     mixes = True  # timm's mixup and cutmix blend its targets
+    erases = True  # timm's random erasing leaves the label as it is
     view_outputs = {}  # a class survives a warp: the views' outputs average as they are
     fp32_head = False  # logits: bfloat16 is fine under autocast
 
@@ -186,6 +187,7 @@ class Keypoints:
     outputs_are = "keypoint coordinates"
     probabilities = False
     mixes = False
+    erases = False  # an erased point's target would stay where nothing shows it
     fp32_head = True  # coordinates: the classifier stays in float32 under autocast
 
     def __init__(self, names, image_size, flip_pairs=()):
@@ -288,6 +290,7 @@ class MultiLabel:
     outputs_are = "tags"
     probabilities = False  # not rows that sum to one: no geometric bag, no temperature
     mixes = False  # timm's Mixup one-hot encodes single labels
+    erases = True
     view_outputs = {}  # tags survive a warp
     fp32_head = False
 

@@ -27,7 +27,9 @@ import numpy as np
 from foldwise.deploy.student import DistillPaths, Teacher
 from foldwise.errors import InputError
 from foldwise.files import write_csv, write_json, write_off
+from foldwise.names import timm_with_ours
 from foldwise.params import Params, evolve
+
 
 def run(params: Params, meta: dict, paths: DistillPaths) -> dict:
     """Train, export, verify and score the distilled network for the task preprocess recorded
@@ -57,9 +59,8 @@ def student_settings(params: Params):
     """params.yaml's `train` section with the student's network and epochs: one device (the
     student is one run), and no weights file unless the student is the folds' own architecture
     (a file for another network would not load)."""
-    import timm
     name = params.distill.model
-    if not timm.is_model(name):
+    if not timm_with_ours().is_model(name):
         raise InputError(f"params.yaml: distill.model={name!r} is not a timm model name "
                          "(timm.list_models() lists them)")
     changes = {"model": name, "devices": 1,

@@ -230,7 +230,7 @@ def _check_value(where: str, key: str, value, base: P.Params) -> None:
     except InputError as err:
         raise InputError(f"{where}: {value!r} is not a valid value ({err})") from None
     if key == "train.model":
-        import timm
-        if not timm.is_model(value):
+        from foldwise.names import timm_with_ours  # imports timm
+        if not timm_with_ours().is_model(value):
             raise InputError(f"{where}: {value!r} is not a timm model (timm.list_models() names "
                              "them)")

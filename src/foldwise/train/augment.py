@@ -23,10 +23,14 @@ from foldwise.errors import InputError
 from foldwise.params import Augment
 
 
-def check(cfg: Augment, hflip_safe: bool) -> None:
+def check(cfg: Augment, hflip_safe: bool, erases: bool = True) -> None:
     if cfg.hflip and not hflip_safe:
         raise InputError("params.yaml: train.augment.hflip is true, but a mirror image changes this "
                          "data set's labels (left/right classes); set it to false")
+    if cfg.erase and not erases:
+        raise InputError(f"params.yaml: train.augment.erase is {cfg.erase}, but this task's targets "
+                         "are places in the image (an erased point would keep its target where "
+                         "nothing shows it); set it to 0")
 
 
 @dataclass

@@ -252,7 +252,9 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv=None
 
 def check(params: P.Params, meta: dict) -> None:
     """Settings refused before anything trains, naming the key."""
-    augment.check(params.train.augment, meta["hflip_safe"])
+    asks = params.pseudo.rounds or params.train.augment.erase  # what the task has a say in
+    task = create_task(meta, params) if asks else None
+    augment.check(params.train.augment, meta["hflip_safe"], task is None or task.erases)
     models.check_weights_location(params.train.weights_file)
     tta.views(params.tta, meta["hflip_safe"])
-    pseudo.check(params.pseudo, create_task(meta, params) if params.pseudo.rounds else None)
+    pseudo.check(params.pseudo, task if params.pseudo.rounds else None)

@@ -143,6 +143,7 @@ def train_epoch(net, optimizer, task, run: Settings, x_train, targets, gen, rec:
         draw = augment.draw(len(whole), cfg.augment, gen, aspect).rows(
             slice(p.start, p.start + len(idx)))
         x = augment.apply(to_float(images, run.channels_last), draw.to(device), cfg.augment)
+        x = rec.erase(x)  # timm's random erasing, where augment.erase asks for it
         y = task.augment_targets(targets[idx], draw.theta)
         y = (y.pin_memory() if device.type == "cuda" else y).to(device, non_blocking=True)
         x, y_loss = rec.mix(x, y)

@@ -1,9 +1,9 @@
-"""What timm's `train.py` adds to a plain training step, through timm's own parts: mixup and
-cutmix (`timm.data.Mixup`), gradient clipping (`timm.utils.dispatch_clip_grad`), a moving
+"""What timm's `train.py` adds to a plain training step, through timm's own parts: random
+erasing (`timm.data.random_erasing.RandomErasing`), mixup and cutmix (`timm.data.Mixup`), gradient clipping (`timm.utils.dispatch_clip_grad`), a moving
 average of the weights (`timm.utils.ModelEmaV3`) and the learning rate moved after every
 optimiser step (timm's schedulers with `step_on_epochs=False`).
 
-Each is off when its params.yaml value says so (`mixup.prob: 0`, `clip_grad: 0`,
+Each is off when its params.yaml value says so (`augment.erase: 0`, `mixup.prob: 0`, `clip_grad: 0`,
 `ema.decay: 0`, `lr_per_step: false`), and then changes nothing: no random number is drawn,
 no tensor is touched. Nothing here waits for the device.
 """
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import random
+
 import numpy as np
 import timm.data
 import timm.utils
+from timm.data.random_erasing import RandomErasing
 import torch
 from torch import nn
 
@@ -21,7 +24,22 @@ from foldwise.params import Train
 
 
 @dataclass
+class Erasing:
+    """timm's RandomErasing in the normalised space it is made for (its fills, 0 and N(0, 1),
+    are the data's mean and spread); the batch reaches the network in [0, 1] pixels."""
+    eraser: RandomErasing
+    mean: torch.Tensor  # (1, C, 1, 1) on the device: the network's own normalisation
+    std: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std
+        erased = self.eraser(z.clone())  # in place, image by image
+        return torch.where(erased != z, erased * self.std + self.mean, x)  # no other pixel moves
+
+
+@dataclass
 class Recipe:
+    erasing: Erasing | None = None
     mixup: timm.data.Mixup | None = None
     ema: timm.utils.ModelEmaV3 | None = None
     clip_grad: float = 0.0
@@ -31,10 +49,16 @@ class Recipe:
     _params: list = field(default_factory=list)
 
     def start_epoch(self, gen: torch.Generator) -> None:
-        """timm's Mixup draws from NumPy's global generator: seed it from the fold's, so a
-        seed (and a resumed fold) gives the same mixes."""
+        """timm's Mixup draws from NumPy's global generator, its RandomErasing from Python's:
+        seed them from the fold's, so a seed (and a resumed fold) gives the same mixes and
+        rectangles (an erased patch's noise comes from torch's, which the fold seeds)."""
         if self.mixup is not None:
             np.random.seed(int(torch.randint(2 ** 31 - 1, (1,), generator=gen)))
+        if self.erasing is not None:
+            random.seed(int(torch.randint(2 ** 31 - 1, (1,), generator=gen)))
+
+    def erase(self, x: torch.Tensor) -> torch.Tensor:
+        return self.erasing(x) if self.erasing is not None else x
 
     def even(self, batch: np.ndarray) -> np.ndarray:
         """Mixup pairs each image with its mirror in the batch: an odd batch loses one image."""
@@ -59,6 +83,16 @@ class Recipe:
             self.scheduler.step_update(num_updates=self.step)
 
 
+def erasing(net: nn.Module, cfg: Train, task) -> Erasing | None:
+    """`augment.erase` of `net` (a `models.Normalised`, on its device): off at 0."""
+    if not cfg.augment.erase or not task.erases:
+        return None
+    device = net.mean.device
+    eraser = RandomErasing(probability=cfg.augment.erase, mode=cfg.augment.erase_mode,
+                                     device=device)
+    return Erasing(eraser, net.mean, net.std)
+
+
 def create(net: nn.Module, cfg: Train, task, scheduler) -> Recipe:
     """The recipe of params.yaml's `train` section for `net` (already on its device)."""
     mix, ema = cfg.mixup, cfg.ema
@@ -73,6 +107,6 @@ def create(net: nn.Module, cfg: Train, task, scheduler) -> Recipe:
     average = None
     if ema.decay > 0:
         average = timm.utils.ModelEmaV3(net, decay=ema.decay, use_warmup=ema.warmup)
-    return Recipe(mixup=mixup, ema=average, clip_grad=cfg.clip_grad,
+    return Recipe(erasing=erasing(net, cfg, task), mixup=mixup, ema=average, clip_grad=cfg.clip_grad,
                   clip_mode=cfg.clip_mode,
                   scheduler=scheduler if getattr(scheduler, "t_in_epochs", True) is False else None)
