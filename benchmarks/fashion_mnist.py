@@ -105,6 +105,7 @@ VARIANTS["small_resnet20"] = ["train.model=small_resnet20", "train.ema.decay=0.9
                               "tta.shift=0.04"]
 VARIANTS["small_resnet20+erase"] = [*VARIANTS["small_resnet20"], "train.augment.erase=0.25"]
 VARIANTS["small_resnet20+smoothing"] = [*VARIANTS["small_resnet20"], "train.label_smoothing=0.1"]
+VARIANTS["test_resnet56+erase"] = [*VARIANTS["test_resnet56"], "train.augment.erase=0.25"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 

@@ -46,9 +46,10 @@ def test_a_small_network_builds_for_any_channels_and_classes_and_trains(name):
         assert net(x).shape == (8, classes)
 
 
-@pytest.mark.parametrize("name", ["small_resnet20", "small_wrn16_4"])  # 32 and 56: more blocks
-def test_a_small_network_exports_and_rebuilds_from_its_checkpoint(name, tmp_path):
-    """The exported program and the checkpoint's rebuild predict what the network does."""
+def test_a_small_network_exports_and_rebuilds_from_its_checkpoint(tmp_path):
+    """The exported program and the checkpoint's rebuild predict what the network does (one
+    of the family: they are one class, differing in blocks and width)."""
+    name = "small_resnet20"
     torch.manual_seed(0)
     net, x = trained_a_step(name, 1, 10, 28, 28)
     images = (x[:3] * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
