@@ -164,3 +164,19 @@ def test_a_fold_of_a_small_network_with_erasing_trains_the_same_for_a_seed_and_o
     erased = fit(0.5)
     np.testing.assert_array_equal(erased, fit(0.5))
     assert not np.array_equal(erased, fit(0.0))
+
+
+def test_every_task_the_loop_trains_says_whether_random_erasing_suits_it():
+    """The class tasks, pseudo-label rounds and the distilled student take erasing; keypoints
+    refuse it (an erased point keeps its target)."""
+    from foldwise.deploy.distill import Distilled
+    from foldwise.tasks import MultiLabel
+    from foldwise.train.pseudo import PseudoLabelled
+    classes = Classification("ab")
+    tasks = {classes: True, MultiLabel(["x", "y"]): True, PseudoLabelled(classes): True,
+             Distilled(classes): True, Keypoints(["a_x", "a_y"], (9, 9)): False}
+    for task, erases in tasks.items():
+        assert task.erases is erases, type(task).__name__
+        cfg = P.evolve(CFG, {"augment": {"erase": 0.5}})
+        made = recipe.erasing(Normalised(torch.nn.Identity(), [0.5], [0.25]), cfg, task)
+        assert (made is not None) is erases

@@ -30,6 +30,7 @@ class Distilled:
     monitor = "logloss"
     probabilities = True
     mixes = False  # timm's Mixup blends class indices, not probability rows
+    erases = True  # an erased rectangle leaves the teacher's row as it is
     view_outputs = {}
     fp32_head = False
 

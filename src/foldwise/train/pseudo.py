@@ -91,6 +91,7 @@ class PseudoLabelled:
     the row's weight in the loss (1, or `pseudo.weight`). Validation takes the fold's labels as
     the task does. Mixup is off (timm's Mixup blends class indices)."""
     mixes = False
+    erases = True  # an erased rectangle leaves a class (or a pseudo-label) as it is
     view_outputs = {}
 
     def __init__(self, task):
