@@ -106,6 +106,10 @@ VARIANTS["small_resnet20"] = ["train.model=small_resnet20", "train.ema.decay=0.9
 VARIANTS["small_resnet20+erase"] = [*VARIANTS["small_resnet20"], "train.augment.erase=0.25"]
 VARIANTS["small_resnet20+smoothing"] = [*VARIANTS["small_resnet20"], "train.label_smoothing=0.1"]
 VARIANTS["test_resnet56+erase"] = [*VARIANTS["test_resnet56"], "train.augment.erase=0.25"]
+# the stem halving the image (every stage a quarter of the cost), deeper or wider where it pays
+VARIANTS["small_resnet20-s2"] = [*VARIANTS["small_resnet20"], "+train.model_kwargs.stem_stride=2"]
+VARIANTS["small_resnet56-s2"] = ["train.model=small_resnet56", *VARIANTS["small_resnet20-s2"][1:]]
+VARIANTS["small_resnet20-s2-w2"] = [*VARIANTS["small_resnet20-s2"], "+train.model_kwargs.width=2"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 

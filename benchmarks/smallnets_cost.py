@@ -28,15 +28,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import foldwise.smallnets  # noqa: E402,F401  (registers the family in timm)
 
-NETWORKS = [("test_resnet", 56), ("resnet10t", 28), ("small_resnet20", 28),
-            ("small_resnet32", 28), ("small_resnet56", 28), ("small_wrn16_4", 28)]
+NETWORKS = [("test_resnet", 56, {}), ("resnet10t", 28, {}), ("small_resnet20", 28, {}),
+            ("small_resnet32", 28, {}), ("small_resnet56", 28, {}), ("small_wrn16_4", 28, {}),
+            # the stem halving the image (model_kwargs {stem_stride: 2}), wider where it pays
+            ("small_resnet20", 28, {"stem_stride": 2}), ("small_resnet56", 28, {"stem_stride": 2}),
+            ("small_resnet20", 28, {"stem_stride": 2, "width": 2}),
+            ("small_wrn16_4", 28, {"stem_stride": 2})]
 BASELINE = "test_resnet@56"
 
 
-def steps(name: str, side: int, batch: int):
+def steps(name: str, side: int, batch: int, kwargs: dict):
     """A training step and a prediction of `name` on one random batch, ready to time."""
     torch.manual_seed(0)
-    net = timm.create_model(name, num_classes=10, in_chans=1).to(memory_format=torch.channels_last)
+    net = timm.create_model(name, num_classes=10, in_chans=1, **kwargs).to(
+        memory_format=torch.channels_last)
     x = torch.rand(batch, 1, side, side).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -55,6 +60,11 @@ def steps(name: str, side: int, batch: int):
     return train, predict, sum(p.numel() for p in net.parameters())
 
 
+def key(name: str, side: int, kwargs: dict) -> str:
+    """test_resnet@56, small_resnet20@28 stem_stride=2 ..."""
+    return " ".join([f"{name}@{side}", *(f"{k}={v}" for k, v in kwargs.items())])
+
+
 def rate(step, batch: int, seconds: float) -> float:
     step(), step()
     done, start = 0, time.perf_counter()
@@ -65,7 +75,7 @@ def rate(step, batch: int, seconds: float) -> float:
 
 
 def measure(batch: int, seconds: float, rounds: int = 2) -> list[dict]:
-    nets = {f"{n}@{s}": (steps(n, s, batch), s) for n, s in NETWORKS}
+    nets = {key(n, s, kw): (steps(n, s, batch, kw), s) for n, s, kw in NETWORKS}
     totals = {key: {"train": 0.0, "predict": 0.0} for key in nets}
     for _ in range(rounds):  # alternate, so a drift in the machine's speed hits every network
         for key, ((train, predict, _), _) in nets.items():
@@ -90,9 +100,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = measure(args.batch, args.seconds)
-    print(f"{'network':<20} {'weights':>8} {'train img/s':>12} {'cost':>6} {'predict img/s':>14} {'cost':>6}")
+    print(f"{'network':<44} {'weights':>8} {'train img/s':>12} {'cost':>6} {'predict img/s':>14} {'cost':>6}")
     for r in rows:
-        print(f"{r['network']:<20} {r['weights_m']:>7.2f}M {r['train_images_per_s']:>12.0f} "
+        print(f"{r['network']:<44} {r['weights_m']:>7.2f}M {r['train_images_per_s']:>12.0f} "
               f"{r['train_cost_vs_test_resnet56']:>5.2f}x {r['predict_images_per_s']:>14.0f} "
               f"{r['predict_cost_vs_test_resnet56']:>5.2f}x")
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     from foldwise import params as P
     from foldwise.train.loop import FitData, Settings, train_fold
     sys.path.insert(0, {tests!r})
-    from test_training import CFG, toy_data
+    from helpers import CFG, toy_data
 
     out, model = sys.argv[1], sys.argv[2]
     resume = sys.argv[3] if len(sys.argv) > 3 else None

@@ -66,10 +66,14 @@ def test_a_small_network_exports_and_rebuilds_from_its_checkpoint(tmp_path):
 
 
 def test_the_stem_keeps_a_small_image_whole_and_the_counts_are_the_papers():
-    """The first stage works on the full 28x28 (timm's ResNets: 7x7 there); ResNet-20/32/56 have
+    """The first stage works on the full 28x28 (timm's ResNets: 7x7 there; `stem_stride` 2:
+    14x14, as test_resnet's on an image upscaled to 56x56); ResNet-20/32/56 have
     the weights He et al. list (0.27, 0.46 and 0.85 M; the 1x1 shortcuts add 0.01 M)."""
     net = timm.create_model("small_resnet20", num_classes=10, in_chans=1, features_only=True)
     assert [f.shape[-1] for f in net(torch.rand(1, 1, 28, 28))] == [28, 28, 14, 7]
+    halved = timm.create_model("small_resnet20", in_chans=1, features_only=True, stem_stride=2)
+    assert [f.shape[-1] for f in halved(torch.rand(1, 1, 28, 28))] == [14, 14, 7, 4]
+    assert halved.feature_info.reduction() == [2, 2, 4, 8]
     counts = {name: sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
               for name in ("small_resnet20", "small_resnet32", "small_resnet56")}
     assert [round(c / 1e6, 2) for c in counts.values()] == [0.27, 0.47, 0.86]
