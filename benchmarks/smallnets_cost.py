@@ -60,7 +60,7 @@ def steps(name: str, side: int, batch: int, kwargs: dict):
     return train, predict, sum(p.numel() for p in net.parameters())
 
 
-def key(name: str, side: int, kwargs: dict) -> str:
+def label(name: str, side: int, kwargs: dict) -> str:
     """test_resnet@56, small_resnet20@28 stem_stride=2 ..."""
     return " ".join([f"{name}@{side}", *(f"{k}={v}" for k, v in kwargs.items())])
 
@@ -75,7 +75,7 @@ def rate(step, batch: int, seconds: float) -> float:
 
 
 def measure(batch: int, seconds: float, rounds: int = 2) -> list[dict]:
-    nets = {key(n, s, kw): (steps(n, s, batch, kw), s) for n, s, kw in NETWORKS}
+    nets = {label(n, s, kw): (steps(n, s, batch, kw), s) for n, s, kw in NETWORKS}
     totals = {key: {"train": 0.0, "predict": 0.0} for key in nets}
     for _ in range(rounds):  # alternate, so a drift in the machine's speed hits every network
         for key, ((train, predict, _), _) in nets.items():
