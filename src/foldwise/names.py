@@ -53,7 +53,7 @@ def known_timm_names() -> dict[str, set]:
     return {k: set(v) for k, v in names.items()}
 
 
-def check_timm_names(params: "Params", where: str = "params.yaml") -> None:
+def check_timm_names(params: Params, where: str = "params.yaml") -> None:
     """Every key that names a timm model or optimizer names one timm knows."""
     cached = known_timm_names()
     for dotted, kind, _blank in timm_keys():

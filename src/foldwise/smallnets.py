@@ -100,16 +100,15 @@ class SmallResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg() -> dict:
     """No published weights (the hub is not reached; `pretrained: true` is an error)."""
     return dict(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
                 interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                first_conv="stem.0", classifier="fc", **kwargs)
+                first_conv="stem.0", classifier="fc")
 
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in
-                                      ("small_resnet20", "small_resnet32", "small_resnet56",
-                                       "small_wrn16_4")})
+SMALL = ("small_resnet20", "small_resnet32", "small_resnet56", "small_wrn16_4")
+default_cfgs = generate_default_cfgs({name: _cfg() for name in SMALL})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> SmallResNet:
@@ -141,5 +140,3 @@ def small_wrn16_4(pretrained: bool = False, **kwargs) -> SmallResNet:
     """A wide ResNet for small images (WRN-16-4's shape: 2 blocks a stage, 4x the channels)."""
     return _create("small_wrn16_4", pretrained, **dict(dict(blocks=2, width=4), **kwargs))
 
-
-SMALL = ("small_resnet20", "small_resnet32", "small_resnet56", "small_wrn16_4")

@@ -1,10 +1,11 @@
 """What timm's `train.py` adds to a plain training step, through timm's own parts: random
-erasing (`timm.data.random_erasing.RandomErasing`), mixup and cutmix (`timm.data.Mixup`), gradient clipping (`timm.utils.dispatch_clip_grad`), a moving
-average of the weights (`timm.utils.ModelEmaV3`) and the learning rate moved after every
-optimiser step (timm's schedulers with `step_on_epochs=False`).
+erasing (`timm.data.random_erasing.RandomErasing`), mixup and cutmix (`timm.data.Mixup`),
+gradient clipping (`timm.utils.dispatch_clip_grad`), a moving average of the weights
+(`timm.utils.ModelEmaV3`) and the learning rate moved after every optimiser step (timm's
+schedulers with `step_on_epochs=False`).
 
-Each is off when its params.yaml value says so (`augment.erase: 0`, `mixup.prob: 0`, `clip_grad: 0`,
-`ema.decay: 0`, `lr_per_step: false`), and then changes nothing: no random number is drawn,
+Each is off when its params.yaml value says so (`augment.erase: 0`, `mixup.prob: 0`,
+`clip_grad: 0`, `ema.decay: 0`, `lr_per_step: false`), and then changes nothing: no random number is drawn,
 no tensor is touched. Nothing here waits for the device.
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ def erasing(net: nn.Module, cfg: Train, task) -> Erasing | None:
         return None
     device = net.mean.device
     eraser = RandomErasing(probability=cfg.augment.erase, mode=cfg.augment.erase_mode,
-                                     device=device)
+                           device=device)
     return Erasing(eraser, net.mean, net.std)
 
 
@@ -107,6 +108,6 @@ def create(net: nn.Module, cfg: Train, task, scheduler) -> Recipe:
     average = None
     if ema.decay > 0:
         average = timm.utils.ModelEmaV3(net, decay=ema.decay, use_warmup=ema.warmup)
-    return Recipe(erasing=erasing(net, cfg, task), mixup=mixup, ema=average, clip_grad=cfg.clip_grad,
-                  clip_mode=cfg.clip_mode,
+    return Recipe(erasing=erasing(net, cfg, task), mixup=mixup, ema=average,
+                  clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
                   scheduler=scheduler if getattr(scheduler, "t_in_epochs", True) is False else None)
