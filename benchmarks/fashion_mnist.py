@@ -18,7 +18,8 @@ or size (`--set train.model=test_resnet --set preprocess.height=56 --set preproc
 For each it reads the OOF figures from metrics.json, scores the exported submission against the
 test labels (accuracy and log loss, scikit-learn), and times the whole experiment; with
 `--set distill.model=NAME` it also scores the distilled network's submission and times
-`foldwise-predict` on the test images with the bag and with the student; each fold's
+`foldwise-predict` on the test images with the bag and with the student (with `--set
+refit.epochs=auto` or N, the same for the refit network); each fold's
 own training time comes from its MLflow run, so a fold restored from the run-cache (trained
 earlier by `run --fold K` with the same params) is still counted. Prints a table and writes it
 as JSON, row by row as they finish.
@@ -110,6 +111,11 @@ VARIANTS["test_resnet56+erase"] = [*VARIANTS["test_resnet56"], "train.augment.er
 VARIANTS["small_resnet20-s2"] = [*VARIANTS["small_resnet20"], "+train.model_kwargs.stem_stride=2"]
 VARIANTS["small_resnet56-s2"] = ["train.model=small_resnet56", *VARIANTS["small_resnet20-s2"][1:]]
 VARIANTS["small_resnet20-s2-w2"] = [*VARIANTS["small_resnet20-s2"], "+train.model_kwargs.width=2"]
+# one network instead of the bag: the refit network (every image, the folds' median kept epochs)
+# and the distilled one beside it; with `--set refit.epochs=N` on test_resnet56, the refit network
+# at the bag's training compute (N = (k-1) x the folds' epochs: the same images seen)
+VARIANTS["test_resnet56+refit+distill"] = [*VARIANTS["test_resnet56"], "refit.epochs=auto",
+                                           "distill.model=test_resnet"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 
@@ -241,25 +247,56 @@ def distilled_scores(project_dir: Path, data: Path) -> dict:
     figures = json.loads((project_dir / "metrics" / "distill.json").read_text())
     if not figures.get("model"):
         return {}
-    from mlflow.tracking import MlflowClient
-    info = MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}").get_run(
-        figures["mlflow_run_id"]).info
-    test = test_scores(project_dir / "export" / "distilled" / "submission.csv", data)
+    minutes, test, seconds = one_network(project_dir, data, figures, "distilled")
     fidelity = figures.get("test_fidelity") or figures["test_fidelity_not_held_out"]
-    seconds = {}
-    for name, model in (("bag", "export/model"), ("distilled", "export/distilled/model")):
-        t0 = time.perf_counter()
-        project.run(f"foldwise-predict {model} {data.resolve() / 'test'} /tmp/fm-predict-{name}.csv", project_dir)
-        seconds[name] = time.perf_counter() - t0
     return {"distilled_model": figures["model"], "distilled_teacher": figures["teacher"],
             "distilled_test_accuracy": test["test_accuracy"],
             "distilled_test_logloss": test["test_logloss"],
             "distilled_test_agreement": fidelity["agreement"],
             "distilled_test_held_out": "test_fidelity" in figures,  # false with distill.test
             "distilled_train_accuracy_not_oof": figures["train_not_out_of_fold"]["accuracy"],
-            "distilled_minutes": (info.end_time - info.start_time) / 60000,
+            "distilled_minutes": minutes,
             "predict_seconds_bag": seconds["bag"], "predict_seconds_distilled": seconds["distilled"],
             "stage_images_per_s": figures["prediction"]}
+
+
+def one_network(project_dir: Path, data: Path, figures: dict, name: str) -> tuple:
+    """A one-network export's (`export/NAME`) training minutes (its MLflow run), its
+    submission's test scores, and `foldwise-predict`'s seconds with the bag and with it."""
+    from mlflow.tracking import MlflowClient
+    info = MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}").get_run(
+        figures["mlflow_run_id"]).info
+    test = test_scores(project_dir / "export" / name / "submission.csv", data)
+    seconds = predict_seconds(project_dir, data, {"bag": "export/model", name: f"export/{name}/model"})
+    return (info.end_time - info.start_time) / 60000, test, seconds
+
+
+def predict_seconds(project_dir: Path, data: Path, models: dict) -> dict:
+    """`foldwise-predict` on the 10,000 test images with each exported model, one after the
+    other: its wall time in seconds (the command's start included)."""
+    seconds = {}
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        project.run(f"foldwise-predict {model} {data.resolve() / 'test'} /tmp/fm-predict-{name}.csv", project_dir)
+        seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
+def refit_scores(project_dir: Path, data: Path) -> dict:
+    """With `refit.epochs` set: the refit network's submission scored on the test labels beside
+    the bag's, its agreement with the bag, its in-sample training accuracy (not out-of-fold),
+    its epochs and training minutes (its MLflow run), and `foldwise-predict` timed on the
+    test images with the exported bag and with the refit network."""
+    figures = json.loads((project_dir / "metrics" / "refit.json").read_text())
+    if not figures.get("epochs"):
+        return {}
+    minutes, test, seconds = one_network(project_dir, data, figures, "refit")
+    return {"refit_epochs": figures["epochs"], "refit_epochs_from": figures["epochs_from"],
+            "refit_test_accuracy": test["test_accuracy"], "refit_test_logloss": test["test_logloss"],
+            "refit_agreement_with_bag": figures["vs_bag_on_test"].get("agreement"),
+            "refit_train_accuracy_not_oof": figures["train_not_out_of_fold"]["accuracy"],
+            "refit_minutes": minutes,
+            "predict_seconds_bag_beside_refit": seconds["bag"], "predict_seconds_refit": seconds["refit"]}
 
 
 def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: Path,
@@ -288,7 +325,7 @@ def run(data: Path, work: Path, names: list[str], folds: int, epochs: int, out: 
                    **temperature_gap(dst, data, oof.get("temperature", 1.0)),
                    "fold_minutes": fold_minutes(dst, len(params["folds"])),
                    "pseudo_minutes": fold_minutes(dst, len(params["folds"]), "pseudo"),
-                   **stack_scores(dst), **distilled_scores(dst, data)}
+                   **stack_scores(dst), **distilled_scores(dst, data), **refit_scores(dst, data)}
         else:
             row = {"variant": name, **fold_scores(dst, data, fold)}
         row.update(setting)

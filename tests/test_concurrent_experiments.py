@@ -118,8 +118,8 @@ def test_experiments_blend_by_name_with_the_workspace_bag_into_one_submission(qu
     assert applied.returncode == 0 or missing <= {
         "data/neighbours", "metrics/neighbours.json", "data/stack", "metrics/stack.json",
         "export/model", "export/submission.csv", "export/checks.json", "export/distilled",
-        "metrics/distill.json",
-        "metrics/history/distill.csv", "metrics/speed.json"}, applied.stderr
+        "metrics/distill.json", "metrics/history/distill.csv", "export/refit", "metrics/refit.json",
+        "metrics/history/refit.csv", "metrics/speed.json"}, applied.stderr
     out = sh("foldwise-blend exp-a exp-c data/bagged --out export/blend", dst).stdout
     assert "fitted, cross-validated" in out
     summary = json.loads((dst / "export/blend/blend.json").read_text())

@@ -694,7 +694,23 @@ def test_a_logistic_stack_without_neighbours_ships_inside_the_exported_model(pro
                                atol=1e-5)
 
 
-def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled(project, tmp_path):
+@pytest.fixture(scope="module")
+def one_network(project):
+    """One experiment on the finished pipeline with both one-network deployments on: the
+    distilled student and the refit network (only their stages and the speed stage run)."""
+    dst, _, _ = project
+    assert json.loads((dst / "metrics/distill.json").read_text()) == {"model": ""}  # off so far
+    assert json.loads((dst / "metrics/refit.json").read_text()) == {"epochs": 0}
+    out = sh("dvc exp run -S distill.model=resnet10t -S distill.epochs=2 -S refit.epochs=auto",
+             dst).stdout
+    for stage in ("train@0", "bag", "stack", "export"):
+        assert f"Running stage '{stage}'" not in out
+    assert "Running stage 'distill'" in out and "Running stage 'refit'" in out
+    return out
+
+
+def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled(project, one_network,
+                                                                                 tmp_path):
     """`distill.model`: only the distill stage runs; its student learns the stack's
     probabilities (the teacher the pipeline ships), is exported as a one-network program that
     `foldwise-predict` and its MLflow model reproduce, and its figures are what they say:
@@ -707,11 +723,7 @@ def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled
     from foldwise.deploy import export
     from foldwise.ensemble import stack
     dst, _, _ = project
-    assert json.loads((dst / "metrics/distill.json").read_text()) == {"model": ""}  # off so far
-    out = sh("dvc exp run -S distill.model=resnet10t -S distill.epochs=2", dst).stdout
-    for stage in ("train@0", "bag", "stack", "export"):
-        assert f"Running stage '{stage}'" not in out
-    assert "Running stage 'distill'" in out
+    out = one_network
     classes = [f"c{k}" for k in range(10)]
     test = pd.read_csv(dst / "data/bagged/test.csv")
     empty = np.zeros((len(test), 0), dtype=np.int64)
@@ -749,7 +761,7 @@ def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled
     predicted = tmp_path / "pred.csv"
     sh(f"foldwise-predict export/distilled/model data/sample/statefarm/imgs/test {predicted}", dst)
     np.testing.assert_allclose(pd.read_csv(predicted)[classes].to_numpy(), sub[classes].to_numpy(), atol=1e-4)
-    uri = re.search(r"MLflow model (models:/\S+)", out).group(1)
+    uri = re.search(r"distilled .* MLflow model (models:/\S+)", out).group(1)
     mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
     images = np.load(dst / "data/processed/test.npy")
     np.testing.assert_allclose(mlflow.pyfunc.load_model(uri).predict(images), sub[classes].to_numpy(), atol=1e-5)
@@ -761,6 +773,67 @@ def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled
     assert len(client.get_metric_history(students[0].info.run_id, "val_agreement")) == 2
     assert students[0].data.metrics["test_fidelity_agreement"] == figures["test_fidelity"]["agreement"]
     assert "distill.json" in sh("dvc metrics show", dst).stdout
+
+
+def test_a_refit_network_trains_on_every_image_for_the_folds_median_epochs_and_ships(project, one_network,
+                                                                                    tmp_path):
+    """`refit.epochs: auto`: one network of the folds' recipe trained on every training image
+    for the median of the folds' kept epochs, in-sample figures named so and no OOF figure;
+    exported with the bag's temperature and decision, its program reproduced by
+    `foldwise-predict`; compared with the bag on the test images by hand; its run a child of
+    the pipeline's parent with its history, learning curve and MLflow model; timed beside the
+    bag."""
+    import mlflow.pyfunc
+
+    from foldwise.data.cache import load_truth
+    from foldwise.deploy import export
+    from foldwise.ensemble import calibration
+    dst, _, _ = project
+    out = one_network
+    kept = sorted(json.loads((dst / f"models/fold_{k}/run.json").read_text())["best_epoch"] + 1
+                  for k in range(FOLDS))
+    figures = json.loads((dst / "metrics/refit.json").read_text())
+    assert figures["epochs"] == kept[FOLDS // 2] and figures["oof"] is None and figures["no_oof"]
+    history = pd.read_csv(dst / "metrics/history/refit.csv")
+    assert len(history) == figures["epochs"] and not [c for c in history if "val_" in c]
+    assert "insample_logloss" in history and "insample_metric" in history
+    model, meta = export.load(dst / "export/refit/model")
+    metrics = json.loads((dst / "metrics/metrics.json").read_text())["oof"]
+    assert meta["folds"] == 1 and meta["refit"]["epochs"] == figures["epochs"]
+    assert meta["temperature"] == metrics.get("temperature", 1.0)  # the bag's, fit out of fold
+    got = export.run_model(model, np.load(dst / "data/processed/test.npy"))
+    classes = [f"c{k}" for k in range(10)]
+    bag = calibration.temper(pd.read_csv(dst / "data/bagged/test.csv")[classes].to_numpy(),
+                             metrics.get("temperature", 1.0))
+    near = figures["vs_bag_on_test"]
+    assert near["agreement"] == np.mean(bag.argmax(1) == got.argmax(1))
+    assert near["mean_abs_diff"] == pytest.approx(np.abs(got - bag).mean(), rel=1e-5)
+    on_train = export.run_model(model, np.load(dst / "data/processed/train.npy"))
+    on_train /= on_train.sum(axis=1, keepdims=True)
+    truth = load_truth(dst / "data/processed")
+    assert figures["train_not_out_of_fold"]["logloss"] == pytest.approx(
+        log_loss(truth, on_train, labels=range(10)), rel=1e-6)
+    sub = pd.read_csv(dst / "export/refit/submission.csv")
+    clip = meta["decision"]["clip"]
+    want = np.clip(got, clip, 1 - clip) if clip else got
+    np.testing.assert_allclose(sub[classes].to_numpy(), want / want.sum(axis=1, keepdims=True), atol=1e-5)
+    predicted = tmp_path / "pred.csv"
+    sh(f"foldwise-predict export/refit/model data/sample/statefarm/imgs/test {predicted}", dst)
+    np.testing.assert_allclose(pd.read_csv(predicted)[classes].to_numpy(), sub[classes].to_numpy(), atol=1e-4)
+    client, runs = mlflow_runs(dst)
+    [refit] = [r for r in runs if r.data.tags.get("foldwise.role") == "refit"]
+    assert refit.info.status == "FINISHED" and refit.info.run_id == figures["mlflow_run_id"]
+    parent = client.get_run(refit.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags.get("foldwise.role") == "parent" and "oof_logloss" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(refit.info.run_id)} >= {"history.csv", "learning_curve.png"}
+    assert len(client.get_metric_history(refit.info.run_id, "insample_logloss")) == figures["epochs"]
+    assert not [k for k in refit.data.metrics if k.startswith("val_")]
+    uri = re.search(r"refit .* MLflow model (models:/\S+)", out).group(1)
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(uri).predict(np.load(dst / "data/processed/test.npy")),
+                               sub[classes].to_numpy(), atol=1e-5)
+    speed = json.loads((dst / "metrics/speed.json").read_text())
+    assert speed["refit_images_per_s"] > 0 and speed["refit_speedup"] > 0
 
 
 @pytest.mark.extended  # a model server

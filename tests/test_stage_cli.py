@@ -70,7 +70,9 @@ OFF = {  # stage: its arguments, for a project whose params.yaml switches it off
     "stack": ["models", "processed", "bagged", "metrics.json", "near", "stack", "stack.json"],
     "distill": ["root", "models", "processed", "bagged", "metrics.json", "near", "stack",
                 "stack.json", "distilled", "distill.json", "history.csv"],
-    "speed": ["bag", "distilled", "processed", "speed.json"],
+    "refit": ["root", "models", "processed", "bagged", "metrics.json", "refit", "refit.json",
+              "history.csv"],
+    "speed": ["bag", "distilled", "refit", "processed", "speed.json"],
 }
 
 
@@ -95,7 +97,8 @@ def test_a_stage_switched_off_writes_its_outputs_without_torch_timm_or_mlflow(st
                           *OFF[stage]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.stdout.strip().splitlines()[-1] == "exit 0 heavy []", res.stdout + res.stderr
     written = {"pseudo": "models/pseudo_0/rounds.json", "neighbours": "near/graph.npz",
-               "stack": "stack.json", "distill": "history.csv", "speed": "speed.json"}[stage]
+               "stack": "stack.json", "distill": "history.csv", "refit": "refit.json",
+               "speed": "speed.json"}[stage]
     assert (tmp_path / written).is_file()
 
 

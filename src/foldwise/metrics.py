@@ -84,3 +84,14 @@ def fit_thresholds(targets: np.ndarray, probs: np.ndarray, beta: float = 2.0,
                 scores.append(f_beta_samples(targets, probs >= t, beta))
             t[k] = THRESHOLD_GRID[int(np.argmax(scores))]
     return t
+
+
+def fidelity(teacher: np.ndarray, student: np.ndarray) -> dict:
+    """One set of class probabilities (`student`) against another (`teacher`): its
+    cross-entropy against them (clipped as Kaggle's log loss is) and the share of rows whose top
+    classes agree (the distilled student against its teacher, the refit network against the
+    bag)."""
+    t = np.asarray(teacher, dtype=np.float64)
+    p = clip_renormalise(student)
+    return {"logloss": float(-(t * np.log(p)).sum(axis=1).mean()),
+            "agreement": float((t.argmax(axis=1) == p.argmax(axis=1)).mean())}

@@ -11,6 +11,7 @@ casts nothing. The names that timm's own registries decide (models, optimizers) 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ def within(low=None, high=None, *, above=None, below=None):
     """A number from `low` (or strictly `above`) to `high` (or strictly `below`); for a list
     key, each element."""
     return dataclasses.field(metadata={"low": low, "high": high, "above": above, "below": below})
+
+
+def count_or(word: str):
+    """A whole number >= 0, or the one `word` (e.g. "auto")."""
+    return dataclasses.field(metadata={"word": word, "low": 0, "high": None, "above": None,
+                                       "below": None})
 
 
 def named():
@@ -227,6 +234,12 @@ class Distill:
 
 
 @dataclass(frozen=True)
+class Refit:
+    # 0 off; N epochs; auto: the folds' median kept epoch count (docs/refit.md)
+    epochs: int | str = count_or("auto")
+
+
+@dataclass(frozen=True)
 class Mlflow:
     experiment: str = named()
     tracking_uri: str
@@ -251,6 +264,7 @@ class Params:
     neighbours: Neighbours
     stack: Stack
     distill: Distill
+    refit: Refit
     mlflow: Mlflow
 
     def as_dict(self) -> dict:
@@ -287,6 +301,10 @@ def nested(changes: dict) -> dict:
 
 def _value(value, kind, name: str, where: str):
     """`value` as `kind` (a float key takes an int), or an InputError naming the key."""
+    if isinstance(kind, types.UnionType):  # e.g. int | str: the rule says which values
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(f"{where}: {name}={value!r} must be {kind}")
+        return value
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -328,6 +346,8 @@ def _rules(cls) -> dict:
 def _allowed(value, rule, name: str, where: str) -> None:
     """`value` within the key's rule (`one_of`, `within`, `named`; each element of a list),
     or an InputError with the key, the value and what is allowed."""
+    if rule.get("word") is not None and value == rule["word"]:
+        return
     if "choices" in rule and value not in rule["choices"]:
         raise InputError(f"{where}: {name}={value!r} is not allowed; allowed: "
                          + ", ".join(map(repr, rule["choices"])))
@@ -339,7 +359,8 @@ def _allowed(value, rule, name: str, where: str) -> None:
         for item in (value if isinstance(value, list) else [value]):
             if isinstance(item, bool) or not isinstance(item, (int, float)) or not _inside(item, rule):
                 raise InputError(f"{where}: {name}={value!r} is out of range; allowed: "
-                                 f"{_range_text(rule)}" + (" (each element)"
+                                 f"{_range_text(rule)}" + (f" or {rule['word']!r}" if rule.get("word") else "")
+                                 + (" (each element)"
                                                            if isinstance(value, list) else ""))
 
 

@@ -268,17 +268,20 @@ def log_params(params: Params, **extra) -> None:
         mlflow.log_params({k: str(v)[:6000] for k, v in batch})
 
 
-def learning_curve_png(history, path: str | Path, title: str) -> None:
+def learning_curve_png(history, path: str | Path, title: str, held: str = "val") -> None:
+    """Each figure's training and `held` curves (`val`: validation; `insample`: a refit
+    network's in-sample rows) by epoch, and the learning rate."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = [c[len("train_"):] for c in history.columns if c.startswith("train_")
-               and f"val_{c[len('train_'):]}" in history.columns]
+               and f"{held}_{c[len('train_'):]}" in history.columns]
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.5 * (len(metrics) + 1), 3.5))
     for ax, m in zip(axes, metrics):
         ax.plot(history["epoch"], history[f"train_{m}"], label="train")
-        ax.plot(history["epoch"], history[f"val_{m}"], label="validation")
+        ax.plot(history["epoch"], history[f"{held}_{m}"],
+                label="validation" if held == "val" else "in-sample")
         ax.set_xlabel("epoch")
         ax.set_title(m)
         ax.legend()

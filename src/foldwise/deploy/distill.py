@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from foldwise.errors import InputError
-from foldwise.metrics import clip_renormalise
+from foldwise.metrics import fidelity  # noqa: F401  (distill.fidelity: the student against its teacher)
 
 
 class Distilled:
@@ -66,15 +66,6 @@ class Distilled:
 
     def head(self):
         return self.task.head()
-
-
-def fidelity(teacher: np.ndarray, student: np.ndarray) -> dict:
-    """The student's cross-entropy against the teacher's probabilities (clipped as Kaggle's log
-    loss is) and the share of rows whose top classes agree."""
-    t = np.asarray(teacher, dtype=np.float64)
-    p = clip_renormalise(student)
-    return {"logloss": float(-(t * np.log(p)).sum(axis=1).mean()),
-            "agreement": float((t.argmax(axis=1) == p.argmax(axis=1)).mean())}
 
 
 def teacher_predictions(task, bagged: Path, metrics_json: Path, train_ids) -> tuple[np.ndarray, np.ndarray]:

@@ -10,19 +10,14 @@ from dataclasses import asdict
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 
-from foldwise import models, tracking
+from foldwise import tracking
 from foldwise.data.cache import load_truth
-from foldwise.data.sources import get_source
-from foldwise.deploy import distill, export, mlmodel
-from foldwise.deploy.student import (MODEL, STUDENT_SEED, SUBMISSION, DistillPaths, Teacher,
-                                     flat_figures)
-from foldwise.deploy.verify import check_export
-from foldwise.files import atomic_dir, project_root, write_csv, write_json
+from foldwise.deploy import distill, export, mlmodel, single
+from foldwise.deploy.student import MODEL, STUDENT_SEED, DistillPaths, Teacher, flat_figures
+from foldwise.files import project_root, write_csv, write_json
 from foldwise.params import Params
-from foldwise.train import outputs
 from foldwise.train.progress import REPLAYED
 from foldwise.train.fold import resume_file
 from foldwise.train.loader import Joined, open_cache
@@ -32,10 +27,7 @@ def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher:
                    paths: DistillPaths) -> dict:
     device = export.default_device()
     images, test_images = (open_cache(paths.processed / f"{n}.npy") for n in ("train", "test"))
-    seed = params.seed * 1000 + STUDENT_SEED
-    torch.manual_seed(seed)  # before the network exists: its random init is part of the result
-    net, weights, _ = models.create_network(cfg, task.num_outputs, images.shape[-1],
-                                            meta["mean"], meta["std"], task.fp32_head)
+    net, weights, seed = single.seeded_network(params, cfg, task, meta, images.shape[-1], STUDENT_SEED)
     key = student_key(params, teacher, paths)
     resume = resume_file(project_root(), key, "distilled")
     run_id = start_run(params, paths, key, weights, teacher)
@@ -87,22 +79,10 @@ def student_key(params: Params, teacher: Teacher, paths: DistillPaths) -> str:
 
 
 def start_run(params: Params, paths: DistillPaths, key: str, weights: str, teacher: Teacher) -> str:
-    """The student's MLflow run under the parent that holds the folds (an earlier attempt
-    still RUNNING is a dead process's: KILLED, and named in `foldwise.resumes`)."""
-    experiment = tracking.open_experiment(params.mlflow)
-    runs = [outputs.read_run(paths.models, f) for f in params.folds]
-    parent = tracking.evaluated_parent(experiment, runs)
-    if parent is None:
-        raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
-    killed = tracking.close_killed_attempts(experiment, parent, "distilled", tag="foldwise.role")
-    tags = {"foldwise.role": "distilled", "foldwise.pipeline_key": key,
-            "foldwise.teacher": teacher.name, "foldwise.weights": weights,
-            "mlflow.parentRunId": parent, **tracking.source_tags()}
-    if killed:
-        tags["foldwise.resumes"] = ",".join(killed)
-    run = mlflow.MlflowClient().create_run(experiment, run_name=f"distilled {params.distill.model}",
-                                           tags=tags)
-    return run.info.run_id
+    """The student's MLflow run under the parent that holds the folds."""
+    return single.start_child_run(params, paths.models, "distilled", f"distilled {params.distill.model}",
+                                  {"foldwise.pipeline_key": key, "foldwise.teacher": teacher.name,
+                                   "foldwise.weights": weights})
 
 
 def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: DistillPaths, net,
@@ -111,19 +91,11 @@ def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: Dist
     (program + submission) and score it: fidelity on test, in-sample figures on train."""
     # exported from the CPU in the default layout, as the bag's networks are loaded
     net = net.cpu().to(memory_format=torch.contiguous_format).eval()
-    student = export.Bagged([net], task.head(), "arithmetic")
-    test_images = open_cache(paths.processed / "test.npy")
-    test_ids = pd.read_csv(paths.processed / "test.csv", dtype={"id": str})["id"]
-    with atomic_dir(paths.out) as tmp:
-        example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)
-        export.save(student, example, student_meta(params, meta, teacher), tmp / MODEL)
-        loaded = export.load(tmp / MODEL, device)
-        got = export.run_model(loaded[0], test_images, device=device, desc="exported student")
-        eager = export.run_model(student.to(device), test_images, device=device, desc="eager student")
-        check = check_export(got, eager, result.test_preds, [{"device": device.type}])
-        get_source(meta["source"]).write_submission(
-            test_ids, task.postprocess(got, teacher.decision), {**meta, "root": str(paths.root)},
-            tmp / SUBMISSION)
+    shipped = single.shipped_meta(meta, teacher.decision, {"hflip": False, "shift": 0.0, "scale": 0.0},
+                                  1.0, distilled={"model": params.distill.model, "teacher": teacher.name})
+    got, loaded, check = single.ship(export.Bagged([net], task.head(), "arithmetic"), task, shipped,
+                                     meta, paths.root, paths.processed, paths.out,
+                                     result.test_preds, device)
     in_sample = export.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
                                  device=device, desc="student on train")
     figures = {"model": params.distill.model, "teacher": teacher.name,
@@ -133,15 +105,6 @@ def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: Dist
                "teacher_oof": teacher_figures(task, teacher),
                "export_max_abs_vs_eager": check.worst}
     return figures, loaded
-
-
-def student_meta(params: Params, meta: dict, teacher: Teacher) -> dict:
-    """The export's meta.json, as the bag's: what `foldwise-predict` and the MLflow model need."""
-    return {**{key: meta[key] for key in export.TASK_KEYS}, "bag_mean": "arithmetic", "folds": 1,
-            "decision": teacher.decision, "neighbours": 0, "stack": {"model": ""},
-            "tta": {"hflip": False, "shift": 0.0, "scale": 0.0}, "temperature": 1.0,
-            "distilled": {"model": params.distill.model, "teacher": teacher.name},
-            "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
 
 
 def teacher_figures(task, teacher: Teacher) -> dict:

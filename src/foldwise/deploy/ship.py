@@ -17,7 +17,7 @@ from foldwise.data.sources import get_source
 from foldwise.deploy import export, mlmodel, setlevel
 from foldwise.deploy.verify import TOLERANCE, check_export
 from foldwise.files import write_json
-from foldwise.ensemble import calibration, dashboard, neighbours, stack
+from foldwise.ensemble import calibration, dashboard, stack
 from foldwise.models import load_checkpoint
 from foldwise.train import outputs, tta
 from foldwise.train.loader import open_cache

@@ -45,11 +45,15 @@ class FoldResult:
 @dataclass(frozen=True)
 class Settings:
     """How one fold trains: params.yaml's `train` section, the learning rate, the fold's seed
-    and the device."""
+    and the device; `keep`: which weights the run keeps, "best" (the epoch with the best
+    validation figure, raw or moving average, whichever validated better), or the last
+    epoch's "raw" or "ema" weights (a refit network, whose validation rows are in-sample:
+    nothing to choose on)."""
     cfg: Train
     lr: float
     seed: int
     device: torch.device
+    keep: str = "best"
 
     @property
     def amp(self) -> bool:
@@ -211,7 +215,7 @@ def validate(model, ema, task, x_val, y_val, run: Settings):
                             "validate ema")
         ema_scores = task.score(y_val, ema_preds)
         columns.update({f"ema_val_{k}": float(v) for k, v in ema_scores.items()})
-        if ema_scores[task.monitor] < best[0]:
+        if run.keep == "ema" or (run.keep == "best" and ema_scores[task.monitor] < best[0]):
             best = (float(ema_scores[task.monitor]), ema_preds, ema.module, "ema")
     return columns, *best
 
@@ -228,12 +232,12 @@ def history_row(epoch, lr_now, train_loss, train_scores, val_columns, monitored,
 
 
 def keep_best(s: state.LoopState, epoch: int, monitored: float, train_loss: float, val_preds,
-              module, weights: str, cfg: Train) -> None:
+              module, weights: str, cfg: Train, last: bool = False) -> None:
     """Early-stopping bookkeeping: a better (finite) validation figure keeps this epoch's
-    weights (`module`'s: the network's or its moving average's) and predictions; otherwise the
-    epoch counts as stale (past the warm-up, whose loss spikes are no signal); a non-finite
-    training loss stops the fold."""
-    if math.isfinite(monitored) and monitored < s.best:
+    weights (`module`'s: the network's or its moving average's) and predictions (every epoch's
+    with `last`); otherwise the epoch counts as stale (past the warm-up, whose loss spikes are
+    no signal); a non-finite training loss stops the fold."""
+    if last or (math.isfinite(monitored) and monitored < s.best):
         s.keep(epoch, monitored, val_preds, module, weights)
     elif epoch >= cfg.warmup_epochs or not math.isfinite(train_loss):
         s.stale += 1
@@ -314,7 +318,8 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
         on_epoch(row)
         log.debug("epoch %d: %s", epoch, row)  # the readable line: progress.Progress
         scheduler.step(epoch + 1, metric=monitored)
-        keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, run.cfg)
+        keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, run.cfg,
+                  last=run.keep != "best")
         if resume:
             rngs = state.rng_states()  # every rank's: a collective call
             if distributed.is_lead():

@@ -41,6 +41,8 @@ class Progress:
     epochs: int             # epochs planned for this run (all rounds)
     monitor: str            # the task's monitored figure: "logloss", "rmse"
     folds_after: int = 0    # folds of the pipeline still to train after this one
+    held: str = "val"       # what the rows' val_* figures are of: "in-sample" for a refit
+    #                         network (then no mark: it keeps its last epoch, not its best)
     best: float = math.inf
     last: float = field(default_factory=time.monotonic)
     trained: list = field(default_factory=list)  # seconds of each epoch trained in this process
@@ -54,7 +56,7 @@ class Progress:
             self.trained.append(now - self.last)
         self.last = now
         monitored = row["val_metric"]
-        mark = " *" if monitored < self.best else ""
+        mark = " *" if monitored < self.best and self.held == "val" else ""
         self.best = min(self.best, monitored)
         epoch = int(row["epoch"]) + 1
         others = [f"{k[4:]} {figure(v)}" for k, v in row.items() if k.startswith("val_")
@@ -62,7 +64,7 @@ class Progress:
         ema = " (ema)" if row.get("val_is_ema") else ""  # the moving average's weights validated
         parts = [f"{self.label}  epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}",
                  f"loss {figure(row['train_loss'])}",
-                 f"val {self.monitor} {figure(monitored)}{ema}{mark}", *others[:2],
+                 f"{self.held} {self.monitor} {figure(monitored)}{ema}{mark}", *others[:2],
                  f"lr {row['lr']:.1e}", f"{row['images_per_s']:.0f} img/s"]
         return "  ".join(parts + (["(resumed)"] if replayed else self.left(epoch)))
 
@@ -71,7 +73,8 @@ class Progress:
         if not self.trained:
             return []
         pace = sum(self.trained) / len(self.trained)
-        out = [f"fold {duration(pace * (self.epochs - epoch))} left"] if epoch < self.epochs else []
+        run = self.label.split()[0]  # "fold", "refit"
+        out = [f"{run} {duration(pace * (self.epochs - epoch))} left"] if epoch < self.epochs else []
         if self.folds_after:
             out.append(f"up to {self.folds_after} more fold{'s' if self.folds_after > 1 else ''} "
                        f"~{duration(pace * self.epochs * self.folds_after)}")
