@@ -116,6 +116,8 @@ VARIANTS["small_resnet20-s2-w2"] = [*VARIANTS["small_resnet20-s2"], "+train.mode
 # at the bag's training compute (N = (k-1) x the folds' epochs: the same images seen)
 VARIANTS["test_resnet56+refit+distill"] = [*VARIANTS["test_resnet56"], "refit.epochs=auto",
                                            "distill.model=test_resnet"]
+# at `--epochs 4` and 5 folds: (k-1) x 4 = 16 epochs over every image, the images the bag's folds saw
+VARIANTS["test_resnet56+refit16"] = [*VARIANTS["test_resnet56"], "refit.epochs=16"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 
