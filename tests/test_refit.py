@@ -125,6 +125,17 @@ def test_beside_the_bag_the_bag_is_tempered_as_the_exported_bag_is(tmp_path):
         refit_train.beside_bag(points, tmp_path / "bagged", tmp_path / "processed", None, got[:, :2])
 
 
+def test_its_views_are_the_bags_or_none():
+    from foldwise.train.tta import TTA
+    params = P.evolve(params_with(2, 3), {"tta": {"hflip": True, "shift": 0.04, "scale": 0.0}})
+    net, task = torch.nn.Linear(2, 2), Classification(["a", "b"])
+    assert refit_train.refit_tta(params) == params.tta
+    assert isinstance(refit_train.views(params, task, {"hflip_safe": True})(net), TTA)
+    one_pass = P.evolve(params, {"refit": {"tta": False}})
+    assert not refit_train.refit_tta(one_pass).hflip and refit_train.refit_tta(one_pass).shift == 0
+    assert refit_train.views(one_pass, task, {"hflip_safe": True})(net) is net
+
+
 def test_its_epochs_figures_are_named_in_sample_and_shown_without_a_best_mark():
     row = {"epoch": 2, "lr": 1e-3, "train_loss": 0.5, "val_logloss": 0.4, "val_accuracy": 0.9,
            "val_metric": 0.4, "ema_val_logloss": 0.41, "val_is_ema": 0.0, "images_per_s": 100.0}

@@ -237,6 +237,7 @@ class Distill:
 class Refit:
     # 0 off; N epochs; auto: the folds' median kept epoch count (docs/refit.md)
     epochs: int | str = count_or("auto")
+    tta: bool  # the bag's test-time views in its program; false: one pass per image
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) ->
         result = train_fold(net, task, Settings(cfg, params.lr, seed, device, keep=plan.weights),
                             fit_data(paths.processed, images), on_epoch=lambda row: (
                                 show(row), log_epoch(row)), resume=resume,
-                            wrap=lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"]))
+                            wrap=lambda n: views(params, task, meta)(n))
         figures, loaded = ship_refit(params, task, meta, paths, net, result, device)
         figures.update(epochs=plan.epochs, epochs_from=plan.why, mlflow_run_id=run_id,
                        train_images_per_s=result.train_images_per_s)
@@ -71,6 +71,17 @@ def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) ->
         paths.processed / "test.npy")[:2]), run_id, name="refit", loaded=loaded)
     resume.unlink(missing_ok=True)
     return figures
+
+
+def refit_tta(params: Params):
+    """The refit network's test-time views: the bag's (`tta.*`), or none (`refit.tta: false`)."""
+    return params.tta if params.refit.tta else evolve(params.tta, {"hflip": False, "shift": 0.0,
+                                                                   "scale": 0.0})
+
+
+def views(params: Params, task, meta: dict):
+    """A network wrapped in the refit network's test-time views."""
+    return lambda net: tta.wrap(net, refit_tta(params), task, meta["hflip_safe"])
 
 
 def renamed(column: str) -> str:
@@ -122,9 +133,8 @@ def ship_refit(params: Params, task, meta: dict, paths: RefitPaths, net, result:
     # exported from the CPU in the default layout, as the bag's networks are loaded
     net = net.cpu().to(memory_format=torch.contiguous_format).eval()
     tempering = task.tempering(temperature)
-    program = export.Bagged([tta.wrap(net, params.tta, task, meta["hflip_safe"])], task.head(),
-                            "arithmetic", tempering)
-    shipped = single.shipped_meta(meta, decision, asdict(params.tta), temperature,
+    program = export.Bagged([views(params, task, meta)(net)], task.head(), "arithmetic", tempering)
+    shipped = single.shipped_meta(meta, decision, asdict(refit_tta(params)), temperature,
                                   refit={"model": params.train.model, "epochs": len(result.history)})
     expected = result.test_preds if tempering is None else \
         tempering(torch.as_tensor(result.test_preds)).numpy()
