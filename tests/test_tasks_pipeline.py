@@ -30,7 +30,8 @@ def keypoint_params(p):
     predicted at 48x48 and written in the 96x96 frame's pixels; a refit network of 2 epochs
     (a task without class probabilities)."""
     small(p, 48, 8)
-    p.update(tta={"hflip": True, "shift": 0.04, "scale": 0.0}, refit={"epochs": 2})
+    p.update(tta={"hflip": True, "shift": 0.04, "scale": 0.0})
+    p["refit"]["epochs"] = 2
 
 
 @pytest.fixture(scope="module")
