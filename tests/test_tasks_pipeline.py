@@ -27,11 +27,9 @@ def small(p, side: int, epochs: int, folds=FOLDS) -> None:
 
 def keypoint_params(p):
     """Test-time views that move points: the mirror (left and right swap) and shifts; points
-    predicted at 48x48 and written in the 96x96 frame's pixels; a refit network of 2 epochs
-    (a task without class probabilities)."""
+    predicted at 48x48 and written in the 96x96 frame's pixels."""
     small(p, 48, 8)
     p.update(tta={"hflip": True, "shift": 0.04, "scale": 0.0})
-    p["refit"]["epochs"] = 2
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +56,6 @@ def test_keypoints_plots_show_without_errors(keypoints_project):
     shown = json.loads(sh("dvc plots show --json", keypoints_project).stdout)
     assert not shown.get("errors"), shown.get("errors")
     assert len({v["fold"] for v in shown["data"]["metrics/curves.csv"][0]["content"]["data"]["values"]}) == len(FOLDS)
-
-
-def test_the_keypoints_refit_network_ships_with_the_bags_views_in_the_lookup_tables_format(keypoints_project):
-    """The refit network on a task whose outputs are coordinates: its submission follows the
-    lookup table as the bag's does, its points differ from the bag's by less than the bag's own
-    error, and beside the bag it reports their mean difference only (no classes to agree on)."""
-    dst = keypoints_project
-    figures = json.loads((dst / "metrics/refit.json").read_text())
-    assert figures["epochs"] == 2 and figures["oof"] is None
-    assert set(figures["vs_bag_on_test"]) == {"mean_abs_diff"} and "rmse" in figures["train_not_out_of_fold"]
-    meta = json.loads((dst / "export/refit/model/meta.json").read_text())
-    assert meta["tta"]["hflip"] and meta["folds"] == 1
-    sub = pd.read_csv(dst / "export/refit/submission.csv")
-    assert list(sub.columns) == ["RowId", "Location"]
-    assert list(sub["RowId"]) == list(pd.read_csv(dst / "export/submission.csv")["RowId"])
-    assert sub["Location"].between(0, 95).all()
-    assert figures["vs_bag_on_test"]["mean_abs_diff"] < metrics(dst)["mean_baseline_rmse"]
 
 
 def test_keypoints_submission_follows_the_lookup_table(keypoints_project):
