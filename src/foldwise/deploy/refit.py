@@ -22,38 +22,9 @@ nothing heavy.
 """
 from __future__ import annotations
 
-import json
-import math
-import statistics
-from dataclasses import dataclass
-from pathlib import Path
-
-from foldwise.errors import InputError
+from foldwise.deploy.refit_plan import HELD, RefitPaths, plan  # noqa: F401  (RefitPaths: the stage's)
 from foldwise.files import write_csv, write_json, write_off
 from foldwise.params import Params
-from foldwise.train import outputs
-
-HELD = "insample"  # its epochs' figures: `insample_logloss`, never `val_logloss`
-
-
-@dataclass(frozen=True)
-class RefitPaths:
-    """The stage's arguments by what they hold."""
-    root: Path  # the data set (some submissions follow its lookup table)
-    models: Path  # the folds' runs: their kept epochs and the MLflow parent
-    processed: Path
-    bagged: Path  # the bag's test predictions, to compare with
-    metrics_json: Path  # evaluate's figures: the temperature and the decision
-    out: Path
-    out_json: Path
-    history_csv: Path
-
-
-@dataclass(frozen=True)
-class Plan:
-    epochs: int
-    why: str  # where the epochs came from
-    weights: str  # "raw" or "ema": which of the last epoch's weights it keeps
 
 
 def run(params: Params, meta: dict, paths: RefitPaths) -> dict:
@@ -67,22 +38,3 @@ def run(params: Params, meta: dict, paths: RefitPaths) -> dict:
         return {"epochs": 0}
     from foldwise.deploy import refit_train
     return refit_train.train_and_ship(params, meta, paths, plan(params, paths.models))
-
-
-def plan(params: Params, models: Path) -> Plan:
-    """The refit network's epochs and kept weights, from params.yaml and the folds' run.json
-    (round 1's: the refit trains on labels only)."""
-    runs = []
-    for fold in params.folds:
-        path = outputs.fold_dir(models, fold) / "run.json"
-        if not path.is_file():
-            raise InputError(f"{path}: not found; the refit stage reads every fold's run "
-                             "(dvc repro trains them)")
-        runs.append(json.loads(path.read_text()))
-    ema = sum(r.get("kept_weights") == "ema" for r in runs) * 2 > len(runs)
-    weights = "ema" if ema and params.train.ema.decay > 0 else "raw"
-    if params.refit.epochs != "auto":
-        return Plan(int(params.refit.epochs), f"refit.epochs: {params.refit.epochs}", weights)
-    kept = [int(r["best_epoch"]) + 1 for r in runs]
-    epochs = max(1, math.floor(statistics.median(kept) + 0.5))
-    return Plan(epochs, f"auto: the median of the folds' kept epochs {kept}", weights)

@@ -10,8 +10,6 @@ import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import mlflow
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ import torch
 from foldwise import tracking
 from foldwise.data.cache import load_truth
 from foldwise.deploy import export, mlmodel, single
+from foldwise.deploy.refit_plan import HELD, Plan, RefitPaths
 from foldwise.deploy.student import MODEL, flat_figures
 from foldwise.errors import InputError
 from foldwise.files import project_root, write_csv, write_json
@@ -31,12 +30,8 @@ from foldwise.train.loader import Rows, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 from foldwise.train.progress import REPLAYED, Progress
 
-if TYPE_CHECKING:
-    from foldwise.deploy.refit import Plan, RefitPaths
-
 INSAMPLE_ROWS = 2048  # training images scored after each epoch (in-sample)
 REFIT_SEED = 998  # the refit network's seed: params.seed * 1000 + this (folds: + fold)
-HELD = "insample"  # its epochs' figures: `insample_logloss`, never `val_logloss`
 
 
 def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) -> dict:
@@ -58,7 +53,7 @@ def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) ->
         result = train_fold(net, task, Settings(cfg, params.lr, seed, device, keep=plan.weights),
                             fit_data(paths.processed, images), on_epoch=lambda row: (
                                 show(row), log_epoch(row)), resume=resume,
-                            wrap=lambda n: views(params, task, meta)(n))
+                            wrap=views(params, task, meta))
         figures, loaded = ship_refit(params, task, meta, paths, net, result, device)
         figures.update(epochs=plan.epochs, epochs_from=plan.why, mlflow_run_id=run_id,
                        train_images_per_s=result.train_images_per_s)
