@@ -6,12 +6,12 @@ params: all of params.yaml
 writes OUT, the same line every time (the stages after it depend on it, so they wait for the
 check and a bad value stops the pipeline here, with nothing else run or removed)
 """
-from foldwise import names, stage
+from foldwise import stage
+from foldwise.data import check
 
 
 def main():
-    out, = stage.arguments(__doc__, ("out", "the marker the later stages depend on"))
-    names.check("params.yaml", out)
+    check.run("params.yaml", stage.paths(__doc__, check.Paths))
 
 
 if __name__ == "__main__":

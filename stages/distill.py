@@ -14,28 +14,12 @@ submission.csv}, DISTILL_JSON (test fidelity to the teacher; the training images
 which are not out-of-fold) and the per-epoch HISTORY_CSV; the speed stage times the student
 beside the exported bag (so a new export never retrains the student)
 """
-import json
-from pathlib import Path
-
 from foldwise import params as P, stage
-from foldwise.deploy.distill_stage import run
-from foldwise.deploy.student import DistillPaths
-
-ARGUMENTS = (("root", "the data set (some submissions follow its lookup table)"),
-             ("models", "folder of the fold_k runs (the MLflow parent)"),
-             ("processed", "the preprocess cache"), ("bagged", "bag's output (oof.csv, test.csv)"),
-             ("metrics_json", "evaluate's metrics.json (the temperature)"),
-             ("neighbours", "the neighbours stage's test graph"),
-             ("stack", "the stack stage's model and OOF rows"), ("stack_json", "its figures"),
-             ("out", "the distilled model's folder"), ("out_json", "its figures"),
-             ("history_csv", "per-epoch history (DVC plots it)"))
+from foldwise.deploy import distill
 
 
 def main():
-    paths = DistillPaths(*map(Path, stage.arguments(__doc__, *ARGUMENTS)))
-    params = P.load()
-    meta = json.loads((paths.processed / "meta.json").read_text())
-    figures = run(params, meta, paths)
+    figures = distill.run(P.load(), stage.paths(__doc__, distill.Paths))
     if figures["model"]:
         fid = figures.get("test_fidelity") or figures["test_fidelity_not_held_out"]
         print(f"distilled {figures['model']} from the {figures['teacher']}: test agreement "

@@ -8,23 +8,12 @@ writes METRICS_DIR/{metrics.json, baseline.json, breakdown.csv, confusion.csv, c
 curves.csv, hardest.csv, hardest.png};
 logs the bagged metrics to the pipeline's MLflow parent run and finishes it.
 """
-import json
-from pathlib import Path
-
 from foldwise import params as P, stage
-from foldwise.ensemble.evaluate import evaluate
-from foldwise.tasks import create_task
+from foldwise.ensemble import evaluate
 
 
 def main():
-    bagged, processed, models, out = stage.arguments(
-        __doc__, ("bagged_dir", "bag's output (oof.csv)"),
-        ("processed_dir", "the preprocess cache (train.npy, labels, meta.json)"),
-        ("models_dir", "folder of the fold_k outputs (run.json, history.csv)"),
-        ("metrics_dir", "where the metrics and reports go"))
-    params = P.load()
-    task = create_task(json.loads((Path(processed) / "meta.json").read_text()), params)
-    summary = evaluate(params, task, bagged, processed, models, out)
+    summary = evaluate.run(P.load(), stage.paths(__doc__, evaluate.Paths))
     print("out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
                                       if isinstance(v, float)))
 

@@ -13,29 +13,12 @@ params: folds, bag.mean, tta (views inside the model); the temperature and clip 
         submission only; mlflow (the store of the pipeline's parent run)
 logs the exported bag as an MLflow model of the parent run that evaluate finished.
 """
-import json
-from pathlib import Path
-
 from foldwise import params as P, stage
-from foldwise.deploy.ship import ship
-from foldwise.tasks import create_task
-
-ARGUMENTS = (("root", "the data set (some submissions follow its lookup table)"),
-             ("models", "folder of the fold_k checkpoints"), ("processed", "the preprocess cache"),
-             ("bagged", "bag's output (test.csv)"), ("metrics_json", "evaluate's metrics.json"),
-             ("neighbours_dir", "the neighbours stage's test graph"),
-             ("neighbours_json", "the neighbours stage's scores"),
-             ("stack_dir", "the stack stage's model"), ("stack_json", "the stack stage's scores"),
-             ("submission", "the competition file to write"),
-             ("model_dir", "the exported bag's folder"),
-             ("checks", "what the export checked and logged (JSON, for foldwise-report)"))
+from foldwise.deploy import export
 
 
 def main():
-    paths = dict(zip([name for name, _ in ARGUMENTS], stage.arguments(__doc__, *ARGUMENTS)))
-    params = P.load()
-    meta = json.loads((Path(paths["processed"]) / "meta.json").read_text())
-    print(ship(params, create_task(meta, params), meta, paths))
+    print(export.run(P.load(), stage.paths(__doc__, export.Paths)))
 
 
 if __name__ == "__main__":

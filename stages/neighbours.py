@@ -13,17 +13,11 @@ image's, within its validation fold), oof.csv (OOF predictions with neighbours)}
 bound chosen again after averaging)
 """
 from foldwise import params as P, stage
-from foldwise.ensemble.neighbour_stage import run
+from foldwise.ensemble import neighbours
 
 
 def main():
-    models, processed, bagged, metrics_json, out, out_json = stage.arguments(
-        __doc__, ("models_dir", "folder of the fold_k checkpoints"),
-        ("processed_dir", "the preprocess cache"), ("bagged_dir", "bag's output (oof.csv)"),
-        ("metrics_json", "evaluate's metrics.json (the temperature)"),
-        ("out_dir", "where the test neighbour graph goes"),
-        ("neighbours_json", "OOF scores with and without neighbours"))
-    run(P.load(), models, processed, bagged, metrics_json, out, out_json)
+    neighbours.run(P.load(), stage.paths(__doc__, neighbours.Paths))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,11 @@ writes OUT_DIR/{train.npy, test.npy, train.csv, test.csv, meta.json} and, for re
 tasks, OUT_DIR/targets.npy (NaN where a value is missing)
 """
 from foldwise import params as P, stage
-from foldwise.data.preprocess import preprocess
+from foldwise.data import preprocess
 
 
 def main():
-    root, out = stage.arguments(__doc__, ("data_root", "the data set, in data.source's layout"),
-                                ("out_dir", "where the cache goes"))
-    preprocess(P.load(), root, out)
+    preprocess.run(P.load(), stage.paths(__doc__, preprocess.Paths))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,11 @@ run-cache.
 import sys
 
 from foldwise import params as P, stage
-from foldwise.train.pseudo_stage import run
+from foldwise.train import pseudo
 
 
 def main():
-    fold, folds_csv, processed, models, out = stage.arguments(
-        __doc__, ("fold", "which fold (0..k-1)"), ("folds_csv", "split's fold table"),
-        ("processed_dir", "the preprocess cache"), ("models_dir", "holds round 1, fold_FOLD"),
-        ("out_dir", "the fold's last round"))
-    code = run(P.load(), int(fold), folds_csv, processed, models, out)
+    code = pseudo.run(P.load(), stage.paths(__doc__, pseudo.Paths))
     if code:
         sys.exit(code)
 

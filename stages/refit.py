@@ -10,25 +10,12 @@ writes OUT_DIR/{model/ (bagged.pt2 with one network + meta.json: foldwise-predic
 submission.csv}, REFIT_JSON (in-sample figures, its agreement with the bag on the test images,
 `oof: null`) and the per-epoch HISTORY_CSV (in-sample figures: `insample_*`)
 """
-import json
-from pathlib import Path
-
 from foldwise import params as P, stage
-from foldwise.deploy.refit import RefitPaths, run
-
-ARGUMENTS = (("root", "the data set (some submissions follow its lookup table)"),
-             ("models", "folder of the fold_k runs (their kept epochs, the MLflow parent)"),
-             ("processed", "the preprocess cache"), ("bagged", "the bag's test predictions"),
-             ("metrics_json", "evaluate's metrics.json (temperature, decision)"),
-             ("out", "the refit network's folder"), ("out_json", "its figures"),
-             ("history_csv", "per-epoch history (DVC plots it)"))
+from foldwise.deploy import refit
 
 
 def main():
-    paths = RefitPaths(*map(Path, stage.arguments(__doc__, *ARGUMENTS)))
-    params = P.load()
-    meta = json.loads((paths.processed / "meta.json").read_text())
-    figures = run(params, meta, paths)
+    figures = refit.run(P.load(), stage.paths(__doc__, refit.Paths))
     if figures["epochs"]:
         near = figures["vs_bag_on_test"]
         agree = f"top class as the bag's on {near['agreement']:.1%} of the test images, " \

@@ -6,12 +6,11 @@ params: sample.seed, data.source, sample.<source> (the sample's size and variant
 """
 
 from foldwise import params as P, stage
-from foldwise.data.sources import write_configured_sample
+from foldwise.data import sample
 
 
 def main():
-    out, = stage.arguments(__doc__, ("out_dir", "where the sample goes (replaced whole)"))
-    print(write_configured_sample(P.load(), out))
+    print(sample.run(P.load(), stage.paths(__doc__, sample.Paths)))
 
 
 if __name__ == "__main__":

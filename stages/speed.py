@@ -6,21 +6,18 @@ params: distill.model, refit.epochs ('' and 0: SPEED_JSON says so, nothing timed
 writes SPEED_JSON (images timed, each program's images/s, each one-network program's speedup)
 """
 from foldwise import params as P, stage
-from foldwise.deploy.speed import run
+from foldwise.deploy import speed
 
 
 def main():
-    bag, distilled, refit, processed, out_json = stage.arguments(
-        __doc__, ("bag_model_dir", "the exported bag"), ("distilled_dir", "the distill stage's folder"),
-        ("refit_dir", "the refit stage's folder"),
-        ("processed_dir", "the preprocess cache (test.npy)"), ("speed_json", "the figures"))
-    figures = run(P.load(), bag, distilled, refit, processed, out_json)
+    figures = speed.run(P.load(), stage.paths(__doc__, speed.Paths))
     for key, name, speedup in (("student", "the student", "speedup"),
                                ("refit", "the refit network", "refit_speedup")):
         if speedup in figures:
             print(f"{figures['images']} test images on {figures['device']}: {name} "
                   f"{figures[key + '_images_per_s']:.0f} images/s, the bag "
                   f"{figures['bag_images_per_s']:.0f}: {figures[speedup]:.1f}x")
+
 
 if __name__ == "__main__":
     stage.run(main)

@@ -7,15 +7,11 @@ writes OUT_CSV (id, group, label, fold), DUPLICATES_CSV (the near-duplicate clus
 largest first; empty when dedupe is off) and DUPLICATES_PNG (a contact sheet of the largest)
 """
 from foldwise import params as P, stage
-from foldwise.data.split import split
+from foldwise.data import split
 
 
 def main():
-    root, out, dup_csv, dup_png = stage.arguments(
-        __doc__, ("data_root", "the data set, in data.source's layout"),
-        ("out_csv", "the fold table to write"), ("duplicates_csv", "near-duplicate clusters found"),
-        ("duplicates_png", "contact sheet of the largest clusters"))
-    split(P.load(), root, out, dup_csv, dup_png)
+    split.run(P.load(), stage.paths(__doc__, split.Paths))
 
 
 if __name__ == "__main__":

@@ -12,23 +12,12 @@ writes OUT_DIR/{model.pkl (fit on every OOF row), oof.csv (cross-fitted OOF pred
 STACK_JSON (the stack's OOF figures beside those of the submission without it: the bag,
 calibrated and neighbour-averaged where those are on)
 """
-import json
-from pathlib import Path
-
 from foldwise import params as P, stage
-from foldwise.ensemble.stack_stage import run
+from foldwise.ensemble import stack
 
 
 def main():
-    models, processed, bagged, metrics_json, neighbours_dir, out, out_json = stage.arguments(
-        __doc__, ("models_dir", "folder of the fold_k runs"), ("processed_dir", "the preprocess cache"),
-        ("bagged_dir", "bag's output (oof.csv)"), ("metrics_json", "evaluate's metrics.json"),
-        ("neighbours_dir", "the neighbours stage's graphs"), ("out_dir", "the model and its OOF"),
-        ("stack_json", "its OOF figures"))
-    params = P.load()
-    meta = json.loads((Path(processed) / "meta.json").read_text())
-    summary = run(params, meta, models, processed, bagged, metrics_json,
-                  neighbours_dir, out, out_json)
+    summary = stack.run(P.load(), stage.paths(__doc__, stack.Paths))
     if summary["model"]:
         monitor = next(iter(summary["oof"]))
         print(f"out-of-fold {monitor}: {summary['oof_bag_is']} {summary['oof_bag'][monitor]:.4f}, "

@@ -12,15 +12,11 @@ logs the fold as a child run in MLflow. With train.devices N > 1 the fold trains
 import sys
 
 from foldwise import params as P, stage
-from foldwise.train import fold as fold_run
+from foldwise.train import train
 
 
 def main():
-    fold, folds_csv, processed, out, history_csv = stage.arguments(
-        __doc__, ("fold", "which fold to validate on (0..k-1)"), ("folds_csv", "split's fold table"),
-        ("processed_dir", "the preprocess cache"), ("out_dir", "the fold's outputs"),
-        ("history_csv", "per-epoch history (DVC plots it)"))
-    code = fold_run.run(P.load(), int(fold), folds_csv, processed, out, history_csv)
+    code = train.run(P.load(), stage.paths(__doc__, train.Paths))
     if code:
         sys.exit(code)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldwise.ensemble.bagging import assemble_oof, average, bag_test
+from foldwise.ensemble.bag import assemble_oof, average, bag_test
 from foldwise.errors import InputError
 
 

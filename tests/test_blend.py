@@ -7,7 +7,7 @@ from scipy.stats import gmean
 from sklearn.metrics import log_loss
 
 from foldwise.ensemble import blend
-from foldwise.ensemble.bagging import average
+from foldwise.ensemble.bag import average
 from foldwise.errors import InputError
 
 CLASSES = [f"c{k}" for k in range(10)]

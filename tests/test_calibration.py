@@ -8,7 +8,7 @@ from scipy.special import softmax
 from sklearn.metrics import log_loss
 
 from foldwise.ensemble import calibration
-from foldwise.deploy.export import Bagged
+from foldwise.deploy.program import Bagged
 from foldwise.tasks import Classification
 
 

@@ -14,7 +14,7 @@ import torch
 from helpers import CFG, NO_AUGMENT, toy_data
 
 from foldwise import params as P
-from foldwise.deploy import distill
+from foldwise.deploy import soft_targets
 from foldwise.ensemble import calibration
 from foldwise.errors import InputError
 from foldwise.models import Normalised
@@ -28,7 +28,7 @@ def test_the_loss_and_figures_are_the_cross_entropy_against_the_teacher_by_hand(
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 3)) * 2
     teacher = rng.dirichlet(np.ones(3), size=6)
-    task = distill.Distilled(Classification(["a", "b", "c"]))
+    task = soft_targets.Distilled(Classification(["a", "b", "c"]))
     loss = task.loss(torch.tensor(logits), task.targets(teacher).double())
     log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     assert float(loss) == pytest.approx(-(teacher * log_p).sum(axis=1).mean(), rel=1e-6)
@@ -47,7 +47,7 @@ def test_a_student_trained_by_the_loop_learns_to_agree_with_its_teacher():
     teacher = np.where(np.eye(2)[y] == 1, 0.85, 0.15)
     torch.manual_seed(0)
     net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
-    task = distill.Distilled(Classification(["a", "b"]))
+    task = soft_targets.Distilled(Classification(["a", "b"]))
     cfg = P.evolve(CFG, {"epochs": 5, "amp": False, "channels_last": False,
                          "augment": dataclasses.asdict(NO_AUGMENT)})
     result = train_fold(net, task, Settings(cfg, 3e-3, 0, torch.device("cpu")),
@@ -73,18 +73,18 @@ def test_the_teachers_targets_are_the_bags_oof_and_test_rows_tempered_as_export_
     test.to_csv(tmp_path / "test.csv", index=False)
     (tmp_path / "metrics.json").write_text(json.dumps({"oof": {"logloss": 1.0, "temperature": 1.7}}))
     task = Classification(cols)
-    train_t, test_t = distill.teacher_predictions(task, tmp_path, tmp_path / "metrics.json", oof["id"])
+    train_t, test_t = soft_targets.teacher_predictions(task, tmp_path, tmp_path / "metrics.json", oof["id"])
     np.testing.assert_allclose(train_t, calibration.temper(oof[cols].to_numpy(), 1.7))
     np.testing.assert_allclose(test_t, calibration.temper(test[cols].to_numpy(), 1.7))
     with pytest.raises(InputError, match="oof.csv"):
-        distill.teacher_predictions(task, tmp_path, tmp_path / "metrics.json", oof["id"][::-1])
+        soft_targets.teacher_predictions(task, tmp_path, tmp_path / "metrics.json", oof["id"][::-1])
 
 
 def test_a_task_without_class_probabilities_is_refused_naming_the_key():
     with pytest.raises(InputError, match="distill.model"):
-        distill.Distilled(Keypoints(["x", "y"], (96, 96)))
+        soft_targets.Distilled(Keypoints(["x", "y"], (96, 96)))
     with pytest.raises(InputError, match="3 class probabilities"):
-        distill.Distilled(Classification(["a", "b", "c"])).targets(np.ones((4, 2)))
+        soft_targets.Distilled(Classification(["a", "b", "c"])).targets(np.ones((4, 2)))
 
 
 def stage_paths(tmp_path):
@@ -97,11 +97,11 @@ def stage_paths(tmp_path):
 def test_off_the_stage_writes_a_folder_that_says_so(tmp_path):
     """Off, its folder holds one file naming the switch (an empty folder made DVC warn
     "'export/distilled' is empty" on every run), and no earlier student."""
-    from foldwise.deploy.distill_stage import run
+    from foldwise.deploy.distill import run
     paths = stage_paths(tmp_path)
     (paths.out).mkdir()
     (paths.out / "stale.pt2").write_text("an earlier student")
-    assert run(P.load(ROOT / "params.yaml"), {}, paths) == {"model": ""}
+    assert run(P.load(ROOT / "params.yaml"), paths) == {"model": ""}
     assert [p.name for p in paths.out.iterdir()] == ["off.json"]
     assert json.loads((paths.out / "off.json").read_text()) == {"off": "distill.model: ''"}
     assert json.loads(paths.out_json.read_text()) == {"model": ""}
@@ -109,7 +109,7 @@ def test_off_the_stage_writes_a_folder_that_says_so(tmp_path):
 
 
 def test_the_students_settings_are_the_folds_recipe_with_its_own_network():
-    from foldwise.deploy.distill_stage import student_settings
+    from foldwise.deploy.distill import student_settings
     base = P.load(ROOT / "params.yaml")
     params = P.evolve(base, {"train": {"weights_file": "weights/folds.pth", "epochs": 9},
                              "distill": {"model": "resnet10t", "epochs": 0}})
@@ -131,7 +131,7 @@ def test_with_distill_test_the_student_learns_the_teachers_test_rows_and_says_th
     carry a mark, and the teacher flips their class) shows the rows are learnt: the student
     agrees with them only when they are in its training. The figure is then named as not
     held out."""
-    from foldwise.deploy.distill_run import fidelity_key, student_data
+    from foldwise.deploy.distill_train import fidelity_key, student_data
     from foldwise.deploy.student import Teacher
     x, y = toy_data(n=64)
     x[48:, :2] = 255  # the mark on the test images
@@ -150,9 +150,9 @@ def test_with_distill_test_the_student_learns_the_teachers_test_rows_and_says_th
     for name, data in (("plain", plain), ("joined", joined)):
         torch.manual_seed(0)
         net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
-        result = train_fold(net, distill.Distilled(Classification(["a", "b"])),
+        result = train_fold(net, soft_targets.Distilled(Classification(["a", "b"])),
                             Settings(cfg, 3e-3, 0, torch.device("cpu")), data)
-        agreement[name] = distill.fidelity(teacher.test, result.val_preds)["agreement"]
+        agreement[name] = soft_targets.fidelity(teacher.test, result.val_preds)["agreement"]
     assert agreement["plain"] <= 0.25 and agreement["joined"] >= 0.75, agreement
     base = P.load(ROOT / "params.yaml")
     assert base.distill.test is False and fidelity_key(base) == "test_fidelity"

@@ -2,9 +2,9 @@ import numpy as np
 import timm
 import torch
 
-from foldwise.deploy import export
+from foldwise.deploy import program
 from foldwise.tasks import Softmax
-from foldwise.ensemble.bagging import average
+from foldwise.ensemble.bag import average
 from foldwise.models import Normalised
 
 
@@ -25,11 +25,11 @@ def test_exported_bag_matches_the_numpy_bagging_for_both_means(tmp_path):
     models = nets()
     for mean in ("arithmetic", "geometric"):
         out = tmp_path / mean
-        export.save(export.Bagged(models, Softmax(), mean), torch.from_numpy(images[:2]),
+        program.save(program.Bagged(models, Softmax(), mean), torch.from_numpy(images[:2]),
                     {"bag_mean": mean}, out)
-        loaded, meta = export.load(out)
+        loaded, meta = program.load(out)
         assert meta == {"bag_mean": mean}
-        got = export.run_model(loaded, images, batch_size=3)  # another batch size than traced
+        got = program.run_model(loaded, images, batch_size=3)  # another batch size than traced
         np.testing.assert_allclose(got, average(fold_probs(models, images), mean), atol=1e-6)
 
 
@@ -64,7 +64,7 @@ def test_predict_refuses_a_second_level_model_the_export_cannot_hold(tmp_path):
     from foldwise.deploy.predict import predict_folder
     from foldwise.errors import InputError
     image_folder(tmp_path / "images")
-    bag = export.Bagged(nets(1), Softmax(), "arithmetic")
+    bag = program.Bagged(nets(1), Softmax(), "arithmetic")
     boosted = {"model": "hist_gradient_boosting", "neighbours": 0, "in_program": False, "weights": False}
     cases = [({}, [], []),
              ({"stack": {"model": "logistic", "neighbours": 0, "in_program": True}}, [], []),
@@ -76,9 +76,9 @@ def test_predict_refuses_a_second_level_model_the_export_cannot_hold(tmp_path):
              # a stack in the program is the submission: the neighbours then only feed stacks
              ({"neighbours": 3, "stack": {"model": "logistic", "neighbours": 0, "in_program": True}}, [], [])]
     for change, served, refused in cases:
-        export.save(bag, torch.zeros((2, 8, 8, 3), dtype=torch.uint8), predict_meta(change), tmp_path / "m")
+        program.save(bag, torch.zeros((2, 8, 8, 3), dtype=torch.uint8), predict_meta(change), tmp_path / "m")
         meta = json.loads((tmp_path / "m/meta.json").read_text())
-        assert (export.set_level(meta), export.unreproducible(meta)) == (served, refused)
+        assert (program.set_level(meta), program.unreproducible(meta)) == (served, refused)
         if refused:
             with pytest.raises(InputError, match="foldwise-predict would not reproduce it") as err:
                 predict_folder(tmp_path / "m", tmp_path / "images", tmp_path / "p.csv", workers=1)
@@ -98,28 +98,28 @@ def test_predict_reproduces_neighbour_averaging_and_a_logistic_stack_over_neighb
 
     from foldwise.deploy import setlevel
     from foldwise.deploy.predict import predict_folder
-    from foldwise.ensemble import neighbours, stack
+    from foldwise.ensemble import knn, stack_model
     images = image_folder(tmp_path / "images")
     models = nets(2)
-    bag = export.Bagged(models, Softmax(), "arithmetic")
+    bag = program.Bagged(models, Softmax(), "arithmetic")
     probs = average(fold_probs(models, images), "arithmetic")
-    direction = neighbours.mean_direction(
-        [neighbours.embed(m, images, torch.device("cpu")) for m in models])
-    idx, sim = neighbours.graph(direction, 3)
+    direction = knn.mean_direction(
+        [knn.embed(m, images, torch.device("cpu")) for m in models])
+    idx, sim = knn.graph(direction, 3)
     rng = np.random.default_rng(2)  # a logistic stack fit on some rows of neighbour features
-    x = stack.features(rng.dirichlet(np.ones(4), size=40), rng.integers(0, 40, size=(40, 2)),
+    x = stack_model.features(rng.dirichlet(np.ones(4), size=40), rng.integers(0, 40, size=(40, 2)),
                        rng.random((40, 2)), 2)
     model = LogisticRegression(max_iter=500).fit(x, np.arange(40) % 4)
-    want = {"neighbours": neighbours.smooth(probs, idx, sim),
-            "stack": model.predict_proba(stack.features(probs, idx, sim, 2))}
+    want = {"neighbours": knn.smooth(probs, idx, sim),
+            "stack": model.predict_proba(stack_model.features(probs, idx, sim, 2))}
     stacked = {"model": "logistic", "neighbours": 2, "in_program": False, "weights": True}
     for name, change, weights in (("neighbours", {"neighbours": 3}, None),
                                   ("stack", {"neighbours": 3, "stack": stacked},
-                                   stack.linear_weights(model, 4))):
+                                   stack_model.linear_weights(model, 4))):
         example = torch.zeros((2, 8, 8, 3), dtype=torch.uint8)
-        export.save(bag, example, predict_meta(change), tmp_path / name,
+        program.save(bag, example, predict_meta(change), tmp_path / name,
                     lambda folder: setlevel.save(folder, models, example, weights))
-        assert export.unreproducible(predict_meta(change)) == []
+        assert program.unreproducible(predict_meta(change)) == []
         predict_folder(tmp_path / name, tmp_path / "images", tmp_path / f"{name}.csv", workers=1)
         got = pd.read_csv(tmp_path / f"{name}.csv")
         assert list(got["image"]) == [f"{i}.png" for i in range(len(images))]

@@ -10,10 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from foldwise import params as P
-from foldwise.data.preprocess import preprocess
-from foldwise.data.split import split
+from foldwise.data import preprocess, split
 from foldwise.deploy.verify import DRIFT, TOLERANCE, check_export
-from foldwise.train import fold as fold_run, outputs
+from foldwise.train import outputs, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +30,11 @@ def fold0(statefarm_sample, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")  # restored after
-        split(params, statefarm_sample, "data/folds.csv", "metrics/dup.csv", "metrics/dup.png")
-        preprocess(params, statefarm_sample, "data/processed")
-        code = fold_run.run(params, 0, "data/folds.csv", "data/processed", "models/fold_0",
-                            "metrics/history/fold_0.csv")
+        split.run(params, split.Paths(statefarm_sample, Path("data/folds.csv"),
+                                      Path("metrics/dup.csv"), Path("metrics/dup.png")))
+        preprocess.run(params, preprocess.Paths(statefarm_sample, Path("data/processed")))
+        code = train.run(params, train.Paths(0, Path("data/folds.csv"), Path("data/processed"),
+                                             Path("models/fold_0"), Path("metrics/history/fold_0.csv")))
     mlflow.set_tracking_uri(None)
     return project, code
 
@@ -116,12 +116,12 @@ def test_a_change_to_the_code_moves_the_resume_file(tmp_path):
     foldwise, the rerun fold starts over instead of resuming the old code's state."""
     import shutil
     package = tmp_path / "foldwise"
-    shutil.copytree(fold_run.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-    before = fold_run.resume_file(tmp_path, "abc", 2, package)
-    assert before == fold_run.resume_file(tmp_path, "abc", 2, package)  # stable
+    shutil.copytree(train.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = train.resume_file(tmp_path, "abc", 2, package)
+    assert before == train.resume_file(tmp_path, "abc", 2, package)  # stable
     loop = package / "train" / "loop.py"
     loop.write_text(loop.read_text() + "\n# a fix\n")
-    after = fold_run.resume_file(tmp_path, "abc", 2, package)
+    after = train.resume_file(tmp_path, "abc", 2, package)
     assert after != before and after.parent == before.parent and after.name.endswith("-fold2.pt")
 
 

@@ -66,14 +66,14 @@ def test_the_training_seed_leaves_the_folds_alone_and_split_seed_moves_them(stat
     import pandas as pd
 
     from foldwise import params as P
-    from foldwise.data.split import split
+    from foldwise.data import split
     base = P.load(Path(__file__).resolve().parents[1] / "params.yaml")
     base = P.evolve(base, {"folds": [0, 1, 2], "data": {"root": str(statefarm_sample)}})
 
     def folds(**changes):
         out = tmp_path / f"{len(list(tmp_path.iterdir()))}.csv"
-        split(P.evolve(base, P.nested(changes)), statefarm_sample, out, tmp_path / "d.csv",
-              tmp_path / "d.png")
+        split.run(P.evolve(base, P.nested(changes)),
+                  split.Paths(statefarm_sample, out, tmp_path / "d.csv", tmp_path / "d.png"))
         return pd.read_csv(out)["fold"].tolist()
 
     first = folds(seed=0, **{"split.seed": 0})

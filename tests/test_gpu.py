@@ -14,7 +14,7 @@ import timm
 import torch
 
 from foldwise import params as P
-from foldwise.deploy import export
+from foldwise.deploy import program
 from foldwise.deploy.verify import check_export
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
@@ -122,15 +122,15 @@ def test_the_exported_bag_on_the_device_matches_eager_and_foldwise_predict(tmp_p
         model = net(k)
         model.load_state_dict(result.state_dict)
         nets.append(model.eval())
-    bag = export.Bagged(nets, TASK.head(), "arithmetic", TASK.tempering(1.0))
+    bag = program.Bagged(nets, TASK.head(), "arithmetic", TASK.tempering(1.0))
     x, _ = toy_data(n=64)
     meta = {"source": "folders", "task": "classification", "classes": ["a", "b"],
             "decision": {"clip": 0.0},
             "preprocess": {"height": 16, "width": 16, "crop": [0, 0, 1, 1], "mode": "RGB"}}
-    export.save(bag, torch.from_numpy(x[:2]), meta, tmp_path / "model")
-    model, _ = export.load(tmp_path / "model", DEVICE)
-    got = export.run_model(model, x, device=DEVICE)
-    eager = export.run_model(bag.to(DEVICE), x, device=DEVICE)
+    program.save(bag, torch.from_numpy(x[:2]), meta, tmp_path / "model")
+    model, _ = program.load(tmp_path / "model", DEVICE)
+    got = program.run_model(model, x, device=DEVICE)
+    eager = program.run_model(bag.to(DEVICE), x, device=DEVICE)
     bagged = np.mean([f.test_preds for f in folds], axis=0)
     check = check_export(got[:8], eager[:8], bagged, [{"precision": "bfloat16" if amp else "float32",
                                                         "device": DEVICE.type}])

@@ -70,7 +70,7 @@ def test_the_tracking_store_is_reached_before_several_gpus_start(monkeypatch, tm
     torchrun: an unreachable server fails there, not while the other ranks wait in DDP's
     constructor for rank 0 until NCCL times out."""
     import json
-    from foldwise.train import fold
+    from foldwise.train import train
     (tmp_path / "meta.json").write_text(json.dumps({"hflip_safe": False}))
     params = P.evolve(P.load(ROOT / "params.yaml"), {"train": {"devices": 2}})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
@@ -79,7 +79,8 @@ def test_the_tracking_store_is_reached_before_several_gpus_start(monkeypatch, tm
     import mlflow
     try:
         with pytest.raises(Exception) as err:
-            fold.run(params, 0, tmp_path / "folds.csv", tmp_path, tmp_path / "out", tmp_path / "h.csv")
+            train.run(params, train.Paths(0, tmp_path / "folds.csv", tmp_path, tmp_path / "out",
+                                          tmp_path / "h.csv"))
     finally:
         mlflow.set_tracking_uri(None)  # this process's later tests choose their own store
     assert "127.0.0.1:9" in str(err.value) or "Connection" in type(err.value).__name__ + str(err.value)

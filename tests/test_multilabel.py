@@ -9,7 +9,7 @@ from sklearn.metrics import fbeta_score, log_loss
 
 from foldwise import metrics
 from foldwise.data.sources import multilabel as ml
-from foldwise.deploy.export import Bagged
+from foldwise.deploy.program import Bagged
 from foldwise.errors import InputError
 from foldwise.tasks import MultiLabel
 

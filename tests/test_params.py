@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from foldwise import names, params as P
+from foldwise.data import check
 from foldwise.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,19 +102,19 @@ def test_a_value_outside_the_schema_names_the_key_the_value_and_the_allowed_ones
 ])
 def test_timm_names_are_checked_against_timms_own_registries(tmp_path, change, message):
     with pytest.raises(InputError) as err:
-        names.check(write(tmp_path, change), tmp_path / "checked")
+        check.run(write(tmp_path, change), check.Paths(tmp_path / "checked"))
     assert message in str(err.value) and "git checkout params.yaml" in str(err.value)
     assert not (tmp_path / "checked").exists()
-    names.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10t")), tmp_path / "checked")
-    assert (tmp_path / "checked").read_text() == names.CHECKED
+    check.run(write(tmp_path, lambda p: p["distill"].update(model="resnet10t")), check.Paths(tmp_path / "checked"))
+    assert (tmp_path / "checked").read_text() == check.CHECKED
 
 
 def test_the_schemas_choices_are_the_ones_the_code_dispatches_on():
-    from foldwise.ensemble import bagging, stack
-    from foldwise.train import pseudo
-    assert P.allowed(P.Bag, "mean") == bagging.MEANS
-    assert set(P.allowed(P.Stack, "model")) == {"", *stack.MODELS}
-    assert P.allowed(P.Pseudo, "mode") == pseudo.MODES
+    from foldwise.ensemble import bag, stack_model
+    from foldwise.train import pseudo_labels
+    assert P.allowed(P.Bag, "mean") == bag.MEANS
+    assert set(P.allowed(P.Stack, "model")) == {"", *stack_model.MODELS}
+    assert P.allowed(P.Pseudo, "mode") == pseudo_labels.MODES
     from foldwise.data.sources import SOURCES
     assert set(P.allowed(P.Data, "source")) == set(SOURCES)
     import torch
@@ -137,9 +138,9 @@ def test_timm_names_come_from_a_per_version_cache_and_a_miss_is_looked_up_live(t
     path.write_text(json.dumps({"model": ["test_resnet"], "optimizer": ["adamw"]}))
     assert names.known_timm_names()["model"] == {"test_resnet"}  # read back, timm not asked
     ok = write(tmp_path, lambda p: p["distill"].update(model="resnet10t"))  # a miss: asked live
-    names.check(ok, tmp_path / "checked")
+    check.run(ok, check.Paths(tmp_path / "checked"))
     with pytest.raises(InputError, match="distill.model='resnet10' is not a timm model"):
-        names.check(write(tmp_path, lambda p: p["distill"].update(model="resnet10")), tmp_path / "checked")
+        check.run(write(tmp_path, lambda p: p["distill"].update(model="resnet10")), check.Paths(tmp_path / "checked"))
 
 
 def test_dvc_exp_run_set_changes_only_the_values_it_sets_in_params_yaml(tmp_path):

@@ -577,7 +577,7 @@ def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(
     folder writes the submission (it averaged nothing before: the averaging is set-level, done
     from the export's feature program), and no MLflow model is logged (a served request is no
     test set; the model silently dropped the averaging before)."""
-    from foldwise.ensemble import neighbours
+    from foldwise.ensemble import knn
     dst, _, _ = project
     before = pd.read_csv(dst / "export/submission.csv")
     out = sh("dvc exp run -S neighbours.k=3", dst).stdout
@@ -595,7 +595,7 @@ def test_neighbours_rerun_only_what_follows_evaluate_and_average_the_submission(
     assert graph["idx"].shape == (len(before), 3)
     after = pd.read_csv(dst / "export/submission.csv")
     classes = [f"c{k}" for k in range(10)]
-    want = neighbours.smooth(before[classes].to_numpy(), graph["idx"], graph["sim"])
+    want = knn.smooth(before[classes].to_numpy(), graph["idx"], graph["sim"])
     np.testing.assert_allclose(after[classes].to_numpy(), want, atol=2e-6)
     assert "MLflow model not logged: the submission also applies neighbours.k=3" in out
     assert "the test graph from the shipped features: 100.0% of the neighbours stage's" in out
@@ -622,7 +622,7 @@ def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_
     from sklearn.linear_model import LogisticRegression
 
     from foldwise.data.cache import load_truth
-    from foldwise.ensemble import stack
+    from foldwise.ensemble import stack_model
     dst, _, _ = project
     out = sh("dvc exp run -S neighbours.k=3 -S stack.model=logistic -S stack.neighbours=3", dst).stdout
     for stage in ("train@0", "bag", "evaluate"):  # (neighbours: run-cache, or run if alone)
@@ -632,7 +632,7 @@ def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_
     oof = pd.read_csv(dst / "data/bagged/oof.csv")
     truth, folds = load_truth(dst / "data/processed"), oof["fold"].to_numpy()
     g = np.load(dst / "data/neighbours/oof_graph.npz")
-    x = stack.features(oof[classes].to_numpy(), g["idx"], g["sim"], 3)
+    x = stack_model.features(oof[classes].to_numpy(), g["idx"], g["sim"], 3)
     stacked = pd.read_csv(dst / "data/stack/oof.csv")
     for k in range(FOLDS):
         rows = folds == k
@@ -650,8 +650,8 @@ def test_a_second_level_model_over_oof_and_neighbours_is_cross_fitted_and_makes_
     assert summary["oof_bag_is"] == "bag, averaged over neighbours"
     test = pd.read_csv(dst / "data/bagged/test.csv")
     graph = np.load(dst / "data/neighbours/graph.npz")
-    model = stack.load_model(dst / "data/stack")
-    want = stack.predict(model, stack.features(test[classes].to_numpy(), graph["idx"], graph["sim"], 3), 10)
+    model = stack_model.load_model(dst / "data/stack")
+    want = stack_model.predict(model, stack_model.features(test[classes].to_numpy(), graph["idx"], graph["sim"], 3), 10)
     sub = pd.read_csv(dst / "export/submission.csv")
     np.testing.assert_allclose(sub[classes].to_numpy(), want, atol=1e-4)  # exported vs eager bag
     sh(f"foldwise-predict export/model data/sample/statefarm/imgs/test {tmp_path / 'p.csv'}", dst)
@@ -670,7 +670,7 @@ def test_a_logistic_stack_without_neighbours_ships_inside_the_exported_model(pro
     bag's test predictions."""
     import mlflow.pyfunc
 
-    from foldwise.ensemble import stack
+    from foldwise.ensemble import stack_model
     dst, _, _ = project
     out = sh("dvc exp run -S neighbours.k=3 -S stack.model=logistic -S stack.neighbours=0", dst).stdout
     assert "Running stage 'train@0'" not in out and "Running stage 'export'" in out
@@ -679,8 +679,8 @@ def test_a_logistic_stack_without_neighbours_ships_inside_the_exported_model(pro
     classes = [f"c{k}" for k in range(10)]
     test = pd.read_csv(dst / "data/bagged/test.csv")
     empty = np.zeros((len(test), 0), dtype=np.int64)
-    want = stack.predict(stack.load_model(dst / "data/stack"),
-                         stack.features(test[classes].to_numpy(), empty, empty, 0), 10)
+    want = stack_model.predict(stack_model.load_model(dst / "data/stack"),
+                         stack_model.features(test[classes].to_numpy(), empty, empty, 0), 10)
     sub = pd.read_csv(dst / "export/submission.csv")
     np.testing.assert_allclose(sub[classes].to_numpy(), want, atol=1e-4)  # exported vs eager bag
     predicted = tmp_path / "pred.csv"
@@ -720,32 +720,32 @@ def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled
     from sklearn.metrics import accuracy_score
 
     from foldwise.data.cache import load_truth
-    from foldwise.deploy import export
-    from foldwise.ensemble import stack
+    from foldwise.deploy import program
+    from foldwise.ensemble import stack_model
     dst, _, _ = project
     out = one_network
     classes = [f"c{k}" for k in range(10)]
     test = pd.read_csv(dst / "data/bagged/test.csv")
     empty = np.zeros((len(test), 0), dtype=np.int64)
-    teacher = stack.predict(stack.load_model(dst / "data/stack"),  # the stack in the program
-                            stack.features(test[classes].to_numpy(), empty, empty, 0), 10)
-    model, meta = export.load(dst / "export/distilled/model")
+    teacher = stack_model.predict(stack_model.load_model(dst / "data/stack"),  # the stack in the program
+                            stack_model.features(test[classes].to_numpy(), empty, empty, 0), 10)
+    model, meta = program.load(dst / "export/distilled/model")
     assert meta["folds"] == 1 and meta["distilled"] == {"model": "resnet10t", "teacher": "stack"}
-    raw = export.run_model(model, np.load(dst / "data/processed/test.npy"))
+    raw = program.run_model(model, np.load(dst / "data/processed/test.npy"))
     figures = json.loads((dst / "metrics/distill.json").read_text())
     p = np.clip(raw, 1e-15, 1)
     p /= p.sum(axis=1, keepdims=True)
     assert figures["test_fidelity"]["logloss"] == pytest.approx(-(teacher * np.log(p)).sum(axis=1).mean(), rel=1e-6)
     assert figures["test_fidelity"]["agreement"] == np.mean(teacher.argmax(1) == raw.argmax(1))
     truth = load_truth(dst / "data/processed")
-    on_train = export.run_model(model, np.load(dst / "data/processed/train.npy"))
+    on_train = program.run_model(model, np.load(dst / "data/processed/train.npy"))
     on_train /= on_train.sum(axis=1, keepdims=True)  # float32 softmax rows, to scikit-learn's tolerance
     assert figures["train_not_out_of_fold"]["logloss"] == pytest.approx(log_loss(truth, on_train, labels=range(10)), rel=1e-6)
     assert figures["train_not_out_of_fold"]["accuracy"] == pytest.approx(accuracy_score(truth, on_train.argmax(1)))
     speed = json.loads((dst / "metrics/speed.json").read_text())  # the speed stage, after both
     assert "Running stage 'speed'" in out and speed["distill"] == "resnet10t"
     assert speed["student_images_per_s"] > 0 and speed["bag_images_per_s"] > 0
-    ship = dst / "src/foldwise/deploy/ship.py"  # a change to the export alone ...
+    ship = dst / "src/foldwise/deploy/export.py"  # a change to the export alone ...
     original = ship.read_text()
     try:
         ship.write_text(original + "\n# an export-only change\n")
@@ -786,7 +786,7 @@ def test_a_refit_network_trains_on_every_image_for_the_folds_median_epochs_and_s
     import mlflow.pyfunc
 
     from foldwise.data.cache import load_truth
-    from foldwise.deploy import export
+    from foldwise.deploy import program
     from foldwise.ensemble import calibration
     dst, _, _ = project
     out = one_network
@@ -797,18 +797,18 @@ def test_a_refit_network_trains_on_every_image_for_the_folds_median_epochs_and_s
     history = pd.read_csv(dst / "metrics/history/refit.csv")
     assert len(history) == figures["epochs"] and not [c for c in history if "val_" in c]
     assert "insample_logloss" in history and "insample_metric" in history
-    model, meta = export.load(dst / "export/refit/model")
+    model, meta = program.load(dst / "export/refit/model")
     metrics = json.loads((dst / "metrics/metrics.json").read_text())["oof"]
     assert meta["folds"] == 1 and meta["refit"]["epochs"] == figures["epochs"]
     assert meta["temperature"] == metrics.get("temperature", 1.0)  # the bag's, fit out of fold
-    got = export.run_model(model, np.load(dst / "data/processed/test.npy"))
+    got = program.run_model(model, np.load(dst / "data/processed/test.npy"))
     classes = [f"c{k}" for k in range(10)]
     bag = calibration.temper(pd.read_csv(dst / "data/bagged/test.csv")[classes].to_numpy(),
                              metrics.get("temperature", 1.0))
     near = figures["vs_bag_on_test"]
     assert near["agreement"] == np.mean(bag.argmax(1) == got.argmax(1))
     assert near["mean_abs_diff"] == pytest.approx(np.abs(got - bag).mean(), rel=1e-5)
-    on_train = export.run_model(model, np.load(dst / "data/processed/train.npy"))
+    on_train = program.run_model(model, np.load(dst / "data/processed/train.npy"))
     on_train /= on_train.sum(axis=1, keepdims=True)
     truth = load_truth(dst / "data/processed")
     assert figures["train_not_out_of_fold"]["logloss"] == pytest.approx(

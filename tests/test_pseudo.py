@@ -16,7 +16,7 @@ from foldwise import params as P
 from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification, Keypoints
-from foldwise.train import loader, outputs, pseudo
+from foldwise.train import loader, outputs, pseudo_labels
 from foldwise.train.loop import FitData, Settings, train_fold
 
 
@@ -29,36 +29,36 @@ def test_only_the_folds_own_model_never_saw_its_validation_labels():
     folds = split()
     for k in range(3):
         val = folds.loc[folds["fold"] == k, "id"]
-        assert pseudo.leaked(val, folds, k) == []
+        assert pseudo_labels.leaked(val, folds, k) == []
         for j in set(range(3)) - {k}:  # every other fold's model trained on fold k's images
-            assert pseudo.leaked(val, folds, j) == sorted(val)
+            assert pseudo_labels.leaked(val, folds, j) == sorted(val)
 
 
 def test_a_planted_leak_is_refused_naming_the_model_and_the_images():
     folds = split()
     bag = [(folds, j) for j in range(3)]  # the bag's test predictions: every fold's model
     with pytest.raises(InputError, match=r"fold 1: fold 0's model trained on 4 of the fold's 4"):
-        pseudo.check_sources(1, folds, bag, [f"fold {j}'s model" for j in range(3)])
+        pseudo_labels.check_sources(1, folds, bag, [f"fold {j}'s model" for j in range(3)])
     other = split(seed=5)  # another split's fold 1 shares some images with ours, not all
-    shared = pseudo.leaked(folds.loc[folds["fold"] == 1, "id"], other, 1)
+    shared = pseudo_labels.leaked(folds.loc[folds["fold"] == 1, "id"], other, 1)
     assert 0 < len(shared) < 4
     with pytest.raises(InputError, match=f"trained on {len(shared)} of"):
-        pseudo.check_sources(1, folds, [(other, 1)], ["exp-b fold 1"])
-    pseudo.check_sources(1, folds, [(folds, 1)], ["fold 1's model"])  # the honest one passes
+        pseudo_labels.check_sources(1, folds, [(other, 1)], ["exp-b fold 1"])
+    pseudo_labels.check_sources(1, folds, [(folds, 1)], ["fold 1's model"])  # the honest one passes
 
 
 def test_soft_and_hard_targets_by_hand():
     p = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.05, 0.05, 0.9]])
-    rows, y = pseudo.targets(p, "soft", 0.0)
+    rows, y = pseudo_labels.targets(p, "soft", 0.0)
     np.testing.assert_array_equal(rows, [0, 1, 2])
     np.testing.assert_allclose(y, p)
-    rows, y = pseudo.targets(p, "hard", 0.6)
+    rows, y = pseudo_labels.targets(p, "hard", 0.6)
     np.testing.assert_array_equal(rows, [0, 2])
     np.testing.assert_array_equal(y, [[1, 0, 0], [0, 0, 1]])
     with pytest.raises(InputError, match="pseudo.mode"):
-        pseudo.targets(p, "sharp", 0.6)
+        pseudo_labels.targets(p, "sharp", 0.6)
     with pytest.raises(InputError, match="pseudo.threshold"):
-        pseudo.targets(p, "hard", 1.5)
+        pseudo_labels.targets(p, "hard", 1.5)
 
 
 def round_1_folder(models, fold, val_ids, test_ids, cols):
@@ -78,14 +78,14 @@ def test_further_rounds_refuse_a_first_labeller_that_saw_the_folds_validation_la
     folds, other = split(), split(seed=5)
     ids, cols, tests = folds["id"], ["a", "b"], ["t0", "t1"]
     val = folds.loc[folds["fold"] == 1, "id"]
-    shared = pseudo.leaked(val, other, 1)
+    shared = pseudo_labels.leaked(val, other, 1)
     assert 0 < len(shared) < len(val)
     round_1_folder(tmp_path, 1, list(other.loc[other["fold"] == 1, "id"]), tests, cols)
     with pytest.raises(InputError, match=f"fold 1: the model in .*fold_1 trained on {len(shared)} of "
                                          f"the fold's {len(val)} validation images"):
-        pseudo.first_round(tmp_path, 1, Classification(cols), ids, val, tests)
+        pseudo_labels.first_round(tmp_path, 1, Classification(cols), ids, val, tests)
     round_1_folder(tmp_path, 1, list(val), tests, cols)  # the fold's own round 1: taken
-    first = pseudo.first_round(tmp_path, 1, Classification(cols), ids, val, tests)
+    first = pseudo_labels.first_round(tmp_path, 1, Classification(cols), ids, val, tests)
     assert first.val_preds.shape == (len(val), 2)
 
 
@@ -93,9 +93,9 @@ def test_the_weighted_loss_by_hand():
     rng = np.random.default_rng(2)
     logits = torch.tensor(rng.normal(size=(5, 3)))
     soft = rng.dirichlet(np.ones(3), size=2)
-    y = pseudo.round_targets(np.array([0, 2, 1]), 3, soft, 0.25)
+    y = pseudo_labels.round_targets(np.array([0, 2, 1]), 3, soft, 0.25)
     assert y.shape == (5, 4) and list(y[:, -1]) == [1, 1, 1, 0.25, 0.25]
-    task = pseudo.PseudoLabelled(Classification(["a", "b", "c"]))
+    task = pseudo_labels.PseudoLabelled(Classification(["a", "b", "c"]))
     log_p = torch.log_softmax(logits, dim=1).numpy()
     each = -(y[:, :3] * log_p).sum(axis=1)
     want = (y[:, 3] * each).sum() / y[:, 3].sum()
@@ -144,22 +144,22 @@ def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation, l
 
     rows_seen = []
     trained = net()
-    got = pseudo.further_rounds(trained, task, settings, data, rounds,
+    got = pseudo_labels.further_rounds(trained, task, settings, data, rounds,
                                 train_fold(trained, task, settings, data),
                                 on_epoch=rows_seen.append, replay=True)
     first_net = net()
     first = train_fold(first_net, task, settings, data)
-    keep, labels = pseudo.targets(first.test_preds, "hard", 0.6)
+    keep, labels = pseudo_labels.targets(first.test_preds, "hard", 0.6)
     images = [x[:32], x[48:][keep]]
     if validation:
-        keep_val, val_labels = pseudo.targets(first.val_preds, "hard", 0.6)
+        keep_val, val_labels = pseudo_labels.targets(first.val_preds, "hard", 0.6)
         images.append(x[32:48][keep_val])
         labels = np.concatenate([labels, val_labels])
     schedule = {"epochs": 1, "warmup_epochs": 0} if lr else {"epochs": 1}
-    by_hand = train_fold(first_net, pseudo.PseudoLabelled(task),
+    by_hand = train_fold(first_net, pseudo_labels.PseudoLabelled(task),
                          dataclasses.replace(settings, lr=lr or settings.lr,
                                              cfg=P.evolve(cfg, schedule)),
-                         FitData(np.concatenate(images), pseudo.round_targets(y[:32], 2, labels, 0.5),
+                         FitData(np.concatenate(images), pseudo_labels.round_targets(y[:32], 2, labels, 0.5),
                                  x[32:48], y[32:48], x[48:]))
     np.testing.assert_allclose(got.val_preds, by_hand.val_preds, atol=1e-6)
     np.testing.assert_allclose(got.test_preds, by_hand.test_preds, atol=1e-6)
@@ -173,15 +173,15 @@ def test_bad_pseudo_settings_are_refused_before_training_naming_the_key():
     full = P.load(Path(__file__).resolve().parents[1] / "params.yaml")
     base = full.pseudo
     classes = Classification(["a", "b"])
-    pseudo.check(P.evolve(base, {"rounds": 0}), Keypoints(["x", "y"], (9, 9)))  # off
+    pseudo_labels.check(P.evolve(base, {"rounds": 0}), Keypoints(["x", "y"], (9, 9)))  # off
     for change, key in (({"rounds": -1}, "pseudo.rounds"), ({"rounds": 1, "mode": "sharp"}, "pseudo.mode"),
                         ({"rounds": 1, "threshold": 0.0, "mode": "hard"}, "pseudo.threshold"),
                         ({"rounds": 1, "lr": -1e-3}, "pseudo.lr"),
                         ({"rounds": 1, "weight": 0.0}, "pseudo.weight")):
         with pytest.raises(InputError, match=key):  # the schema's rule, or the pseudo check's
-            pseudo.check(P.evolve(full, {"pseudo": change}).pseudo, classes)
+            pseudo_labels.check(P.evolve(full, {"pseudo": change}).pseudo, classes)
     with pytest.raises(InputError, match="pseudo.rounds"):
-        pseudo.check(P.evolve(base, {"rounds": 1}), Keypoints(["x", "y"], (9, 9)))
+        pseudo_labels.check(P.evolve(base, {"rounds": 1}), Keypoints(["x", "y"], (9, 9)))
 
 
 def test_a_later_round_is_read_only_while_built_from_the_round_1_beside_it(tmp_path):

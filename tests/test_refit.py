@@ -148,12 +148,12 @@ def test_its_epochs_figures_are_named_in_sample_and_shown_without_a_best_mark():
 
 
 def test_off_the_stage_writes_a_folder_that_says_so(tmp_path):
-    paths = refit.RefitPaths(*(tmp_path / n for n in ("root", "models", "processed", "bagged",
-                                                       "metrics.json", "refit", "refit.json",
-                                                       "refit.csv")))
+    paths = refit.Paths(*(tmp_path / n for n in ("root", "models", "processed", "bagged",
+                                                 "metrics.json", "refit", "refit.json",
+                                                 "refit.csv")))
     paths.out.mkdir()
     (paths.out / "stale.pt2").write_text("an earlier refit network")
-    assert refit.run(P.load(ROOT / "params.yaml"), {}, paths) == {"epochs": 0}
+    assert refit.run(P.load(ROOT / "params.yaml"), paths) == {"epochs": 0}
     assert [p.name for p in paths.out.iterdir()] == ["off.json"]
     assert json.loads(paths.out_json.read_text()) == {"epochs": 0}
     assert pd.read_csv(paths.history_csv).empty

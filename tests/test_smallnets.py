@@ -9,7 +9,7 @@ import timm
 import torch
 
 from foldwise import names, params as P
-from foldwise.deploy import export
+from foldwise.deploy import program
 from foldwise.errors import InputError
 from foldwise.models import create_backbone, load_checkpoint, Normalised
 from foldwise.smallnets import SMALL
@@ -55,9 +55,9 @@ def test_a_small_network_exports_and_rebuilds_from_its_checkpoint(tmp_path):
     images = (x[:3] * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     with torch.no_grad():
         expected = net(images.permute(0, 3, 1, 2).float() / 255).softmax(1).numpy()
-    export.save(export.Bagged([net], Softmax(), "arithmetic"), images[:2], {}, tmp_path / "e")
-    loaded, _ = export.load(tmp_path / "e")
-    np.testing.assert_allclose(export.run_model(loaded, images.numpy(), batch_size=2), expected,
+    program.save(program.Bagged([net], Softmax(), "arithmetic"), images[:2], {}, tmp_path / "e")
+    loaded, _ = program.load(tmp_path / "e")
+    np.testing.assert_allclose(program.run_model(loaded, images.numpy(), batch_size=2), expected,
                                atol=1e-5)
     spec = {"model": name, "mean": [0.5], "std": [0.25], "num_outputs": 10, "in_chans": 1,
             "model_kwargs": {}}
@@ -173,9 +173,9 @@ def test_a_fold_of_a_small_network_with_erasing_trains_the_same_for_a_seed_and_o
 def test_every_task_the_loop_trains_says_whether_random_erasing_suits_it():
     """The class tasks, pseudo-label rounds and the distilled student take erasing; keypoints
     refuse it (an erased point keeps its target)."""
-    from foldwise.deploy.distill import Distilled
+    from foldwise.deploy.soft_targets import Distilled
     from foldwise.tasks import MultiLabel
-    from foldwise.train.pseudo import PseudoLabelled
+    from foldwise.train.pseudo_labels import PseudoLabelled
     classes = Classification("ab")
     tasks = {classes: True, MultiLabel(["x", "y"]): True, PseudoLabelled(classes): True,
              Distilled(classes): True, Keypoints(["a_x", "a_y"], (9, 9)): False}

@@ -174,15 +174,15 @@ def test_the_sample_stage_writes_only_a_note_when_data_root_is_your_own_data(tmp
     import json
 
     from foldwise import params as P
-    from foldwise.data.sources import write_configured_sample
+    from foldwise.data import sample
     out = tmp_path / "data/sample/statefarm"
     base = P.load(ROOT / "params.yaml")
     small = {"sample": {"statefarm": {"drivers": 2, "per_class": 1, "test_drivers": 1,
                                       "test_per_class": 1}}}
     mine = P.evolve(base, {**small, "data": {"root": str(tmp_path / "my-photos")}})
-    assert write_configured_sample(mine, out) == f"sample: not written, data.root is {tmp_path / 'my-photos'}"
+    assert sample.run(mine, sample.Paths(out)) == f"sample: not written, data.root is {tmp_path / 'my-photos'}"
     assert [p.name for p in out.iterdir()] == ["off.json"]
     assert "not the sample" in json.loads((out / "off.json").read_text())["off"]
     own = P.evolve(base, {**small, "data": {"root": str(out)}})
-    assert "written" in write_configured_sample(own, out)
+    assert "written" in sample.run(own, sample.Paths(out))
     assert (out / "driver_imgs_list.csv").is_file() and not (out / "off.json").exists()

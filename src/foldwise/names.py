@@ -9,7 +9,7 @@ import difflib
 from pathlib import Path
 
 from foldwise.errors import InputError
-from foldwise.params import UNDO, Params, get, load, timm_keys
+from foldwise.params import Params, get, timm_keys
 
 
 def timm_with_ours():
@@ -69,18 +69,3 @@ def check_timm_names(params: Params, where: str = "params.yaml") -> None:
                              + (f"; close ones: {', '.join(close)}" if close else "")
                              + (" (timm.list_models() lists them)" if kind == "model" else
                                 " (timm.optim.list_optimizers() lists them)"))
-
-
-CHECKED = "params.yaml: every key checked against foldwise's params schema\n"
-
-
-def check(path: str | Path, out: str | Path) -> None:
-    """The check stage: `path` loaded against the schema and timm's registries, then `out`
-    written (always the same line). A bad value is an InputError that names the key, the
-    value and the allowed ones, and says how to get back."""
-    try:
-        check_timm_names(load(path), where=str(path))
-    except InputError as err:
-        raise InputError(f"{err}\n  {UNDO}") from None
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(CHECKED)

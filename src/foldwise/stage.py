@@ -3,8 +3,10 @@ one clear line."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import foldwise
@@ -30,6 +32,16 @@ def arguments(doc: str, *names: tuple[str, str]) -> list[str]:
         ap.add_argument(name, help=help_text)
     args = ap.parse_args()
     return [getattr(args, name) for name, _ in names]
+
+
+def paths(doc: str, cls):
+    """The stage's positional arguments as its body's `Paths`: a dataclass whose fields, in
+    order, are the arguments, each `Annotated[type, "help"]` (a Path, or an int such as a fold
+    number); `--help` prints the stage's docstring and each field's help."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
+    values = arguments(doc, *((name, hint.__metadata__[0]) for name, hint in fields))
+    return cls(*(hint.__origin__(value) for (_, hint), value in zip(fields, values)))
 
 
 def check_code(cwd: str | Path | None = None) -> None:

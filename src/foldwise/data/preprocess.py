@@ -4,6 +4,9 @@ know of the data (`meta.json`)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from tqdm import tqdm
@@ -38,11 +41,17 @@ def report_decode_scale(train_items, size: dict) -> None:
              "source pixels, so reduced-size decoding cannot apply"))
 
 
-def preprocess(params: Params, root, out) -> None:
-    """Write `out`/{train.npy, test.npy, train.csv, test.csv, meta.json[, targets.npy]} in
-    one atomic replacement."""
+@dataclass(frozen=True)
+class Paths:
+    root: Annotated[Path, "the data set, in data.source's layout"]
+    out: Annotated[Path, "where the cache goes"]
+
+
+def run(params: Params, paths: Paths) -> None:
+    """The preprocess stage: `out`/{train.npy, test.npy, train.csv, test.csv, meta.json[,
+    targets.npy]} in one atomic replacement."""
     cfg, source = params.preprocess, params.data.source
-    data = get_source(source).read(root)
+    data = get_source(source).read(paths.root)
     size = dict(height=cfg.height, width=cfg.width, crop=check_crop(cfg.crop),
                 mode=cfg.mode, workers=cfg.workers)
     train_items = data.images["train"] if data.images else data.train["path"]
@@ -50,7 +59,7 @@ def preprocess(params: Params, root, out) -> None:
     if not data.images:
         report_decode_scale(train_items, size)
     n = len(data.train) + len(data.test)
-    with atomic_dir(out) as tmp, tqdm(total=n, desc="preprocess", unit="img", disable=None) as bar:
+    with atomic_dir(paths.out) as tmp, tqdm(total=n, desc="preprocess", unit="img", disable=None) as bar:
         t0 = time.perf_counter()
         stats = build_cache(train_items, tmp / "train.npy", **size, progress=bar.update)
         build_cache(test_items, tmp / "test.npy", **size, stats=False, progress=bar.update)

@@ -3,6 +3,9 @@ with `split.dedupe`, by clusters of near-duplicate images (`dedupe`), as `folds`
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -41,13 +44,22 @@ def deduped_folds(params, table, labels, groups, items, k: int, seed: int):
     return folds, clusters
 
 
-def split(params: Params, root, out, dup_csv, dup_png) -> None:
-    """Write the fold table `out` (id, group, label, fold), the near-duplicate clusters found
-    (`dup_csv`, empty when dedupe is off) and a contact sheet of the largest (`dup_png`)."""
+@dataclass(frozen=True)
+class Paths:
+    root: Annotated[Path, "the data set, in data.source's layout"]
+    out: Annotated[Path, "the fold table to write"]
+    dup_csv: Annotated[Path, "near-duplicate clusters found"]
+    dup_png: Annotated[Path, "contact sheet of the largest clusters"]
+
+
+def run(params: Params, paths: Paths) -> None:
+    """The split stage: the fold table `out` (id, group, label, fold), the near-duplicate
+    clusters found (`dup_csv`, empty when dedupe is off) and a contact sheet of the largest
+    (`dup_png`)."""
     folds = list(params.folds)
     if folds != list(range(len(folds))):
         raise InputError(f"params.yaml: folds={folds} must be 0, 1, ..., k-1 (one entry per fold)")
-    data = get_source(params.data.source).read(root)
+    data = get_source(params.data.source).read(paths.root)
     table = data.train[[c for c in ("id", "group", "label") if c in data.train]].copy()
     groups = None if table["group"].isna().all() else table["group"]
     labels = table["label"] if "label" in table else None  # regression: plain k-fold
@@ -58,6 +70,6 @@ def split(params: Params, root, out, dup_csv, dup_png) -> None:
         table["fold"], clusters = deduped_folds(params, table, labels, groups, items, k, seed)
     else:
         table["fold"] = assign_folds(labels, groups, k, seed, size=len(table))
-    write_csv(clusters.drop(columns="position"), dup_csv)
-    dedupe.contact_sheet(items, clusters, dup_png)
-    write_csv(table, out)
+    write_csv(clusters.drop(columns="position"), paths.dup_csv)
+    dedupe.contact_sheet(items, clusters, paths.dup_png)
+    write_csv(table, paths.out)

@@ -1,82 +1,102 @@
-"""Distillation: one network trained against the bag's class probabilities instead of the
-labels, so that deployment costs one forward pass instead of one per fold (AutoGluon's
-`distill`, Hinton et al.'s soft targets).
+"""The distill stage: one network (`distill.model`) trained against the teacher's class
+probabilities on every training image, exported like the bag (`export/distilled/model`, one
+network in the program), its submission written from what that program predicts, its run a
+child of the pipeline's MLflow parent with the exported program as its MLflow model.
 
-`Distilled` wraps a class task for the training loop: its targets are probability rows (the
-teacher's), its loss the cross-entropy against them (the KL divergence from the teacher up to
-the teacher's own entropy), its figures that cross-entropy (`logloss`) and how often the top
-classes agree (`agreement`). The teacher's row for a training image is its out-of-fold
-prediction, made by folds that never saw that image's label; the student still trains on
-every training image, so its own figures on them are not out-of-fold and are never reported
-as if they were. It is validated (its epoch kept) on the test images against the teacher's
-test predictions: how faithfully it reproduces the bag where the bag would have been used, with
-no label involved.
+The teacher is what the pipeline ships: the second-level model where `stack.model` is set (its
+cross-fitted OOF rows; on test, the saved model applied to the bag's tempered predictions and,
+with `stack.neighbours`, their test neighbours'), else the bag (its OOF rows and test rows,
+tempered with evaluate's temperature). Test-neighbour averaging (`neighbours.k` without a
+stack) is a set-level step no single network holds: the teacher is the bag before it.
+
+Honest figures (`metrics/distill.json`): every training image is a target, so the student's
+figures against the training labels are in-sample and stored as `train_not_out_of_fold`; what
+is held out is the test set, where the student is scored against the teacher's predictions
+(`test_fidelity`: cross-entropy and top-class agreement), which also keeps its epoch. Its
+accuracy against labels it never saw is a benchmark on held-out labels (docs/benchmarks.md).
+With `distill.test` the test images train it too (against the teacher's test rows): the same
+figure is then in-sample, and named `test_fidelity_not_held_out`.
+Off (`distill.model: ''`), the stage writes an empty folder and imports nothing heavy.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
 
+from foldwise.deploy.student import DistillPaths as Paths, Teacher
 from foldwise.errors import InputError
-from foldwise.metrics import fidelity  # noqa: F401  (distill.fidelity: the student against its teacher)
+from foldwise.files import write_csv, write_json, write_off
+from foldwise.names import timm_with_ours
+from foldwise.params import Params, evolve
 
 
-class Distilled:
-    """A class task whose targets are the teacher's probabilities (see the module's text)."""
-    monitor = "logloss"
-    probabilities = True
-    mixes = False  # timm's Mixup blends class indices, not probability rows
-    erases = True  # an erased rectangle leaves the teacher's row as it is
-    view_outputs = {}
-    fp32_head = False
-
-    def __init__(self, task):
-        if not getattr(task, "probabilities", False) or not hasattr(task, "classes"):
-            raise InputError("params.yaml: distill.model: distillation needs a class task "
-                             "(its outputs are class probabilities); this task's are not")
-        self.task = task
-        self.classes, self.columns = task.classes, task.columns
-        self.num_outputs = task.num_outputs
-
-    def targets(self, probs: np.ndarray) -> torch.Tensor:
-        probs = np.asarray(probs, dtype=np.float32)
-        if probs.ndim != 2 or probs.shape[1] != self.num_outputs:
-            raise InputError(f"teacher predictions of shape {probs.shape}: expected rows of "
-                             f"{self.num_outputs} class probabilities")
-        return torch.as_tensor(probs)
-
-    def augment_targets(self, targets: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        return targets  # a class survives a shift or a zoom
-
-    def values(self, targets: torch.Tensor) -> np.ndarray:
-        return targets.float().cpu().numpy()
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets)  # probability targets
-
-    def activate(self, outputs: torch.Tensor) -> torch.Tensor:
-        return self.task.activate(outputs)
-
-    def score(self, targets: np.ndarray, preds: np.ndarray) -> dict:
-        return fidelity(targets, preds)
-
-    def head(self):
-        return self.task.head()
+def run(params: Params, paths: Paths) -> dict:
+    """Train, export, verify and score the distilled network for the task preprocess recorded;
+    write its folder, figures and history. Returns the figures (`{"model": ""}` when off)."""
+    if not params.distill.model:
+        write_off(paths.out, "distill.model: ''")
+        write_json({"model": ""}, paths.out_json)
+        write_csv(_empty_history(), paths.history_csv)
+        return {"model": ""}
+    from foldwise.deploy import soft_targets
+    from foldwise.tasks import create_task
+    meta = json.loads((paths.processed / "meta.json").read_text())
+    task = create_task(meta, params)
+    student_task = soft_targets.Distilled(task)  # a task without class probabilities stops here
+    cfg = student_settings(params)
+    teacher = read_teacher(params, task, paths)
+    from foldwise.deploy import distill_train
+    return distill_train.train_and_ship(params, cfg, task, student_task, meta, teacher, paths)
 
 
-def teacher_predictions(task, bagged: Path, metrics_json: Path, train_ids) -> tuple[np.ndarray, np.ndarray]:
-    """(the training images' targets, the test images' teacher predictions): the bag's
-    out-of-fold and test probabilities, tempered with evaluate's temperature where calibration
-    ran (as the exported bag gives them), the first in the order of `train_ids`."""
-    from foldwise.ensemble.stack_stage import shipped_probabilities
-    oof = pd.read_csv(Path(bagged) / "oof.csv", dtype={"id": str, "group": str})
-    test = pd.read_csv(Path(bagged) / "test.csv", dtype={"id": str})
+def _empty_history():
+    import pandas as pd
+    return pd.DataFrame({"epoch": [], "val_metric": []})
+
+
+def student_settings(params: Params):
+    """params.yaml's `train` section with the student's network and epochs: one device (the
+    student is one run), and no weights file unless the student is the folds' own architecture
+    (a file for another network would not load)."""
+    name = params.distill.model
+    if not timm_with_ours().is_model(name):
+        raise InputError(f"params.yaml: distill.model={name!r} is not a timm model name "
+                         "(timm.list_models() lists them)")
+    changes = {"model": name, "devices": 1,
+               "epochs": params.distill.epochs or params.train.epochs}
+    if name != params.train.model:
+        changes.update(weights_file="", model_kwargs={})
+    return evolve(params.train, changes)
+
+
+def read_teacher(params: Params, task, paths: Paths) -> Teacher:
+    """The teacher's training targets and test predictions (see the module's text)."""
+    import pandas as pd
+
+    from foldwise.deploy.soft_targets import teacher_predictions
+    train_ids = pd.read_csv(paths.processed / "train.csv", dtype={"id": str})["id"]
+    bag_train, bag_test = teacher_predictions(task, paths.bagged, paths.metrics_json, train_ids)
+    if not params.stack.model:
+        oof = json.loads(paths.metrics_json.read_text())["oof"]
+        return Teacher("bag", bag_train, bag_test, oof, task.decision(oof))
+    return stack_teacher(task, paths, bag_test, train_ids)
+
+
+def stack_teacher(task, paths: Paths, bag_test: np.ndarray, train_ids) -> Teacher:
+    import pandas as pd
+
+    from foldwise.ensemble import stack_model
+    from foldwise.ensemble.stack import graph
+    model = stack_model.load_model(paths.stack)
+    summary = json.loads(paths.stack_json.read_text())
+    if model is None:
+        raise InputError(f"{paths.stack}: no second-level model: rerun the stack stage")
+    oof = pd.read_csv(paths.stack / "oof.csv", dtype={"id": str})
     if not oof["id"].equals(pd.Series(list(train_ids), dtype=str, name="id")):
-        raise InputError(f"{Path(bagged) / 'oof.csv'} and the training table list different "
-                         "images: rerun the bag stage")
-    return (shipped_probabilities(oof, task, metrics_json),
-            shipped_probabilities(test, task, metrics_json))
+        raise InputError(f"{paths.stack / 'oof.csv'} and the training table list different "
+                         "images: rerun the stack stage")
+    idx, sim, n = graph(paths.neighbours / "graph.npz", summary["neighbours"])
+    test = stack_model.predict(model, stack_model.features(bag_test, idx, sim, n), task.num_outputs)
+    return Teacher("stack", oof[task.columns].to_numpy(), test, summary["oof"],
+                   task.decision(summary["oof"]))

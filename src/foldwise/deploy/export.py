@@ -1,139 +1,258 @@
-"""The deployable bag: every fold's network in one exported program, plus what predict needs.
-
-The program takes the preprocess cache's format, uint8 (N, H, W, C) with any N, and returns the
-bagged, activated predictions, so a user needs only `load_image` (same decode, crop and resize
-as training) and this file. It is saved with `torch.export` (a `.pt2` ExportedProgram), the
-successor of TorchScript, whose `torch.jit` API is deprecated in the torch we pin; `.pt2` loads
-with `torch.export.load` and compiles ahead of time with AOTInductor.
-"""
+"""The export stage: the bagged folds exported as one program (`program`), checked against the
+folds (`verify`), the submission written from what the shipped program predicts (so
+`foldwise-predict` reproduces it), and the program logged as the pipeline's MLflow model."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
-from torch.export.passes import move_to_device_pass
 
-from foldwise.files import atomic_dir
-from foldwise.metrics import EPS
-from foldwise.train.loader import predict_array
-
-MODEL_FILE = "bagged.pt2"
-META_FILE = "meta.json"
-TASK_KEYS = ("source", "task", "classes", "target_names", "image_size", "flip_pairs")  # meta.json's
-
-
-class LinearStack(nn.Module):
-    """The second-level model as a layer (`stack.linear_form`): softmax(log p @ W + b) of the
-    bag's probabilities, clipped and renormalised as its features are, in float64."""
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray):
-        super().__init__()
-        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float64))
-        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float64))
-
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
-        q = p.double().clamp(EPS, 1 - EPS)
-        q = q / q.sum(dim=1, keepdim=True)
-        return (q.log() @ self.weight + self.bias).softmax(dim=1).float()
+from foldwise import tracking
+from foldwise.data.sources import get_source
+from foldwise.deploy import mlmodel, program, setlevel
+from foldwise.deploy.verify import TOLERANCE, check_export
+from foldwise.files import write_json
+from foldwise.ensemble import calibration, dashboard, stack_model
+from foldwise.models import load_checkpoint
+from foldwise.train import outputs, tta
+from foldwise.train.loader import open_cache
+from foldwise.params import Params
+from foldwise.tasks import create_task
 
 
-class Bagged(nn.Module):
-    """Every fold's network, each followed by the task's `head` (softmax for classes, pixels
-    for coordinates), averaged (`mean`: arithmetic, or geometric for probabilities), then the
-    task's `tempering` (a temperature fit out-of-fold) where there is one, then the
-    second-level model where it is a layer (`LinearStack`)."""
-
-    def __init__(self, nets, head: nn.Module, mean: str, tempering: nn.Module | None = None,
-                 stack: nn.Module | None = None):
-        super().__init__()
-        self.nets = nn.ModuleList(nets)
-        self.head = head
-        self.geometric = mean == "geometric"
-        self.tempering = tempering if tempering is not None else nn.Identity()
-        self.stack = stack if stack is not None else nn.Identity()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() / 255.0
-        each = torch.stack([self.head(net(x)) for net in self.nets])
-        if self.geometric:
-            p = each.clamp_min(1e-15).log().mean(dim=0).exp()
-            p = p / p.sum(dim=1, keepdim=True)
-        else:
-            p = each.mean(dim=0)
-        return self.stack(self.tempering(p))
-
-
-def save(bagged: Bagged, example: torch.Tensor, meta: dict, out_dir: str | Path,
-         beside=None) -> None:
-    """Export `bagged` (batch size dynamic) and write it with `meta` into `out_dir` (replaced
-    whole); `beside(folder)` writes what the submission's set-level steps need beside them."""
-    program = exported(bagged, example)
-    with atomic_dir(out_dir) as tmp:
-        torch.export.save(program, str(tmp / MODEL_FILE))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if beside is not None:
-            beside(tmp)
+def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
+                  processed: Path) -> dict:
+    """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
+    parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model; with
+    `mlflow.register`, a version of the registered model of this task and data set
+    (`mlmodel.registered_name`), tagged with `score` (`served_score`), the task, the metric
+    and the training table's digest, the alias `champion` on the best version of those.
+    Returns what was logged (`mlflow_line` words it): model (its URI, or "" with `not_logged`
+    saying why), registered (models:/NAME/VERSION or ""), champion (its version or "")."""
+    logged = {"model": "", "not_logged": "", "registered": "", "champion": ""}
+    differs = program.set_level(loaded[1])
+    if differs:  # a served model would not be the submission: none is logged or registered
+        return {**logged, "not_logged": f"the submission also applies {'; '.join(differs)}, "
+                                        "outside the program, so a served model would differ from it"}
+    experiment = tracking.open_experiment(params.mlflow)
+    parent = tracking.evaluated_parent(experiment, runs)
+    if parent is None:
+        raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
+    logged["model"] = mlmodel.log(model_dir, example, parent, loaded=loaded)
+    if not params.mlflow.register:
+        return logged
+    name = mlmodel.registered_name(params.mlflow.experiment, params.data.source, params.data.root,
+                                   params.mlflow.model_name)
+    group = {"foldwise.task": params.data.source, "foldwise.metric": f"oof_{task.monitor}",
+             "foldwise.data": dashboard.data_digest(processed)}
+    version, champion = mlmodel.register(logged["model"], name, score, group,
+                                         sample=mlmodel.is_sample(params.data.root))
+    return {**logged, "registered": f"models:/{name}/{version}", "champion": champion}
 
 
-def exported(module: nn.Module, example: torch.Tensor):
-    """`module` (taking uint8 images) as an ExportedProgram whose batch size stays dynamic."""
-    return torch.export.export(module.eval(), (example,),
-                               dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+def mlflow_line(logged: dict) -> str:
+    if not logged["model"]:
+        return f"not logged: {logged['not_logged']}"
+    if not logged["registered"]:
+        return logged["model"]
+    return (f"{logged['model']}, registered as {logged['registered']} "
+            f"(@{mlmodel.CHAMPION}: version {logged['champion']})")
 
 
-def program_on(path: str | Path, device: torch.device):
-    """A saved `.pt2` as a callable module on `device` (exported on the CPU; torch's own pass
-    moves it)."""
-    program = torch.export.load(str(path))
-    if device.type != "cpu":
-        program = move_to_device_pass(program, device)
-    return program.module()
+def served_score(task, metrics_json, stacked) -> float:
+    """The OOF figure of what the exported program computes: the second-level model's where it
+    is a layer of it, else the bag's, calibrated where a temperature is in the program."""
+    if stacked is not None and stacked.layer is not None:
+        return float(stacked.oof[task.monitor])
+    oof = json.loads(Path(metrics_json).read_text())["oof"]
+    return float(oof.get(f"{task.monitor}_calibrated", oof[task.monitor]))
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def fit_on_oof(task, metrics_json, neighbours_json) -> tuple[dict, float, int]:
+    """(the task's decision, temperature, neighbours k) that evaluate and neighbours fit
+    out-of-fold; with neighbours on, the decision (clip bound, tag thresholds) fit on OOF
+    predictions averaged as the submission is."""
+    oof = json.loads(Path(metrics_json).read_text())["oof"]
+    near = json.loads(Path(neighbours_json).read_text())
+    decision = task.decision(near["oof"] if near["k"] else oof)
+    return decision, oof.get("temperature", 1.0), near["k"]
 
 
-def set_level(meta: dict) -> list[str]:
-    """The params whose steps the submission applies over the whole test set, or outside the
-    program: test-neighbour averaging, and a second-level model that is not a layer of the
-    program. A served model, which predicts each request on its own, would differ from the
-    submission (`foldwise-predict` reproduces those `unreproducible` does not name). Empty
-    where the program alone reproduces the submission."""
-    stack = meta.get("stack") or {}
-    if stack.get("model"):  # the stack's output is the submission (neighbours only as its features)
-        if stack.get("in_program"):
-            return []
-        return [f"stack.model={stack['model']}"
-                + (f" with stack.neighbours={stack['neighbours']}" if stack.get("neighbours") else "")
-                + " (not a layer of the program)"]
-    if meta.get("neighbours", 0):
-        return [f"neighbours.k={meta['neighbours']} (averaging over the whole test set)"]
-    return []
+@dataclass(frozen=True)
+class Stacking:
+    """The stack stage's second-level model as export uses it: `layer` where it is a layer of
+    the exported program (`stack_model.linear_form`), else None; `weights` (W, b) where it is
+    logistic over neighbour features (shipped as `setlevel.STACK_FILE`), else None; neither:
+    applied in the submission only."""
+    model: object
+    name: str
+    neighbours: int
+    oof: dict  # its cross-fitted OOF figures, for its decision (the two-class clip)
+    layer: nn.Module | None
+    weights: tuple | None = None
+
+    def meta(self) -> dict:
+        return {"model": self.name, "neighbours": self.neighbours,
+                "in_program": self.layer is not None, "weights": self.weights is not None}
 
 
-def unreproducible(meta: dict) -> list[str]:
-    """The params whose steps the export's files cannot reproduce, so that foldwise-predict
-    would differ from the submission: a second-level model that is neither a layer of the
-    program nor a logistic regression shipped as weights (`setlevel`). Empty otherwise."""
-    stack = meta.get("stack") or {}
-    if stack.get("model") and not stack.get("in_program") and not stack.get("weights"):
-        return set_level(meta)
-    return []
+def stacking(task, stack_dir, stack_json) -> Stacking | None:
+    """The stack stage's model, or None where the stage is off."""
+    model = stack_model.load_model(stack_dir)
+    if model is None:
+        return None
+    summary = json.loads(Path(stack_json).read_text())
+    n = summary["neighbours"]
+    form = stack_model.linear_weights(model, task.num_outputs)
+    return Stacking(model, summary["model"], n, summary["oof"],
+                    program.LinearStack(*form) if form is not None and not n else None,
+                    form if n else None)
 
 
-def load(model_dir: str | Path, device: torch.device | None = None):
-    """The exported bag as a callable module on `device` (the GPU when there is one)."""
-    model_dir = Path(model_dir)
-    meta = json.loads((model_dir / META_FILE).read_text())
-    return program_on(model_dir / MODEL_FILE, device or default_device()), meta
+def build_bag(params, task, meta, nets, temperature: float,
+              stacked: Stacking | None = None) -> program.Bagged:
+    """The folds' networks, each under its own test-time views, in one module; the
+    second-level model after them where it is a layer."""
+    return program.Bagged([tta.wrap(net, params.tta, task, meta["hflip_safe"]) for net in nets],
+                         task.head(), params.bag.mean, task.tempering(temperature),
+                         stacked.layer if stacked else None)
 
 
-def run_model(model, images, batch_size: int = 64, device: torch.device | None = None,
-              desc: str = "predict") -> np.ndarray:
-    """Predictions as float64 numpy for a uint8 (N, H, W, C) array, through the one
-    inference loop (batches gathered ahead, outputs read once)."""
-    return predict_array(model, images, batch_size, device or default_device(), desc)
+def export_bag(params, meta, bag, nets, test_images, decision, temperature, k, model_dir,
+               stacked: Stacking | None = None) -> None:
+    """The bag's program and meta.json into `model_dir`, with the feature program (and the
+    stack's weights) where the submission has set-level steps (`setlevel`)."""
+    example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
+    shipped = {**{key: meta[key] for key in program.TASK_KEYS}, "bag_mean": params.bag.mean,
+               "folds": len(bag.nets), "decision": decision,
+               "neighbours": k,  # set-level: a graph over the images predicted together
+               "stack": stacked.meta() if stacked else {"model": ""},
+               "tta": asdict(params.tta), "temperature": temperature,
+               "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
+    beside = None
+    if setlevel.wanted(shipped):
+        def beside(folder):
+            setlevel.save(folder, nets, example, stacked.weights if stacked else None)
+    program.save(bag, example, shipped, model_dir, beside)
+
+
+def reference(test, task, temperature: float, stacked: Stacking | None) -> np.ndarray:
+    """The folds' own bagged test predictions, tempered, and stacked where the program holds
+    the second-level model: what the program should reproduce up to precision."""
+    bagged = test[task.columns].to_numpy()
+    if temperature != 1.0:
+        bagged = calibration.temper(bagged, temperature)
+    if stacked and stacked.layer is not None:
+        empty = np.zeros((len(bagged), 0), dtype=np.int64)
+        bagged = stack_model.predict(stacked.model, stack_model.features(bagged, empty, empty, 0),
+                               task.num_outputs)
+    return bagged
+
+
+def verified(bag, task, reference_preds, test_images, runs, device, model_dir):
+    """The shipped program's test predictions, once `verify` has accepted them against the
+    same networks run eagerly here (and measured the drift from the folds' own)."""
+    model, shipped_meta = program.load(model_dir, device)
+    got = program.run_model(model, test_images, device=device, desc="exported")
+    eager = program.run_model(bag.to(device).eval(), test_images, device=device, desc="eager bag")
+    return got, (model, shipped_meta), check_export(got, eager, reference_preds, runs)
+
+
+def submitted(got, loaded, test_images, neighbours_dir, stacked: Stacking | None,
+              model_dir, device) -> tuple[np.ndarray, float | None]:
+    """The submission's predictions from the shipped program's `got`: as they are, or with the
+    set-level steps computed from the shipped files as foldwise-predict computes them (its
+    test graph checked against the neighbours stage's), or, for a stack the export cannot
+    hold, that model applied to them and their neighbours' in the stage's graph. With the
+    share of the shipped features' test graph that is the stage's (None: no graph built)."""
+    meta = loaded[1]
+    if not program.unreproducible(meta) and not setlevel.wanted(meta):
+        return got, None
+    stage_graph = np.load(Path(neighbours_dir) / "graph.npz")
+    if program.unreproducible(meta):
+        x = stack_model.features(got, stage_graph["idx"], stage_graph["sim"], stacked.neighbours)
+        return stack_model.predict(stacked.model, x, got.shape[1]), None
+    features = program.run_model(setlevel.load_features(model_dir, device), test_images,
+                                device=device, desc="features")
+    graph = setlevel.graph(features, meta)
+    same = float(np.mean(graph[0] == stage_graph["idx"])) if graph[0].size else 1.0
+    return setlevel.apply(got, graph, meta, model_dir), same
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Annotated[Path, "the data set (some submissions follow its lookup table)"]
+    models: Annotated[Path, "folder of the fold_k checkpoints"]
+    processed: Annotated[Path, "the preprocess cache"]
+    bagged: Annotated[Path, "bag's output (test.csv)"]
+    metrics_json: Annotated[Path, "evaluate's metrics.json"]
+    neighbours_dir: Annotated[Path, "the neighbours stage's test graph"]
+    neighbours_json: Annotated[Path, "the neighbours stage's scores"]
+    stack_dir: Annotated[Path, "the stack stage's model"]
+    stack_json: Annotated[Path, "the stack stage's scores"]
+    submission: Annotated[Path, "the competition file to write"]
+    model_dir: Annotated[Path, "the exported bag's folder"]
+    checks: Annotated[Path, "what the export checked and logged (JSON, for foldwise-report)"]
+
+
+def run(params: Params, paths: Paths) -> str:
+    """The export stage: export, verify, write the submission and log the MLflow model.
+    Returns a one-line account."""
+    meta = json.loads((paths.processed / "meta.json").read_text())
+    task = create_task(meta, params)
+    decision, temperature, k = fit_on_oof(task, paths.metrics_json, paths.neighbours_json)
+    stacked = stacking(task, paths.stack_dir, paths.stack_json)
+    if stacked:  # the submission is the stack's: its decision, fit on its own OOF predictions
+        decision = task.decision(stacked.oof)
+    nets = [load_checkpoint(outputs.checkpoint_path(paths.models, f)) for f in params.folds]
+    bag = build_bag(params, task, meta, nets, temperature, stacked)
+    test_images = open_cache(paths.processed / "test.npy")
+    export_bag(params, meta, bag, nets, test_images, decision, temperature, k, paths.model_dir,
+               stacked)
+    runs = [outputs.read_run(paths.models, f) for f in params.folds]
+    test = pd.read_csv(paths.bagged / "test.csv", dtype={"id": str})
+    device = program.default_device()
+    got, loaded, check = verified(bag, task, reference(test, task, temperature, stacked),
+                                  test_images, runs, device, paths.model_dir)
+    final, same = submitted(got, loaded, test_images, paths.neighbours_dir, stacked,
+                            paths.model_dir, device)
+    get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
+                                                {**meta, "root": paths.root}, paths.submission)
+    served = served_score(task, paths.metrics_json, stacked)
+    logged = log_to_mlflow(params, task, runs, paths.model_dir, np.asarray(test_images[:2]),
+                           loaded, served, paths.processed)
+    record = checks(check, same, f"oof_{task.monitor}", served, logged, loaded[1])
+    write_json(record, paths.checks)
+    return account(record, stacked, temperature, decision)
+
+
+def checks(check, same, metric: str, served: float, logged: dict, meta: dict) -> dict:
+    """export/checks.json: what the export stage checked and shipped, as the report's model
+    card reads it."""
+    return {"exported_vs_eager": check.worst, "tolerance": TOLERANCE,
+            "drift_p99": check.drift, "drift_max": check.drift_max,
+            "test_graph_agreement": same, "metric": metric, "served_figure": served,
+            "outside_program": program.set_level(meta),  # reproduced by foldwise-predict
+            "predict_refuses": program.unreproducible(meta),
+            "folds": meta["folds"], "stack": meta["stack"].get("model", ""), **logged}
+
+
+def account(record: dict, stacked: Stacking | None, temperature: float, decision) -> str:
+    """The export stage's line."""
+    where = "" if not stacked else (
+        " with the second-level model" if stacked.layer is not None else
+        "; the second-level model beside it" if stacked.weights is not None else
+        "; the second-level model in the submission only")
+    graph = ("" if record["test_graph_agreement"] is None else
+             f"; the test graph from the shipped features: {record['test_graph_agreement']:.1%} "
+             "of the neighbours stage's")
+    return (f"exported {record['folds']} fold models{where}; max |exported - eager| = "
+            f"{record['exported_vs_eager']:.2e}, vs the folds' predictions {record['drift_p99']:.2e} "
+            f"(99th percentile); temperature {temperature:.4g}, decision {decision}{graph}; "
+            f"MLflow model {mlflow_line(record)}")

@@ -3,7 +3,7 @@ what `foldwise-predict` writes, for images already in the preprocess cache's for
 N x H x W x C, decoded with `foldwise.data.cache.load_image`).
 
 The model's only artifact is the export folder (`bagged.pt2` + `meta.json`); its code is
-`mlmodel_code.py` (MLflow's models from code: nothing pickled), whose Python class, below, loads it with `export.load` and predicts through the same loop, then applies the task's
+`mlmodel_code.py` (MLflow's models from code: nothing pickled), whose Python class, below, loads it with `program.load` and predicts through the same loop, then applies the task's
 postprocessing (`decision`: what was fit out-of-fold, a clip bound or tag thresholds) as the
 submission does.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from foldwise.deploy import export
+from foldwise.deploy import program
 from foldwise.tasks import create_task
 
 
@@ -31,12 +31,12 @@ class BaggedModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        self.model, self.meta = export.load(context.artifacts["export"])
+        self.model, self.meta = program.load(context.artifacts["export"])
         self.task = create_task(self.meta)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         images = np.ascontiguousarray(np.asarray(model_input, dtype=np.uint8))
-        preds = export.run_model(self.model, images, desc="mlflow predict")
+        preds = program.run_model(self.model, images, desc="mlflow predict")
         return self.task.postprocess(preds, self.meta.get("decision", {}))
 
 
@@ -52,11 +52,11 @@ def log(model_dir: str | Path, example: np.ndarray, run_id: str, name: str = "ba
         loaded: tuple | None = None) -> str:
     """Log the export folder as an MLflow model under the run `run_id` (its Models column),
     with `example` images as the input example and the signature they give; returns the
-    model's URI. `loaded`: the folder's (module, meta) from `export.load`, when the caller has
+    model's URI. `loaded`: the folder's (module, meta) from `program.load`, when the caller has
     them (loading a large bag takes seconds; MLflow loads it once more to check the example)."""
     model_dir = Path(model_dir)
     bag = BaggedModel()
-    bag.model, bag.meta = loaded or export.load(model_dir)
+    bag.model, bag.meta = loaded or program.load(model_dir)
     bag.task = create_task(bag.meta)
     signature = infer_signature(example, bag.predict(None, example))
     with mlflow.start_run(run_id=run_id), _quiet():

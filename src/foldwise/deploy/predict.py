@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from foldwise import stage
-from foldwise.deploy import export, setlevel
+from foldwise.deploy import program, setlevel
 from foldwise.data.cache import decode_chunks
 from foldwise.errors import InputError
 from foldwise.data.sources import get_source
@@ -28,8 +28,8 @@ def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers
                    chunk: int = 512, bag_only: bool = False) -> np.ndarray:
     """Decode in `workers` processes, `chunk` images at a time, while the model predicts the
     previous chunk (on the GPU when there is one)."""
-    model, meta = export.load(model_dir)
-    differs = export.unreproducible(meta)
+    model, meta = program.load(model_dir)
+    differs = program.unreproducible(meta)
     if differs and not bag_only:
         raise InputError(f"{model_dir}: its submission also applies {'; '.join(differs)}, which "
                          "the export cannot hold, so foldwise-predict would not reproduce it; "
@@ -38,13 +38,13 @@ def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers
     files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"{images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    features = (setlevel.load_features(model_dir, export.default_device())
+    features = (setlevel.load_features(model_dir, program.default_device())
                 if setlevel.wanted(meta) and not bag_only else None)
     preds, feats = [], []
     for i, block in enumerate(decode_chunks(files, meta["preprocess"], workers, chunk)):
-        preds.append(export.run_model(model, block, batch_size, desc=f"predict {i * chunk}/{len(files)}"))
+        preds.append(program.run_model(model, block, batch_size, desc=f"predict {i * chunk}/{len(files)}"))
         if features is not None:
-            feats.append(export.run_model(features, block, batch_size, desc="features"))
+            feats.append(program.run_model(features, block, batch_size, desc="features"))
     preds = np.concatenate(preds)
     if features is not None:  # over every image of the folder, as the submission over the test set
         feats = np.concatenate(feats)

@@ -22,14 +22,16 @@ nothing heavy.
 """
 from __future__ import annotations
 
-from foldwise.deploy.refit_plan import HELD, RefitPaths, plan  # noqa: F401  (RefitPaths: the stage's)
+import json
+
+from foldwise.deploy.refit_plan import HELD, RefitPaths as Paths, plan
 from foldwise.files import write_csv, write_json, write_off
 from foldwise.params import Params
 
 
-def run(params: Params, meta: dict, paths: RefitPaths) -> dict:
-    """Plan, train, export, verify and write the refit network for the task preprocess recorded
-    (`meta`). Returns its figures (`{"epochs": 0}` when off)."""
+def run(params: Params, paths: Paths) -> dict:
+    """Plan, train, export, verify and write the refit network for the task preprocess
+    recorded. Returns its figures (`{"epochs": 0}` when off)."""
     if not params.refit.epochs:
         write_off(paths.out, "refit.epochs: 0")
         write_json({"epochs": 0}, paths.out_json)
@@ -37,4 +39,5 @@ def run(params: Params, meta: dict, paths: RefitPaths) -> dict:
         write_csv(pd.DataFrame({"epoch": [], f"{HELD}_metric": []}), paths.history_csv)
         return {"epochs": 0}
     from foldwise.deploy import refit_train
+    meta = json.loads((paths.processed / "meta.json").read_text())
     return refit_train.train_and_ship(params, meta, paths, plan(params, paths.models))

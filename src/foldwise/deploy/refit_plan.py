@@ -8,6 +8,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from foldwise.errors import InputError
 from foldwise.params import Params
@@ -18,15 +19,15 @@ HELD = "insample"  # its epochs' figures: `insample_logloss`, never `val_logloss
 
 @dataclass(frozen=True)
 class RefitPaths:
-    """The stage's arguments by what they hold."""
-    root: Path  # the data set (some submissions follow its lookup table)
-    models: Path  # the folds' runs: their kept epochs and the MLflow parent
-    processed: Path
-    bagged: Path  # the bag's test predictions, to compare with
-    metrics_json: Path  # evaluate's figures: the temperature and the decision
-    out: Path
-    out_json: Path
-    history_csv: Path
+    """The refit stage's arguments by what they hold."""
+    root: Annotated[Path, "the data set (some submissions follow its lookup table)"]
+    models: Annotated[Path, "folder of the fold_k runs (their kept epochs, the MLflow parent)"]
+    processed: Annotated[Path, "the preprocess cache"]
+    bagged: Annotated[Path, "the bag's test predictions"]
+    metrics_json: Annotated[Path, "evaluate's metrics.json (temperature, decision)"]
+    out: Annotated[Path, "the refit network's folder"]
+    out_json: Annotated[Path, "its figures"]
+    history_csv: Annotated[Path, "per-epoch history (DVC plots it)"]
 
 
 @dataclass(frozen=True)

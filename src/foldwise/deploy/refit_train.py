@@ -16,7 +16,7 @@ import torch
 
 from foldwise import tracking
 from foldwise.data.cache import load_truth
-from foldwise.deploy import export, mlmodel, single
+from foldwise.deploy import mlmodel, program, single
 from foldwise.deploy.refit_plan import HELD, Plan, RefitPaths
 from foldwise.deploy.student import MODEL, flat_figures
 from foldwise.errors import InputError
@@ -25,7 +25,7 @@ from foldwise.metrics import fidelity
 from foldwise.params import Params, evolve
 from foldwise.tasks import create_task
 from foldwise.train import tta
-from foldwise.train.fold import resume_file
+from foldwise.train.train import resume_file
 from foldwise.train.loader import Rows, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 from foldwise.train.progress import REPLAYED, Progress
@@ -37,7 +37,7 @@ REFIT_SEED = 998  # the refit network's seed: params.seed * 1000 + this (folds: 
 def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) -> dict:
     """Train the refit network (`plan`), ship it into `paths.out` and write its figures and
     history. Returns the figures."""
-    task, device = create_task(meta, params), export.default_device()
+    task, device = create_task(meta, params), program.default_device()
     cfg = evolve(params.train, {"epochs": plan.epochs, "patience": plan.epochs, "devices": 1})
     images = open_cache(paths.processed / "train.npy")
     net, weights, seed = single.seeded_network(params, cfg, task, meta, images.shape[-1], REFIT_SEED)
@@ -128,14 +128,14 @@ def ship_refit(params: Params, task, meta: dict, paths: RefitPaths, net, result:
     # exported from the CPU in the default layout, as the bag's networks are loaded
     net = net.cpu().to(memory_format=torch.contiguous_format).eval()
     tempering = task.tempering(temperature)
-    program = export.Bagged([views(params, task, meta)(net)], task.head(), "arithmetic", tempering)
+    bagged = program.Bagged([views(params, task, meta)(net)], task.head(), "arithmetic", tempering)
     shipped = single.shipped_meta(meta, decision, asdict(refit_tta(params)), temperature,
                                   refit={"model": params.train.model, "epochs": len(result.history)})
     expected = result.test_preds if tempering is None else \
         tempering(torch.as_tensor(result.test_preds)).numpy()
-    got, loaded, check = single.ship(program, task, shipped, meta, paths.root, paths.processed,
+    got, loaded, check = single.ship(bagged, task, shipped, meta, paths.root, paths.processed,
                                      paths.out, expected, device)
-    train_preds = export.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
+    train_preds = program.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
                                    device=device, desc="refit on train")
     return {"model": params.train.model, "kept_weights": result.weights, "oof": None,
             "no_oof": "every training image trained it: no image is out of its fold",

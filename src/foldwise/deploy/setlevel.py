@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foldwise.ensemble import neighbours, stack
+from foldwise.ensemble import knn, stack_model
 from foldwise.errors import InputError
 
 FEATURES_FILE = "features.pt2"
@@ -34,7 +34,7 @@ STACK_FILE = "stack.json"
 class BagFeatures(nn.Module):
     """uint8 (N, H, W, C) images -> the bag's feature direction: each fold network's (a
     `models.Normalised` timm network) L2-normalised pre-logits features, averaged over the
-    folds and normalised again (`neighbours.embed` then `neighbours.mean_direction`)."""
+    folds and normalised again (`knn.embed` then `knn.mean_direction`)."""
 
     def __init__(self, nets):
         super().__init__()
@@ -62,7 +62,7 @@ def wanted(meta: dict) -> bool:
 def save(model_dir: Path, nets, example: torch.Tensor, weights=None) -> None:
     """Write `features.pt2` (the bag's feature program, batch size dynamic) and, for a
     logistic stack outside the program, `stack.json` (W, b) into `model_dir`."""
-    from foldwise.deploy.export import exported
+    from foldwise.deploy.program import exported
     torch.export.save(exported(BagFeatures(nets), example), str(Path(model_dir) / FEATURES_FILE))
     if weights is not None:
         w, b = weights
@@ -72,7 +72,7 @@ def save(model_dir: Path, nets, example: torch.Tensor, weights=None) -> None:
 
 def load_features(model_dir, device: torch.device):
     """The feature program of an export, on `device`; a missing file is a clear error."""
-    from foldwise.deploy.export import program_on
+    from foldwise.deploy.program import program_on
     path = Path(model_dir) / FEATURES_FILE
     if not path.is_file():
         raise InputError(f"{path}: missing; this export's submission averages over test "
@@ -82,7 +82,7 @@ def load_features(model_dir, device: torch.device):
 
 def graph(features: np.ndarray, meta: dict) -> tuple[np.ndarray, np.ndarray]:
     """Each image's `neighbours.k` nearest among those given (indices and similarities)."""
-    return neighbours.graph(features, int(meta.get("neighbours", 0)))
+    return knn.graph(features, int(meta.get("neighbours", 0)))
 
 
 def apply(preds: np.ndarray, near: tuple[np.ndarray, np.ndarray], meta: dict,
@@ -93,9 +93,9 @@ def apply(preds: np.ndarray, near: tuple[np.ndarray, np.ndarray], meta: dict,
     idx, sim = near
     st = meta.get("stack") or {}
     if not st.get("model"):
-        return neighbours.smooth(preds, idx, sim)
+        return knn.smooth(preds, idx, sim)
     form = json.loads((Path(model_dir) / STACK_FILE).read_text())
-    x = stack.features(preds, idx, sim, int(st["neighbours"]))
+    x = stack_model.features(preds, idx, sim, int(st["neighbours"]))
     logits = x @ np.asarray(form["weight"], np.float64) + np.asarray(form["bias"], np.float64)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)

@@ -13,7 +13,7 @@ import torch
 
 from foldwise import models, tracking
 from foldwise.data.sources import get_source
-from foldwise.deploy import export
+from foldwise.deploy import program
 from foldwise.deploy.student import MODEL, SUBMISSION
 from foldwise.deploy.verify import Check, check_export
 from foldwise.files import atomic_dir
@@ -51,15 +51,15 @@ def start_child_run(params: Params, models, role: str, run_name: str, tags: dict
 def shipped_meta(meta: dict, decision: dict, tta: dict, temperature: float, **extra) -> dict:
     """A one-network export's meta.json, as the bag's: what `foldwise-predict` and the MLflow
     model need."""
-    return {**{key: meta[key] for key in export.TASK_KEYS}, "bag_mean": "arithmetic", "folds": 1,
+    return {**{key: meta[key] for key in program.TASK_KEYS}, "bag_mean": "arithmetic", "folds": 1,
             "decision": decision, "neighbours": 0, "stack": {"model": ""}, "tta": tta,
             "temperature": temperature, **extra,
             "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
 
 
-def ship(program: export.Bagged, task, shipped: dict, meta: dict, root, processed: Path,
+def ship(bagged: program.Bagged, task, shipped: dict, meta: dict, root, processed: Path,
          out: Path, expected: np.ndarray, device) -> tuple[np.ndarray, tuple, Check]:
-    """Export `program` (one network, with its views and tempering) into `out/model`, check it
+    """Export `bagged` (one network, with its views and tempering) into `out/model`, check it
     against itself run eagerly (and its drift from `expected`, the training loop's own test
     predictions), and write `out/submission.csv` from the program's predictions. Returns
     (those predictions, the loaded (module, meta), the check)."""
@@ -67,10 +67,10 @@ def ship(program: export.Bagged, task, shipped: dict, meta: dict, root, processe
     test_ids = pd.read_csv(processed / "test.csv", dtype={"id": str})["id"]
     with atomic_dir(out) as tmp:
         example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)
-        export.save(program, example, shipped, tmp / MODEL)
-        loaded = export.load(tmp / MODEL, device)
-        got = export.run_model(loaded[0], test_images, device=device, desc="exported")
-        eager = export.run_model(program.to(device), test_images, device=device, desc="eager")
+        program.save(bagged, example, shipped, tmp / MODEL)
+        loaded = program.load(tmp / MODEL, device)
+        got = program.run_model(loaded[0], test_images, device=device, desc="exported")
+        eager = program.run_model(bagged.to(device), test_images, device=device, desc="eager")
         check = check_export(got, eager, expected, [{"device": device.type}])
         get_source(meta["source"]).write_submission(
             test_ids, task.postprocess(got, shipped["decision"]), {**meta, "root": str(root)},

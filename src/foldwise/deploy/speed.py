@@ -7,7 +7,9 @@ imports nothing heavy."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -18,31 +20,40 @@ from foldwise.params import Params
 TIMED = 1024  # test images timed through each program
 
 
-def run(params: Params, bag_dir, distilled_dir, refit_dir, processed, out_json) -> dict:
+@dataclass(frozen=True)
+class Paths:
+    bag: Annotated[Path, "the exported bag"]
+    distilled: Annotated[Path, "the distill stage's folder"]
+    refit: Annotated[Path, "the refit stage's folder"]
+    processed: Annotated[Path, "the preprocess cache (test.npy)"]
+    out_json: Annotated[Path, "the figures"]
+
+
+def run(params: Params, paths: Paths) -> dict:
     """Time the programs and write `out_json`: images, each program's images/s and each
     one-network program's speedup over the bag (`speedup`: the student's, `refit_speedup`)."""
     figures = {"distill": params.distill.model, "refit": params.refit.epochs}
-    ones = {name: Path(folder) / MODEL for name, folder, on in (
-        ("student", distilled_dir, params.distill.model), ("refit", refit_dir, params.refit.epochs))
-        if on}
+    ones = {name: folder / MODEL for name, folder, on in (
+        ("student", paths.distilled, params.distill.model),
+        ("refit", paths.refit, params.refit.epochs)) if on}
     if ones:
-        figures.update(timed({**ones, "bag": Path(bag_dir)}, processed))
-    write_json(figures, out_json)
+        figures.update(timed({**ones, "bag": paths.bag}, paths.processed))
+    write_json(figures, paths.out_json)
     return figures
 
 
 def timed(programs: dict, processed) -> dict:
     """Each program's images/s on the first TIMED test images, after a warm-up."""
-    from foldwise.deploy import export
+    from foldwise.deploy import program
     from foldwise.train.loader import open_cache
-    device = export.default_device()
+    device = program.default_device()
     images = np.asarray(open_cache(Path(processed) / "test.npy")[:TIMED])
     rates = {}
     for name, folder in programs.items():
-        model = export.load(folder, device)[0]
-        export.run_model(model, images[:2], device=device, desc="warm-up")
+        model = program.load(folder, device)[0]
+        program.run_model(model, images[:2], device=device, desc="warm-up")
         t0 = time.perf_counter()
-        export.run_model(model, images, device=device, desc=f"timing {name}")
+        program.run_model(model, images, device=device, desc=f"timing {name}")
         rates[name] = len(images) / max(time.perf_counter() - t0, 1e-9)
     out = {"images": len(images), "device": device.type}
     for name, rate in rates.items():

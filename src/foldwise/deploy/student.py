@@ -1,12 +1,13 @@
 """The distilled student's shared shapes: its folder's names, its seed, the distill stage's
 paths and its teacher, and its figures as MLflow metrics. Light (no torch), so the distill
-stage when off, its training (`distill_run`) and the speed stage all read them from here, and
+stage when off, its training (`distill_train`) and the speed stage all read them from here, and
 none of those modules imports another's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -18,18 +19,18 @@ STUDENT_SEED = 999  # the student's seed: params.seed * 1000 + this (folds use +
 
 @dataclass(frozen=True)
 class DistillPaths:
-    """The stage's arguments by what they hold."""
-    root: Path  # the data set (some submissions follow its lookup table)
-    models: Path  # the fold runs: the MLflow parent
-    processed: Path
-    bagged: Path
-    metrics_json: Path
-    neighbours: Path
-    stack: Path
-    stack_json: Path
-    out: Path
-    out_json: Path
-    history_csv: Path
+    """The distill stage's arguments by what they hold."""
+    root: Annotated[Path, "the data set (some submissions follow its lookup table)"]
+    models: Annotated[Path, "folder of the fold_k runs (the MLflow parent)"]
+    processed: Annotated[Path, "the preprocess cache"]
+    bagged: Annotated[Path, "bag's output (oof.csv, test.csv)"]
+    metrics_json: Annotated[Path, "evaluate's metrics.json (the temperature)"]
+    neighbours: Annotated[Path, "the neighbours stage's test graph"]
+    stack: Annotated[Path, "the stack stage's model and OOF rows"]
+    stack_json: Annotated[Path, "its figures"]
+    out: Annotated[Path, "the distilled model's folder"]
+    out_json: Annotated[Path, "its figures"]
+    history_csv: Annotated[Path, "per-epoch history (DVC plots it)"]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 
 from foldwise import params as P, stage
 from foldwise.ensemble import calibration
-from foldwise.ensemble.bagging import MEANS, average
+from foldwise.ensemble.bag import MEANS, average
 from foldwise.data.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv, write_json

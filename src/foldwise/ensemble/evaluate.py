@@ -3,7 +3,10 @@ class or keypoint, calibration fit out-of-fold, the worst-predicted images, DVC'
 pipeline's MLflow parent run finished with the bagged figures."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -100,10 +103,20 @@ def fold_spread(metric: str, per_fold: dict) -> dict:
             f"folds_std_{metric}": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
-def evaluate(params: Params, task, bagged, processed, models, out) -> dict:
-    """Score the bag's OOF table (`bagged`/oof.csv) and write `out`'s metrics and reports;
-    returns the summary."""
-    bagged, processed, out = Path(bagged), Path(processed), Path(out)
+@dataclass(frozen=True)
+class Paths:
+    bagged: Annotated[Path, "bag's output (oof.csv)"]
+    processed: Annotated[Path, "the preprocess cache (train.npy, labels, meta.json)"]
+    models: Annotated[Path, "folder of the fold_k outputs (run.json, history.csv)"]
+    out: Annotated[Path, "where the metrics and reports go"]
+
+
+def run(params: Params, paths: Paths) -> dict:
+    """The evaluate stage: score the bag's OOF table (`bagged`/oof.csv) and write `out`'s
+    metrics and reports; returns the summary."""
+    from foldwise.tasks import create_task
+    bagged, processed, models, out = paths.bagged, paths.processed, paths.models, paths.out
+    task = create_task(json.loads((processed / "meta.json").read_text()), params)
     oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})
     truth = load_truth(processed)  # the OOF table is in training order too
     summary, per_fold, baseline, breakdown = summarise(params, task, oof, truth, models)

@@ -1,81 +1,121 @@
-"""Test-neighbour averaging: each prediction averaged with those of its nearest images.
-
-State Farm's test set holds many frames of each unseen driver, and frames close in a network's
-feature space usually show one pose; the winning team averaged each test image's prediction
-with its neighbours'. Here the feature space is the bagged fold models' (timm's pre-logits
-features, each fold's L2-normalised, averaged), the distance is cosine, and each image keeps
-weight 1 while each of its k nearest other images weighs its cosine similarity (negative
-similarities count 0). On out-of-fold predictions the same is done within each validation fold,
-with that fold's own model, so neighbours are always images of subjects the model never saw:
-the OOF score with neighbours is an honest estimate of what the trick does to the test set.
-"""
+"""The neighbours stage: each test prediction averaged with those of its k nearest test images
+in the bagged models' feature space (cosine), and the same within each validation fold, with
+that fold's own model, so that the OOF score with neighbours is honest (the graphs and the
+averaging are `knn`'s functions). Off (k = 0), it imports nothing heavy."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from foldwise.train.loader import predict_array, to_float
-
-
-def embed(net: nn.Module, images, device: torch.device, batch_size: int = 64,
-          desc: str = "features") -> np.ndarray:
-    """L2-normalised pre-logits features of `net` (a `models.Normalised` timm network) for a
-    uint8 (N, H, W, C) array, through the one inference loop."""
-    net = net.to(device).eval()
-    backbone = net.backbone
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        x = (to_float(x, False) - net.mean) / net.std
-        f = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
-        return F.normalize(f.float().flatten(1), dim=1)
-
-    return predict_array(forward, images, batch_size, device, desc)
+from foldwise.files import atomic_dir, write_json
+from foldwise.train import outputs
+from foldwise.params import Params, flatten
 
 
-def mean_direction(features) -> np.ndarray:
-    """Several models' normalised features of the same images combined into one direction."""
-    f = np.mean(np.stack(features), axis=0)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+@dataclass(frozen=True)
+class Paths:
+    models: Annotated[Path, "folder of the fold_k checkpoints"]
+    processed: Annotated[Path, "the preprocess cache"]
+    bagged: Annotated[Path, "bag's output (oof.csv)"]
+    metrics_json: Annotated[Path, "evaluate's metrics.json (the temperature)"]
+    out: Annotated[Path, "where the test neighbour graph goes"]
+    out_json: Annotated[Path, "OOF scores with and without neighbours"]
 
 
-def graph(features: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest other rows by cosine similarity (rows are unit vectors): indices
-    and similarities, (n, k) each, nearest first. Computed `block` rows at a time, so the
-    n x n matrix (25 GB for State Farm's test set) is never held."""
-    f = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-    n, k = len(f), min(int(k), len(f) - 1)
-    idx = np.zeros((n, max(k, 0)), dtype=np.int64)
-    sim = np.zeros((n, max(k, 0)), dtype=np.float32)
-    if k <= 0:
-        return idx, sim
-    for i in range(0, n, block):
-        s = f[i:i + block] @ f.T
-        rows = torch.arange(len(s))
-        s[rows, rows + i] = -torch.inf  # not itself
-        v, j = s.topk(k, dim=1)
-        idx[i:i + len(s)], sim[i:i + len(s)] = j.numpy(), v.numpy()
-    return idx, sim
+def run(params: Params, paths: Paths) -> None:
+    """Write the test graph (`out`/graph.npz), with k > 0 the OOF graph and OOF predictions
+    averaged over it, and the scores with and without neighbours (`out_json`)."""
+    models, processed, bagged, metrics_json, out, out_json = (
+        paths.models, paths.processed, paths.bagged, paths.metrics_json, paths.out, paths.out_json)
+    k = params.neighbours.k
+    if k:
+        average_over_neighbours(params, k, models, processed, bagged, metrics_json, out, out_json)
+        return
+    # off: an empty graph, which export's averaging leaves every prediction alone; nothing else
+    # is read or imported (torch, timm and MLflow cost seconds)
+    n_test = len(np.load(processed / "test.npy", mmap_mode="r"))
+    with atomic_dir(out) as tmp:
+        np.savez(tmp / "graph.npz", idx=np.zeros((n_test, 0), dtype=np.int64),
+                 sim=np.zeros((n_test, 0), dtype=np.float32))
+    write_json({"k": 0}, out_json)
 
 
-def grouped_graph(features: np.ndarray, groups: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """`graph` within each group (validation fold) separately, indices into all rows; a row of
-    a group smaller than k + 1 has fewer neighbours (similarity 0 pads the rest)."""
-    idx = np.tile(np.arange(len(features))[:, None], (1, k))
-    sim = np.zeros((len(features), k), dtype=np.float32)
-    for g in np.unique(groups):
-        rows = np.flatnonzero(groups == g)
-        local_idx, local_sim = graph(features[rows], k)
-        idx[rows, :local_idx.shape[1]] = rows[local_idx]
-        sim[rows, :local_sim.shape[1]] = local_sim
-    return idx, sim
+def features(models: Path, folds, images, test_images, fold_of_row, device):
+    """Each training image's features from the model of the fold that validated it; each test
+    image's from all fold models, combined."""
+    from foldwise.ensemble import knn
+    from foldwise.models import load_checkpoint
+    from foldwise.train.loader import Rows
+
+    train_f, test_f = None, []
+    for k in folds:
+        net = load_checkpoint(outputs.checkpoint_path(models, k))
+        rows = np.flatnonzero(fold_of_row == k)
+        f = knn.embed(net, Rows(images, rows), device, desc=f"features fold {k}")
+        train_f = np.zeros((len(images), f.shape[1])) if train_f is None else train_f
+        train_f[rows] = f
+        test_f.append(knn.embed(net, test_images, device, desc=f"test features fold {k}"))
+    return train_f, knn.mean_direction(test_f)
 
 
-def smooth(preds: np.ndarray, idx: np.ndarray, sim: np.ndarray) -> np.ndarray:
-    """Each row of `preds` averaged with its neighbours' rows: weight 1 for itself, the
-    similarity (at least 0) for each neighbour. Rows of probabilities stay distributions."""
-    preds = np.asarray(preds, dtype=np.float64)
-    w = np.clip(np.asarray(sim, dtype=np.float64), 0.0, None)
-    total = preds + np.einsum("nk,nkc->nc", w, preds[idx])
-    return total / (1.0 + w.sum(axis=1))[:, None]
+def scores(task, truth, before, after, folds) -> dict:
+    """The OOF figures with neighbours, and the monitored ones without (`*_without`)."""
+    with_n, _ = task.report(truth, after, folds)
+    without, _ = task.report(truth, before, folds)
+    out = {k: v for k, v in with_n.items() if k not in task.baselines}
+    out.update({f"{k}_without": without[k] for k in task.score(truth, before)})
+    return out
+
+
+def average_over_neighbours(params, k, models, processed, bagged, metrics_json, out, out_json):
+    """The neighbour graphs, the OOF predictions averaged over theirs, the scores with and
+    without (also on the pipeline's MLflow parent)."""
+    import pandas as pd
+    import torch
+
+    from foldwise import tracking
+    from foldwise.data.cache import load_truth
+    from foldwise.ensemble import calibration, knn
+    from foldwise.files import write_csv
+    from foldwise.tasks import create_task
+    from foldwise.train.loader import open_cache
+
+    test_images = open_cache(processed / "test.npy")
+    meta = json.loads((processed / "meta.json").read_text())
+    task = create_task(meta, params)
+    oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})  # training order
+    truth, fold_of_row = load_truth(processed), oof["fold"].to_numpy()
+    before = oof[task.columns].to_numpy()
+    if "temperature" in json.loads(metrics_json.read_text())["oof"]:  # as evaluate scored it
+        before, _ = calibration.cross_fitted(before, truth, fold_of_row)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_f, test_f = features(models, params.folds, open_cache(processed / "train.npy"),
+                               test_images, fold_of_row, device)
+    oof_idx, oof_sim = knn.grouped_graph(train_f, fold_of_row, k)
+    after = knn.smooth(before, oof_idx, oof_sim)
+    idx, sim = knn.graph(test_f, k)
+    summary = {"k": k, "oof": scores(task, truth, before, after, fold_of_row),
+               "test_similarity_mean": float(sim.mean()) if sim.size else 0.0}
+    table = pd.DataFrame(after, columns=task.columns)
+    table.insert(0, "fold", fold_of_row)
+    table.insert(0, "id", oof["id"])
+    with atomic_dir(out) as tmp:
+        np.savez(tmp / "graph.npz", idx=idx, sim=sim)
+        np.savez(tmp / "oof_graph.npz", idx=oof_idx, sim=oof_sim)
+        write_csv(table, tmp / "oof.csv", float_format="%.8g")
+    write_json(summary, out_json)
+
+    runs = [outputs.read_run(models, f) for f in params.folds]
+    experiment = tracking.open_experiment(params.mlflow)
+    parent = tracking.evaluated_parent(experiment, runs)
+    if parent is not None:
+        tracking.log_to_run(parent, {f"neighbours_oof_{m}": v
+                                     for m, v in flatten(summary["oof"]).items()})
+    m = task.monitor
+    print(f"out-of-fold {m} without neighbours {summary['oof'][m + '_without']:.4f}, "
+          f"with {k} neighbours {summary['oof'][m]:.4f}")

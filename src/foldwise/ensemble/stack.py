@@ -1,116 +1,132 @@
-"""A second-level model over the bag's out-of-fold predictions (stacking).
-
-State Farm's 3rd place fitted a model on each image's out-of-fold prediction together with its
-nearest neighbours' predictions and similarities, and took single models' CV from 0.31 to 0.19.
-Here the features of an image are the logarithms of its bagged class probabilities and, with
-`stack.neighbours` n > 0, those of its n nearest images (the neighbours stage's graph: within
-its validation fold for a training image, within the test set for a test image), each with its
-cosine similarity, and their similarity-weighted mean (the neighbours stage's own average). The
-model is a scikit-learn classifier by name.
-
-Its OOF score is cross-fitted over the same folds: each fold's rows are predicted by a model fit
-on the other folds' rows only, so the figure never saw the labels it scores. (The features of
-those other rows are themselves out-of-fold predictions, as in any stacking.) The model applied
-to the test set is fit on every OOF row.
-
-Where the model is linear in an image's own features (`logistic` without neighbours), it is
-also a layer of the exported program (`linear_form`), so `foldwise-predict` and the MLflow
-model apply it as the submission does; with neighbours its features are set-level, and the
-export ships its weights beside a feature program (`deploy.setlevel`), so `foldwise-predict`
-reproduces it over the test folder; a boosted model has no such form and stays in the
-submission only.
-"""
+"""The stack stage: a second-level model (`stack_model`'s functions) fit on the bag's out-of-fold
+predictions, optionally with their neighbours', its OOF score cross-fitted over the folds, the
+model saved for export to apply to the test predictions. Off (`stack.model: ''`), it writes an
+empty folder and imports nothing heavy."""
 from __future__ import annotations
 
+import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from foldwise.errors import InputError
-from foldwise.metrics import clip_renormalise
-
-MODELS = ("logistic", "hist_gradient_boosting")
-MODEL_FILE = "model.pkl"
+from foldwise.files import atomic_dir, write_csv, write_json, write_off
+from foldwise.params import Params, flatten
 
 
-def make_model(name: str, c: float, seed: int):
-    """A fresh scikit-learn classifier for `stack.model`."""
-    if name == "logistic":
-        from sklearn.linear_model import LogisticRegression
-        return LogisticRegression(C=c, max_iter=2000)
-    if name == "hist_gradient_boosting":
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.05, max_leaf_nodes=15,
-                                              l2_regularization=1.0 / c, early_stopping=False,
-                                              random_state=seed)
-    raise InputError(f"params.yaml: stack.model={name!r} must be '' (off) or one of "
-                     f"{', '.join(MODELS)}")
+@dataclass(frozen=True)
+class Paths:
+    models: Annotated[Path, "folder of the fold_k runs"]
+    processed: Annotated[Path, "the preprocess cache"]
+    bagged: Annotated[Path, "bag's output (oof.csv)"]
+    metrics_json: Annotated[Path, "evaluate's metrics.json"]
+    neighbours: Annotated[Path, "the neighbours stage's graphs"]
+    out: Annotated[Path, "the model and its OOF"]
+    out_json: Annotated[Path, "its OOF figures"]
 
 
-def features(preds: np.ndarray, idx: np.ndarray, sim: np.ndarray, n: int) -> np.ndarray:
-    """Rows of features: log p of the row, then for each of its `n` nearest neighbours (nearest
-    first) log p and the similarity, then the neighbours' similarity-weighted mean of p (log)."""
-    logp = np.log(clip_renormalise(np.asarray(preds, dtype=np.float64)))
+def run(params: Params, paths: Paths) -> dict:
+    """Fit, score and save the second-level model (`out`/model.pkl, `out`/oof.csv) and write its
+    OOF figures beside the bag's (`out_json`), for the task preprocess recorded. Returns the
+    summary."""
+    settings, out, out_json = params.stack, paths.out, paths.out_json
+    if not settings.model:
+        write_off(out, "stack.model: ''")
+        write_json({"model": ""}, out_json)
+        return {"model": ""}
+    from foldwise.tasks import create_task
+    task = create_task(json.loads((paths.processed / "meta.json").read_text()), params)
+    models, processed, bagged = paths.models, paths.processed, paths.bagged
+    metrics_json, neighbours_dir = paths.metrics_json, paths.neighbours
+    if not task.probabilities:
+        raise InputError(f"params.yaml: stack.model={settings.model!r}: a second-level model "
+                         f"needs class probabilities (this task's outputs are not)")
+    import pandas as pd
+
+    from foldwise.data.cache import load_truth
+    from foldwise.ensemble import stack_model
+
+    oof = pd.read_csv(Path(bagged) / "oof.csv", dtype={"id": str, "group": str})
+    truth, folds = load_truth(Path(processed)), oof["fold"].to_numpy()
+    x = stack_model.features(bag_predictions(oof, task, metrics_json, truth),
+                             *graph(Path(neighbours_dir) / "oof_graph.npz", settings.neighbours))
+
+    def make():
+        return stack_model.make_model(settings.model, settings.c, params.seed)
+
+    stacked = stack_model.cross_fitted(x, truth, folds, make)
+    summary = {"model": settings.model, "neighbours": settings.neighbours,
+               "features": int(x.shape[1]), "oof": task.report(truth, stacked, folds)[0],
+               **shipped_bag(task, truth, folds, metrics_json, Path(neighbours_dir))}
+    table = pd.DataFrame(stacked, columns=task.columns)
+    table.insert(0, "fold", folds)
+    table.insert(0, "id", oof["id"])
+    with atomic_dir(out) as tmp:
+        (tmp / stack_model.MODEL_FILE).write_bytes(pickle.dumps(stack_model.fit(x, truth, make)))
+        write_csv(table, tmp / "oof.csv", float_format="%.8g")
+    write_json(summary, out_json)
+    log_to_parent(params, Path(models), summary)
+    return summary
+
+
+def shipped_probabilities(table, task, metrics_json) -> np.ndarray:
+    """A bag table's probabilities as export's program gives them: tempered with evaluate's
+    temperature (fit on every OOF row) where calibration ran."""
+    from foldwise.ensemble import calibration
+    preds = table[task.columns].to_numpy()
+    temperature = json.loads(Path(metrics_json).read_text())["oof"].get("temperature", 1.0)
+    return calibration.temper(preds, temperature) if temperature != 1.0 else preds
+
+
+def bag_predictions(oof, task, metrics_json, truth) -> np.ndarray:
+    """The bag's OOF probabilities as export's program gives the test set's: tempered where
+    calibration ran, each fold's rows with the temperature fit on the other folds' rows (the
+    temperature fit on every row, export's, has seen the labels these features are scored on)."""
+    from foldwise.ensemble import calibration
+    preds = oof[task.columns].to_numpy()
+    if "temperature" not in json.loads(Path(metrics_json).read_text())["oof"]:
+        return preds
+    return calibration.cross_fitted(preds, truth, oof["fold"].to_numpy())[0]
+
+
+def shipped_bag(task, truth, folds, metrics_json, neighbours_dir: Path) -> dict:
+    """What the stack is measured against (`oof_bag`): the OOF figures of the submission
+    without it, i.e. the bag calibrated (cross-fitted) where calibration ran and averaged over
+    its neighbours where they are on; `oof_bag_is` says which."""
+    import pandas as pd
+    averaged = neighbours_dir / "oof.csv"  # the neighbours stage's, calibrated as evaluate did
+    oof = json.loads(Path(metrics_json).read_text())["oof"]
+    calibrated = "logloss_calibrated" in oof
+    if averaged.is_file():
+        preds = pd.read_csv(averaged)[task.columns].to_numpy()
+        figures = task.report(truth, preds, folds)[0]
+        return {"oof_bag": figures, "oof_bag_is": "bag" + (", calibrated" if calibrated else "")
+                + ", averaged over neighbours"}
+    if calibrated:
+        return {"oof_bag": {**oof, "logloss": oof["logloss_calibrated"]},
+                "oof_bag_is": "bag, calibrated (cross-fitted)"}
+    return {"oof_bag": oof, "oof_bag_is": "bag"}
+
+
+def graph(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(idx, sim, n) of the neighbours stage's graph at `path`; empty ones for n = 0."""
     if n == 0:
-        return logp
-    if idx.shape[1] < n:
-        raise InputError(f"params.yaml: stack.neighbours={n} needs a neighbour graph of at least "
-                         f"{n} (neighbours.k is {idx.shape[1]})")
-    idx, sim = idx[:, :n], np.asarray(sim[:, :n], dtype=np.float64)
-    near = logp[idx]                                            # (rows, n, classes)
-    w = np.clip(sim, 0.0, None)
-    p = np.exp(logp)
-    mean = (p + np.einsum("rn,rnc->rc", w, p[idx])) / (1.0 + w.sum(axis=1))[:, None]
-    return np.hstack([logp, near.reshape(len(logp), -1), sim, np.log(clip_renormalise(mean))])
+        return np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)), 0
+    if not path.is_file():
+        raise InputError(f"params.yaml: stack.neighbours={n} needs the neighbours stage's graph "
+                         f"({path} is missing: set neighbours.k >= {n})")
+    g = np.load(path)
+    return g["idx"], g["sim"], n
 
 
-def cross_fitted(x: np.ndarray, y: np.ndarray, folds: np.ndarray, make) -> np.ndarray:
-    """Each fold's rows predicted by `make()` fit on the other folds' rows only: class
-    probabilities, columns for every class of `y` (a class a fit never saw gets 0)."""
-    classes = np.unique(y)
-    out = np.zeros((len(y), len(classes)))
-    for k in np.unique(folds):
-        rows = folds == k
-        model = make().fit(x[~rows], y[~rows])
-        out[np.ix_(rows, np.searchsorted(classes, model.classes_))] = model.predict_proba(x[rows])
-    return out
-
-
-def fit(x: np.ndarray, y: np.ndarray, make):
-    """The model the test set gets: fit on every OOF row."""
-    return make().fit(x, y)
-
-
-def predict(model, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class probabilities of every class 0..n_classes-1 (a class absent in training gets 0)."""
-    out = np.zeros((len(x), n_classes))
-    out[:, model.classes_] = model.predict_proba(x)
-    return out
-
-
-def load_model(folder: str | Path):
-    """The stack stage's saved model, or None where the stage is off (an empty folder)."""
-    path = Path(folder) / MODEL_FILE
-    return pickle.loads(path.read_bytes()) if path.is_file() else None
-
-
-def linear_form(model, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(W, b) with `predict(model, features(p, ..., n), n_classes)` = softmax(log p @ W + b),
-    where the model is a logistic regression on an image's own log probabilities (n = 0) that
-    saw every class; else None (the model is applied in the submission only)."""
-    return None if n else linear_weights(model, n_classes)
-
-
-def linear_weights(model, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(W, b) with `predict(model, x, n_classes)` = softmax(x @ W + b) for a logistic regression
-    that saw every class, over whatever features it was fit on; else None. Two classes:
-    scikit-learn's sigmoid of one decision value z is the softmax of (0, z)."""
-    from sklearn.linear_model import LogisticRegression
-    if not isinstance(model, LogisticRegression) or len(model.classes_) != n_classes:
-        return None
-    coef, intercept = np.asarray(model.coef_, np.float64), np.asarray(model.intercept_, np.float64)
-    if n_classes == 2:
-        return (np.hstack([np.zeros((coef.shape[1], 1)), coef.T]),
-                np.array([0.0, intercept[0]]))
-    return coef.T.copy(), intercept.copy()
+def log_to_parent(params: Params, models: Path, summary: dict) -> None:
+    """The second-level model's OOF figures on the pipeline's MLflow parent run."""
+    from foldwise import tracking
+    from foldwise.train import outputs
+    runs = [outputs.read_run(models, f) for f in params.folds]
+    parent = tracking.evaluated_parent(tracking.open_experiment(params.mlflow), runs)
+    if parent is not None:
+        tracking.log_to_run(parent, {f"stack_oof_{m}": v for m, v in flatten(summary["oof"]).items()})

@@ -88,19 +88,3 @@ def get_source(name: str) -> ModuleType:
     if name not in SOURCES:
         raise InputError(f"params.yaml: data.source={name!r} is not one of {sorted(SOURCES)}")
     return importlib.import_module(SOURCES[name])
-
-
-def write_configured_sample(params, out: str | Path) -> str:
-    """The sample stage: the embedded synthetic set of `data.source` into `out`, or, where
-    `data.root` points elsewhere (your own data), only a note saying so (the sample would be
-    written, and then read by nothing). Returns the line the stage prints."""
-    import dataclasses
-
-    from foldwise.files import write_off
-    source, root = params.data.source, params.data.root
-    if Path(root).resolve() != Path(out).resolve():
-        write_off(out, f"data.root: {root} (not the sample)")
-        return f"sample: not written, data.root is {root}"
-    options = dataclasses.asdict(getattr(params.sample, source))
-    get_source(source).write_sample(out, seed=params.sample.seed, **options)
-    return f"sample: the {source} sample written to {out}"

@@ -1,10 +1,10 @@
 """One fold's whole run: the torchrun relaunch for several devices, the MLflow run, the resume
 file, the loop, and the fold's folder (`outputs`).
 
-`run` is what the train stage calls (round 1) and the pseudo stage calls (`after`: the further
-pseudo-label rounds, from round 1's folder); everything it reads comes from params.yaml, the
-fold table, the preprocess cache and round 1's folder, everything it writes goes to the fold's
-folder (and round 1's history CSV).
+`run` is the train stage's body (round 1); the pseudo stage calls `fold_folder` with `after`
+(the further pseudo-label rounds, from round 1's folder). Everything it reads comes from
+params.yaml, the fold table, the preprocess cache and round 1's folder, everything it writes
+goes to the fold's folder (and round 1's history CSV).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Annotated
 
 import mlflow
 import numpy as np
@@ -25,7 +26,7 @@ from foldwise.data.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import project_root, source_digest, write_csv
 from foldwise.tasks import create_task
-from foldwise.train import augment, distributed, outputs, pseudo, tta
+from foldwise.train import augment, distributed, outputs, pseudo_labels, tta
 from foldwise.train.loader import Rows, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 from foldwise.train.progress import REPLAYED, Progress
@@ -48,8 +49,8 @@ class FoldData:
 
 @dataclass(frozen=True)
 class FoldPaths:
-    """The stage's arguments: what it reads and where it writes. `after`: the models folder
-    holding round 1 (the pseudo stage), else None (the train stage)."""
+    """A fold folder's inputs and outputs. `after`: the models folder holding round 1 (the
+    pseudo stage), else None (the train stage)."""
     folds_csv: Path
     processed: Path
     out: Path
@@ -184,11 +185,11 @@ def fitter(params: P.Params, net, task, settings: Settings, data: FoldData, afte
         fit = partial(train_fold, net, task, settings, rows, resume=resume, wrap=wrap)
         return shown(fit, Progress(f"fold {data.fold}", params.train.epochs, task.monitor,
                                    folds_after(params, data.fold)))
-    first = pseudo.first_round(after, data.fold, task, data.table["id"],
+    first = pseudo_labels.first_round(after, data.fold, task, data.table["id"],
                                data.table["id"].iloc[data.val_rows],
                                data.test_ids)
     net.load_state_dict(first.state_dict)
-    fit = partial(pseudo.further_rounds, net, task, settings, rows, params.pseudo, first,
+    fit = partial(pseudo_labels.further_rounds, net, task, settings, rows, params.pseudo, first,
                   resume=resume, wrap=wrap, replay=True)
     planned = len(first.history) + params.pseudo.rounds * params.pseudo.epochs
     return shown(fit, Progress(f"fold {data.fold} pseudo-labels", planned, task.monitor,
@@ -209,14 +210,27 @@ def shown(fit, progress: Progress):
     return fit_shown
 
 
-def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv=None,
-        after=None) -> int:
-    """Train fold `fold` and write its folder: round 1, or with `after` (the models folder
-    holding it) its further pseudo-label rounds (`pseudo_stage` calls it when there are any).
-    Returns the exit status (torchrun's, when this process relaunched itself on several
-    devices)."""
-    paths = FoldPaths(Path(folds_csv), Path(processed), Path(out),
-                      history_csv and Path(history_csv), after and Path(after))
+@dataclass(frozen=True)
+class Paths:
+    """The train stage's arguments."""
+    fold: Annotated[int, "which fold to validate on (0..k-1)"]
+    folds_csv: Annotated[Path, "split's fold table"]
+    processed: Annotated[Path, "the preprocess cache"]
+    out: Annotated[Path, "the fold's outputs"]
+    history_csv: Annotated[Path, "per-epoch history (DVC plots it)"]
+
+
+def run(params: P.Params, paths: Paths) -> int:
+    """The train stage: fold `paths.fold`'s round 1 into its folder (`fold_folder`)."""
+    return fold_folder(params, paths.fold, FoldPaths(paths.folds_csv, paths.processed, paths.out,
+                                                     paths.history_csv))
+
+
+def fold_folder(params: P.Params, fold: int, paths: FoldPaths) -> int:
+    """Train fold `fold` and write its folder: round 1, or with `paths.after` (the models
+    folder holding it) its further pseudo-label rounds (the pseudo stage calls it when there
+    are any). Returns the exit status (torchrun's, when this process relaunched itself on
+    several devices)."""
     meta = json.loads((paths.processed / "meta.json").read_text())
     check(params, meta)
     if not distributed.launched():  # an unreachable server fails here, not in DDP's set-up
@@ -242,7 +256,7 @@ def run(params: P.Params, fold: int, folds_csv, processed, out, history_csv=None
         return 0
     done = tracked(params, meta, paths, data, fit, spec, weights, key, settings)
     for r in range(1, params.pseudo.rounds + 2):
-        pseudo.round_resume(resume, r).unlink(missing_ok=True)
+        pseudo_labels.round_resume(resume, r).unlink(missing_ok=True)
     distributed.close()
     print(f"fold {fold}: best epoch {done['best_epoch']}, val {done['monitor']} "
           f"{done['best_val_' + done['monitor']]:.4f}, {done['images_per_s']:.0f} train images/s "
@@ -257,4 +271,4 @@ def check(params: P.Params, meta: dict) -> None:
     augment.check(params.train.augment, meta["hflip_safe"], task is None or task.erases)
     models.check_weights_location(params.train.weights_file)
     tta.views(params.tta, meta["hflip_safe"])
-    pseudo.check(params.pseudo, task if params.pseudo.rounds else None)
+    pseudo_labels.check(params.pseudo, task if params.pseudo.rounds else None)

@@ -1,7 +1,10 @@
 """Bagging the fold models: average their test predictions, gather the out-of-fold table."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -9,6 +12,7 @@ import pandas as pd
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv
 from foldwise.metrics import EPS
+from foldwise.params import Params
 from foldwise.train import outputs
 
 MEANS = ("arithmetic", "geometric")
@@ -62,8 +66,23 @@ def bag_test(fold_tables, mean: str) -> pd.DataFrame:
     return out
 
 
+@dataclass(frozen=True)
+class Paths:
+    models: Annotated[Path, "folder of the fold_k outputs of train"]
+    processed: Annotated[Path, "the preprocess cache (train.csv, meta.json)"]
+    out: Annotated[Path, "where oof.csv and test.csv go"]
+
+
+def run(params: Params, paths: Paths) -> None:
+    """The bag stage: `bag_folds` over `params.folds` with `bag.mean`."""
+    from foldwise.tasks import create_task
+    task = create_task(json.loads((paths.processed / "meta.json").read_text()), params)
+    bag_folds(params.folds, params.bag.mean, task.probabilities, paths.models, paths.processed,
+              paths.out)
+
+
 def bag_folds(folds, mean: str, probabilities: bool, models, processed, out) -> None:
-    """The bag stage: every fold's OOF rows gathered in training order (`processed`'s
+    """Every fold's OOF rows gathered in training order (`processed`'s
     train.csv) and their test predictions averaged, written to `out`/{oof,test}.csv.
     `probabilities`: the task's outputs are probabilities (else only the arithmetic mean)."""
     if not probabilities and mean != "arithmetic":

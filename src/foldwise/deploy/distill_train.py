@@ -1,5 +1,5 @@
-"""The distilled network's run (`distill_stage`'s heavy half): trained by the folds' own loop
-inside an MLflow run under the pipeline's parent (killed, it resumes from its last epoch),
+"""The distilled network's run (what the distill stage runs when on): trained by the folds' own
+loop inside an MLflow run under the pipeline's parent (killed, it resumes from its last epoch),
 exported as a one-network program, checked against itself run eagerly, and its submission
 written from the program's predictions (the speed stage times it beside the exported bag)."""
 from __future__ import annotations
@@ -14,18 +14,18 @@ import torch
 
 from foldwise import tracking
 from foldwise.data.cache import load_truth
-from foldwise.deploy import distill, export, mlmodel, single
+from foldwise.deploy import mlmodel, program, single, soft_targets
 from foldwise.deploy.student import MODEL, STUDENT_SEED, DistillPaths, Teacher, flat_figures
 from foldwise.files import project_root, write_csv, write_json
 from foldwise.params import Params
 from foldwise.train.progress import REPLAYED
-from foldwise.train.fold import resume_file
+from foldwise.train.train import resume_file
 from foldwise.train.loader import Joined, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
 
 def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher: Teacher,
                    paths: DistillPaths) -> dict:
-    device = export.default_device()
+    device = program.default_device()
     images, test_images = (open_cache(paths.processed / f"{n}.npy") for n in ("train", "test"))
     net, weights, seed = single.seeded_network(params, cfg, task, meta, images.shape[-1], STUDENT_SEED)
     key = student_key(params, teacher, paths)
@@ -93,14 +93,14 @@ def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: Dist
     net = net.cpu().to(memory_format=torch.contiguous_format).eval()
     shipped = single.shipped_meta(meta, teacher.decision, {"hflip": False, "shift": 0.0, "scale": 0.0},
                                   1.0, distilled={"model": params.distill.model, "teacher": teacher.name})
-    got, loaded, check = single.ship(export.Bagged([net], task.head(), "arithmetic"), task, shipped,
+    got, loaded, check = single.ship(program.Bagged([net], task.head(), "arithmetic"), task, shipped,
                                      meta, paths.root, paths.processed, paths.out,
                                      result.test_preds, device)
-    in_sample = export.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
+    in_sample = program.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
                                  device=device, desc="student on train")
     figures = {"model": params.distill.model, "teacher": teacher.name,
                "kept_weights": result.weights,
-               fidelity_key(params): distill.fidelity(teacher.test, got),
+               fidelity_key(params): soft_targets.fidelity(teacher.test, got),
                "train_not_out_of_fold": task.score(load_truth(paths.processed), in_sample),
                "teacher_oof": teacher_figures(task, teacher),
                "export_max_abs_vs_eager": check.worst}
