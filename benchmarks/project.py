@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from foldwise import params as P
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,8 @@ def copy(dst: Path, change_params=None) -> Path:
         if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "export/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
-    if change_params:
-        params = yaml.safe_load((dst / "params.yaml").read_text())
-        change_params(params)
-        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if change_params:  # params.yaml's keys, and the sample's sizes from sample.yaml under "sample"
+        P.change_files(dst, change_params)
     run("git init -q && git add -A && (git diff --cached --quiet || git commit -qm bench)", dst)
     return dst
 

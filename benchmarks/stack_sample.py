@@ -53,7 +53,7 @@ def test_scores(dst: Path, source: str) -> dict:
     from foldwise.data.sources import statefarm
     if source != "statefarm":
         return {}
-    params = yaml.safe_load((dst / "params.yaml").read_text())["sample"]
+    params = yaml.safe_load((dst / "sample.yaml").read_text())["sample"]
     labels = statefarm.sample_test_labels(**params["statefarm"], seed=params["seed"])
     sub = pd.read_csv(dst / "export/submission.csv")
     y = [statefarm.CLASSES.index(labels[name]) for name in sub["img"]]

@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from foldwise import params as P
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,10 +147,8 @@ def make_project(dst: Path, change_params=None, task: str | None = None) -> Path
             shutil.copy2(ROOT / f, dst / f)
     if task:
         sh(f"{sys.executable} -m foldwise.presets {task}", dst)
-    if change_params:
-        params = yaml.safe_load((dst / "params.yaml").read_text())
-        change_params(params)
-        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if change_params:  # params.yaml's keys, and the sample's sizes from sample.yaml under "sample"
+        P.change_files(dst, change_params)
     sh("git init -q && git add -A && git commit -qm project", dst)
     return dst
 

@@ -30,3 +30,11 @@ def toy_data(n=48, seed=0):
     for i, label in enumerate(y):
         x[i, :, (0 if label == 0 else 8):(8 if label == 0 else 16)] += 150
     return x, y
+
+
+def copy_params(dst: Path) -> Path:
+    """This project's params.yaml and the sample.yaml that `params.load` reads beside it, into
+    the folder `dst`; returns the copy of params.yaml."""
+    for name in ("params.yaml", P.SAMPLE_FILE):
+        (dst / name).write_bytes((ROOT / name).read_bytes())
+    return dst / "params.yaml"

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image, ImageEnhance
 
+from foldwise import params as P
 from foldwise.data import dedupe
 from foldwise.data.cache import build_cache
 from foldwise.data.folds import assign_folds
@@ -124,6 +125,7 @@ def run_split(tmp_path, data_root, folds):
     params["split"].update(dedupe=True, hash_distance=8)
     params["folds"] = list(range(folds))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / P.SAMPLE_FILE).write_bytes((ROOT / P.SAMPLE_FILE).read_bytes())
     res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(data_root), "folds.csv",
                           "duplicates.csv", "duplicates.png"], cwd=tmp_path,
                          capture_output=True, text=True)

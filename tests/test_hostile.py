@@ -17,6 +17,7 @@ from PIL import Image
 from foldwise.data.cache import load_image
 from foldwise.errors import InputError
 from foldwise.data.sources import dogscats, folders, statefarm
+from helpers import copy_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def test_a_stage_refuses_a_hostile_row_in_one_line_without_traceback(sf, tmp_pat
     table = pd.read_csv(csv)
     table.loc[0, "img"] = "/etc/hostname"
     table.to_csv(csv, index=False)
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    copy_params(tmp_path)
     res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(sf), "folds.csv", "d.csv", "d.png"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 2

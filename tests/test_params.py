@@ -10,15 +10,15 @@ import yaml
 from foldwise import names, params as P
 from foldwise.data import check
 from foldwise.errors import InputError
+from helpers import copy_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path, change):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    change(params)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    """A copy of the project's params (params.yaml, sample.yaml) with `change` applied."""
+    path = copy_params(tmp_path)
+    P.change_files(tmp_path, change)
     return path
 
 
@@ -26,10 +26,30 @@ def test_the_project_params_and_every_preset_pass_the_schema(tmp_path):
     P.load(ROOT / "params.yaml")
     for preset in sorted((ROOT / "tasks").glob("*.yaml")):
         from foldwise.presets import apply
-        target = tmp_path / "params.yaml"
-        target.write_text((ROOT / "params.yaml").read_text())
+        target = copy_params(tmp_path)
         apply(preset.stem, target, ROOT / "tasks")
         P.load(target)
+
+
+def test_the_samples_sizes_live_in_sample_yaml_and_a_bad_one_names_that_file(tmp_path):
+    """params.yaml holds hyperparameters only: the embedded sample's 17 sizes moved to
+    sample.yaml beside it, read into the same typed object; a sample section left in
+    params.yaml is refused with where it belongs, a bad size names sample.yaml."""
+    params = copy_params(tmp_path)
+    assert "sample" not in yaml.safe_load(params.read_text())
+    assert P.load(params).sample.statefarm.drivers == yaml.safe_load(
+        (ROOT / "sample.yaml").read_text())["sample"]["statefarm"]["drivers"]
+    with pytest.raises(InputError, match=r"sample.yaml: sample.statefarm.drivers=-1 is out of range"):
+        P.load(write(tmp_path, lambda p: p["sample"]["statefarm"].update(drivers=-1)))
+    copy_params(tmp_path)
+    old = yaml.safe_load(params.read_text())
+    params.write_text(yaml.safe_dump({**old, "sample": {"seed": 0}}))
+    with pytest.raises(InputError, match=r"params.yaml: 'sample' belongs in .*sample.yaml"):
+        P.load(params)
+    (tmp_path / "sample.yaml").unlink()
+    params.write_text(yaml.safe_dump(old))
+    with pytest.raises(InputError, match=r"sample.yaml: not found"):
+        P.load(params)
 
 
 def test_a_misspelt_augmentation_key_is_named(tmp_path):

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import copy_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted(p for p in (ROOT / "stages").glob("*.py"))
@@ -87,7 +88,7 @@ def test_a_stage_switched_off_writes_its_outputs_without_torch_timm_or_mlflow(st
     (tmp_path / "processed").mkdir()
     np.save(tmp_path / "processed/test.npy", np.zeros((3, 1, 4, 4), dtype=np.uint8))
     (tmp_path / "processed/meta.json").write_text(json.dumps({"task": "classification"}))
-    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    copy_params(tmp_path)
     probe = ("import runpy, sys; sys.argv = sys.argv[1:]; code = 0\n"
              "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\n"

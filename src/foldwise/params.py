@@ -421,15 +421,48 @@ def _merged(cls, base: dict, changes: dict) -> dict:
     return out
 
 
-def load(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+SAMPLE_FILE = "sample.yaml"  # beside params.yaml: the embedded sample's sizes, not hyperparameters
+
+
+def read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: not found")
     with open(path) as f:
         raw = yaml.safe_load(f)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of parameters")
-    return consistent(build(Params, raw, where=str(path)), where=str(path))
+    return raw
+
+
+def change_files(folder: str | Path, change) -> None:
+    """`change(params)` applied to the nested mapping of `folder`'s params.yaml with
+    sample.yaml's `sample` inside it, and both files written back (without their comments): how
+    tests and benchmarks size a small project."""
+    folder = Path(folder)
+    merged = {**read_mapping(folder / "params.yaml"),
+              "sample": read_mapping(folder / SAMPLE_FILE)["sample"]}
+    change(merged)
+    sample = {"sample": merged.pop("sample")}
+    (folder / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    (folder / SAMPLE_FILE).write_text(yaml.safe_dump(sample, sort_keys=False))
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """params.yaml's hyperparameters with the sample's sizes from sample.yaml beside it (its
+    `sample` key), as one typed object; a bad key names the file it is in."""
+    path = Path(path)
+    raw, beside = read_mapping(path), path.parent / SAMPLE_FILE
+    if "sample" in raw:
+        raise InputError(f"{path}: 'sample' belongs in {beside} (the embedded sample's sizes are "
+                         "not hyperparameters); move the section there")
+    sample = read_mapping(beside)
+    unknown = sorted(set(sample) - {"sample"})
+    if unknown:
+        raise InputError(f"{beside}: unknown key(s) {', '.join(map(repr, unknown))} (it holds "
+                         "only 'sample')")
+    build(Sample, sample.get("sample"), where=str(beside), path="sample.")
+    return consistent(build(Params, {**raw, "sample": sample["sample"]}, where=str(path)),
+                      where=str(path))
 
 
 def consistent(params: Params, where: str = "params.yaml") -> Params:
