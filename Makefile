@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 
 J ?= 2
 
-.PHONY: here repro test test-fast gpu-check peers bench mlflow-ui mlflow-server task folds exps
+.PHONY: here repro test test-fast gpu-check peers bench mlflow-ui mlflow-server task folds exps typecheck
 
 # the pipeline's own dependencies; the tests' (pytest, Playwright, Ray, psycopg) on top, only for
 # `make test`, so that a first `make repro` does not wait for them
@@ -20,7 +20,7 @@ $(VENV)/.foldwise-installed: pyproject.toml
 	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
-$(VENV)/.foldwise-test-installed: $(VENV)/.foldwise-installed
+$(VENV)/.foldwise-test-installed: $(VENV)/.foldwise-installed pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
@@ -49,12 +49,17 @@ exps:
 		--sort-by metrics/metrics.json:oof.$(or $(METRIC),logloss) --precision 4 $(EXPS_FLAGS)
 	@echo "(bag.mean changes the test predictions only: each OOF row comes from one fold's model, so the OOF figures do not move with it)"
 
-# CI: every test, the 25 slowest listed; test-fast: the unit tests only, for the inner loop
-test: here $(VENV)/.foldwise-test-installed
+# CI: the type check, then every test, the 25 slowest listed; test-fast: the type check and
+# the unit tests only, for the inner loop
+test: typecheck
 	$(BIN)/python -m pytest -q --durations=25
 
-test-fast: here $(VENV)/.foldwise-test-installed
+test-fast: typecheck
 	$(BIN)/python -m pytest -q -m "not e2e and not extended and not gpu" --durations=10
+
+# src/ against the task protocols (tasks.Task, tasks.ClassTask) and its own signatures
+typecheck: here $(VENV)/.foldwise-test-installed
+	$(BIN)/python -m mypy
 
 # on a lent GPU machine, with its own Python (no venv, no DVC, no MLflow): docs/gpu.md
 OUT ?= gpu-check

@@ -70,7 +70,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete `.NAME.<pid>.*.tmp` (and a left-over `.NAME.old`) beside `path` whose writer is
     no longer running; returns what was removed."""
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\..*\.tmp$")
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     for entry in path.parent.iterdir():
@@ -136,9 +136,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         fsync_path(tmp)

@@ -69,7 +69,7 @@ def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool
     from random init (a silent fallback would cost a user a day of worse results)."""
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise InputError(f"params.yaml: train.model={name!r} is not a timm model name")
-    kwargs = dict(num_classes=num_outputs, in_chans=in_chans, model_kwargs=model_kwargs)
+    kwargs: dict = dict(num_classes=num_outputs, in_chans=in_chans, model_kwargs=model_kwargs)
     if weights_file:
         model = timm_model(name, False, **kwargs)
         load_weights_file(model, weights_file, weights_match)

@@ -21,11 +21,10 @@ def timm_with_ours():
 
 def timm_registry(kind: str) -> list[str]:
     """The names timm's own registry of `kind` holds (model names without a pretrained tag)."""
-    timm = timm_with_ours()
-    import timm.optim
+    from timm import optim
     if kind == "model":
-        return timm.list_models()
-    return timm.optim.list_optimizers()
+        return timm_with_ours().list_models()
+    return optim.list_optimizers()
 
 
 def known_timm_names() -> dict[str, set]:

@@ -53,20 +53,28 @@ def timm_name(kind: str, blank: bool = False):
     return dataclasses.field(metadata={"timm": kind, "blank": blank})
 
 
-@dataclass(frozen=True)
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(
+    dataclasses.field, one_of, within, count_or, named, timm_name))
+def schema(cls):
+    """A section of the schema: a frozen dataclass whose keys carry their rules (`one_of`, ...;
+    none of them a default, which a type checker knows through this decorator)."""
+    return dataclass(frozen=True)(cls)
+
+
+@schema
 class Data:
     source: str = one_of("statefarm", "keypoints", "dogscats", "folders", "multilabel")
     root: str
 
 
-@dataclass(frozen=True)
+@schema
 class Split:
     seed: int = within(0)  # the folds' own seed: `seed` changes the training, never the split
     dedupe: bool
     hash_distance: int = within(0, 63)
 
 
-@dataclass(frozen=True)
+@schema
 class StateFarmSample:
     drivers: int = within(2)
     per_class: int = within(1)
@@ -74,7 +82,7 @@ class StateFarmSample:
     test_per_class: int = within(1)
 
 
-@dataclass(frozen=True)
+@schema
 class KeypointsSample:
     train: int = within(2)
     test: int = within(1)
@@ -82,13 +90,13 @@ class KeypointsSample:
     sparse_fraction: float = within(0, 1)
 
 
-@dataclass(frozen=True)
+@schema
 class DogsCatsSample:
     per_class: int = within(1)
     test: int = within(1)
 
 
-@dataclass(frozen=True)
+@schema
 class FoldersSample:
     classes: int = within(2)
     per_class: int = within(1)
@@ -96,14 +104,14 @@ class FoldersSample:
     layout: str = one_of("folders", "csv")
 
 
-@dataclass(frozen=True)
+@schema
 class MultiLabelSample:
     train: int = within(2)
     test: int = within(1)
     tags: int = within(1, 8)
 
 
-@dataclass(frozen=True)
+@schema
 class Sample:
     """Each source's embedded synthetic set, under the source's name."""
     seed: int = within(0)  # the sample's own: neither `seed` nor `split.seed` rewrites the data
@@ -114,7 +122,7 @@ class Sample:
     multilabel: MultiLabelSample
 
 
-@dataclass(frozen=True)
+@schema
 class Preprocess:
     height: int = within(8)
     width: int = within(8)
@@ -123,13 +131,13 @@ class Preprocess:
     workers: int = within(1)
 
 
-@dataclass(frozen=True)
+@schema
 class Ema:
     decay: float = within(0, below=1)
     warmup: bool
 
 
-@dataclass(frozen=True)
+@schema
 class Mixup:
     mixup_alpha: float = within(0)
     cutmix_alpha: float = within(0)
@@ -137,7 +145,7 @@ class Mixup:
     switch_prob: float = within(0, 1)
 
 
-@dataclass(frozen=True)
+@schema
 class Augment:
     hflip: bool
     shift: float = within(0, below=1)
@@ -151,7 +159,7 @@ class Augment:
     erase_mode: str = one_of("const", "rand", "pixel")
 
 
-@dataclass(frozen=True)
+@schema
 class Train:
     model: str = timm_name("model")
     model_kwargs: dict
@@ -186,36 +194,36 @@ class Train:
     augment: Augment
 
 
-@dataclass(frozen=True)
+@schema
 class Tta:
     hflip: bool
     shift: float = within(0, below=1)
     scale: float = within(0, below=1)
 
 
-@dataclass(frozen=True)
+@schema
 class Bag:
     mean: str = one_of("arithmetic", "geometric")
 
 
-@dataclass(frozen=True)
+@schema
 class Calibration:
     temperature: bool
 
 
-@dataclass(frozen=True)
+@schema
 class Neighbours:
     k: int = within(0)
 
 
-@dataclass(frozen=True)
+@schema
 class Stack:
     model: str = one_of("", "logistic", "hist_gradient_boosting")
     neighbours: int = within(0)
     c: float = within(above=0)
 
 
-@dataclass(frozen=True)
+@schema
 class Pseudo:
     rounds: int = within(0)
     mode: str = one_of("soft", "hard")
@@ -226,21 +234,21 @@ class Pseudo:
     lr: float = within(0)  # further rounds: 0 restart as round 1 did (lr, warm-up); else fine-tune from it
 
 
-@dataclass(frozen=True)
+@schema
 class Distill:
     model: str = timm_name("model", blank=True)
     epochs: int = within(0)
     test: bool  # the test images join the student's training against the teacher's rows
 
 
-@dataclass(frozen=True)
+@schema
 class Refit:
     # 0 off; N epochs; auto: the folds' median kept epoch count (docs/refit.md)
     epochs: int | str = count_or("auto")
     tta: bool  # the bag's test-time views in its program; false: one pass per image
 
 
-@dataclass(frozen=True)
+@schema
 class Mlflow:
     experiment: str = named()
     tracking_uri: str
@@ -248,7 +256,7 @@ class Mlflow:
     model_name: str  # the registered model; '' names it after experiment, task and data set
 
 
-@dataclass(frozen=True)
+@schema
 class Params:
     seed: int = within(0)  # the training's randomness (split.seed: the folds')
     lr: float = within(above=0)

@@ -8,9 +8,13 @@ module asks which kind a task is:
 - the bag and calibration: `probabilities` (geometric means and temperatures apply);
 - evaluate: `report`, `item_loss`, `baselines`, `confusion`, `reliability`, `item_columns`;
 - export and predict: `head`, `tempering`, `decision` (what is fit out-of-fold), `postprocess`.
-Another kind is one more class and one line in `create_task`.
+Another kind is one more class and one line in `create_task`. `Task` states what every kind
+provides, `ClassTask` what kinds whose outputs are class probabilities add (distillation and
+pseudo-labels need them); a type checker holds the classes to them (`make test-fast`).
 """
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -20,6 +24,54 @@ from torch import nn
 
 from foldwise import metrics
 from foldwise.params import Params
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every task kind provides (see the module's text for who reads what)."""
+    monitor: str  # the validation figure that keeps an epoch (lower is better)
+    baselines: tuple[str, ...]  # report() figures of the data, not of the model
+    outputs_are: str  # what its columns are, in a sentence
+    probabilities: bool  # rows of class probabilities: geometric bags, temperatures
+    mixes: bool  # timm's mixup and cutmix may blend its targets
+    erases: bool  # timm's random erasing leaves its targets true
+    view_outputs: dict  # how a warped test-time view's outputs map back
+    columns: list[str]  # the prediction table's columns, one per output
+    num_outputs: int
+    fp32_head: bool  # the head runs in float32 under autocast
+
+    def targets(self, values: np.ndarray) -> torch.Tensor: ...
+    def augment_targets(self, targets: torch.Tensor, theta: torch.Tensor) -> torch.Tensor: ...
+    def values(self, targets: torch.Tensor) -> np.ndarray: ...
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def activate(self, outputs: torch.Tensor) -> torch.Tensor: ...
+    def score(self, targets: np.ndarray, preds: np.ndarray) -> dict: ...
+    def item_loss(self, targets: np.ndarray, preds: np.ndarray) -> np.ndarray: ...
+    def report(self, targets: np.ndarray, preds: np.ndarray,
+               folds=None) -> tuple[dict, pd.DataFrame]: ...
+    def head(self) -> nn.Module: ...
+    def tempering(self, temperature: float) -> nn.Module | None: ...
+    def confusion(self, truth: np.ndarray, preds: np.ndarray) -> pd.DataFrame: ...
+    def reliability(self, truth: np.ndarray, preds: np.ndarray,
+                    bins: int = 10) -> pd.DataFrame: ...
+    def item_columns(self, truth: np.ndarray, preds: np.ndarray) -> dict: ...
+    def decision(self, summary: dict) -> dict: ...
+    def postprocess(self, preds: np.ndarray, decision: dict) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ClassTask(Task, Protocol):
+    """A task whose outputs are one probability per class (`probabilities` true): what
+    distillation's soft targets and pseudo-labels need beside `Task`."""
+    classes: tuple[str, ...]
+    label_smoothing: float
+
+    def clip_bound(self, targets: np.ndarray, preds: np.ndarray, folds=None) -> dict: ...
+
+
+def of_classes(task) -> bool:
+    """`task` gives one probability per class (a `ClassTask` with `probabilities`)."""
+    return isinstance(task, ClassTask) and task.probabilities
 
 CLIP_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 0.1, 61)])
 RELIABILITY_COLUMNS = ["confidence", "accuracy", "perfect", "images"]
@@ -72,12 +124,12 @@ def reliability_table(conf: np.ndarray, right: np.ndarray, low: float, bins: int
 
 class Classification:
     monitor = "logloss"  # the validation figure that picks the kept epoch (lower is better)
-    baselines = ("prior_logloss",)  # report() figures of the data, not of the model
+    baselines: tuple[str, ...] = ("prior_logloss",)  # report() figures of the data, not of the model
     outputs_are = "classes"  # what its columns are, in a sentence (foldwise-report's card)
     probabilities = True  # outputs are probabilities: geometric bags and temperatures apply
     mixes = True  # timm's mixup and cutmix blend its targets
     erases = True  # timm's random erasing leaves the label as it is
-    view_outputs = {}  # a class survives a warp: the views' outputs average as they are
+    view_outputs: dict = {}  # a class survives a warp: the views' outputs average as they are
     fp32_head = False  # logits: bfloat16 is fine under autocast
 
     def __init__(self, classes, label_smoothing: float = 0.0):
@@ -183,7 +235,7 @@ class Keypoints:
     (grid_sample's frame), so they follow the augmentation's affine warp exactly."""
 
     monitor = "rmse"
-    baselines = ("mean_baseline_rmse",)
+    baselines: tuple[str, ...] = ("mean_baseline_rmse",)
     outputs_are = "keypoint coordinates"
     probabilities = False
     mixes = False
@@ -286,12 +338,12 @@ class MultiLabel:
     temperature: each fold's rows are decided by thresholds fit on the other folds)."""
 
     monitor = "logloss"
-    baselines = ("prior_logloss", "prior_f2")
+    baselines: tuple[str, ...] = ("prior_logloss", "prior_f2")
     outputs_are = "tags"
     probabilities = False  # not rows that sum to one: no geometric bag, no temperature
     mixes = False  # timm's Mixup one-hot encodes single labels
     erases = True
-    view_outputs = {}  # tags survive a warp
+    view_outputs: dict = {}  # tags survive a warp
     fp32_head = False
 
     def __init__(self, tags):
@@ -375,7 +427,7 @@ class MultiLabel:
         return (np.asarray(preds) >= t).astype(np.float64)
 
 
-def create_task(meta: dict, params: Params | None = None):
+def create_task(meta: dict, params: Params | None = None) -> Task:
     """The task kind that preprocess recorded for the data (`meta.json`); `params` only shape
     training (predict passes none)."""
     if meta["task"] == "classification":

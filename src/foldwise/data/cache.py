@@ -127,7 +127,7 @@ def _reserve_map(path: Path, shape: tuple) -> np.memmap:
             os.close(fd)
     except OSError as err:
         size = f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
-        raise InputError(f"{path}: cannot reserve {size} for the cache ({os.strerror(err.errno)}); "
+        raise InputError(f"{path}: cannot reserve {size} for the cache ({os.strerror(err.errno or 0)}); "
                          "free disk space or lower preprocess.height/width") from None
     return array
 
@@ -145,8 +145,8 @@ def build_cache(paths, out: str | Path, height: int, width: int, crop=FULL_FRAME
     channels = 1 if mode == "L" else 3
     jobs = [(paths[i:i + chunk], height, width, crop, mode, stats)
             for i in range(0, len(paths), chunk)]
-    total = np.zeros(channels, dtype=np.uint64)
-    total_sq = np.zeros(channels, dtype=np.uint64)
+    total: np.ndarray = np.zeros(channels, dtype=np.uint64)
+    total_sq: np.ndarray = np.zeros(channels, dtype=np.uint64)
     with atomic_path(out) as tmp:
         array = _reserve_map(tmp, (len(paths), height, width, channels))
         with Pool(max(1, workers)) as pool:

@@ -17,7 +17,9 @@ def assign_folds(labels, groups, n_folds: int, seed: int, size: int | None = Non
     """
     if n_folds < 2:
         raise InputError(f"params.yaml: folds lists {n_folds} fold(s); k-fold needs at least 2")
-    n = len(labels) if labels is not None else len(groups) if groups is not None else int(size)
+    if labels is None and groups is None and size is None:
+        raise ValueError("assign_folds: give labels, groups or size")
+    n = len(labels) if labels is not None else len(groups) if groups is not None else int(size or 0)
     x = np.zeros(n)
     if groups is not None:
         groups = np.asarray(groups)
@@ -35,7 +37,7 @@ def assign_folds(labels, groups, n_folds: int, seed: int, size: int | None = Non
     else:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(x, np.asarray(labels), groups)
-    fold = np.full(n, -1, dtype=np.int64)
+    fold: np.ndarray = np.full(n, -1, dtype=np.int64)
     for k, (_, val) in enumerate(splits):
         fold[val] = k
     return fold

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -52,7 +52,7 @@ def run(params: Params, paths: Paths) -> None:
     targets.npy]} in one atomic replacement."""
     cfg, source = params.preprocess, params.data.source
     data = get_source(source).read(paths.root)
-    size = dict(height=cfg.height, width=cfg.width, crop=check_crop(cfg.crop),
+    size: dict[str, Any] = dict(height=cfg.height, width=cfg.width, crop=check_crop(cfg.crop),
                 mode=cfg.mode, workers=cfg.workers)
     train_items = data.images["train"] if data.images else data.train["path"]
     test_items = data.images["test"] if data.images else data.test["path"]

@@ -149,7 +149,7 @@ def reference(test, task, temperature: float, stacked: Stacking | None) -> np.nd
     if temperature != 1.0:
         bagged = calibration.temper(bagged, temperature)
     if stacked and stacked.layer is not None:
-        empty = np.zeros((len(bagged), 0), dtype=np.int64)
+        empty: np.ndarray = np.zeros((len(bagged), 0), dtype=np.int64)
         bagged = stack_model.predict(stacked.model, stack_model.features(bagged, empty, empty, 0),
                                task.num_outputs)
     return bagged
@@ -176,6 +176,7 @@ def submitted(got, loaded, test_images, neighbours_dir, stacked: Stacking | None
         return got, None
     stage_graph = np.load(Path(neighbours_dir) / "graph.npz")
     if program.unreproducible(meta):
+        assert stacked is not None  # only a stack outside the program is unreproducible
         x = stack_model.features(got, stage_graph["idx"], stage_graph["sim"], stacked.neighbours)
         return stack_model.predict(stacked.model, x, got.shape[1]), None
     features = program.run_model(setlevel.load_features(model_dir, device), test_images,

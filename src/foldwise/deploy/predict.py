@@ -45,14 +45,13 @@ def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers
         preds.append(program.run_model(model, block, batch_size, desc=f"predict {i * chunk}/{len(files)}"))
         if features is not None:
             feats.append(program.run_model(features, block, batch_size, desc="features"))
-    preds = np.concatenate(preds)
+    joined = np.concatenate(preds)
     if features is not None:  # over every image of the folder, as the submission over the test set
-        feats = np.concatenate(feats)
-        preds = setlevel.apply(preds, setlevel.graph(feats, meta), meta, model_dir)
-    preds = create_task(meta).postprocess(preds, meta.get("decision", {}))
-    get_source(meta["source"]).write_submission([p.name for p in files], preds,
+        joined = setlevel.apply(joined, setlevel.graph(np.concatenate(feats), meta), meta, model_dir)
+    decided = create_task(meta).postprocess(joined, meta.get("decision", {}))
+    get_source(meta["source"]).write_submission([p.name for p in files], decided,
                                                 {**meta, "root": str(images_dir)}, out_csv)
-    return preds
+    return decided
 
 
 def main() -> None:

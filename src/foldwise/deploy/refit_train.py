@@ -23,7 +23,7 @@ from foldwise.errors import InputError
 from foldwise.files import project_root, write_csv, write_json
 from foldwise.metrics import fidelity
 from foldwise.params import Params, evolve
-from foldwise.tasks import create_task
+from foldwise.tasks import create_task, of_classes
 from foldwise.train import tta
 from foldwise.train.train import resume_file
 from foldwise.train.loader import Rows, open_cache
@@ -47,12 +47,17 @@ def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) ->
                                     {"foldwise.pipeline_key": key, "foldwise.weights": weights,
                                      "foldwise.refit_epochs": str(plan.epochs)})
     show = Progress("refit", plan.epochs, task.monitor, held="in-sample")
+
+    def shown_and_logged(row: dict) -> None:
+        show(row)
+        log_epoch(row)
+
     with mlflow.start_run(run_id=run_id):
         tracking.log_params(params, train_images=len(images), refit_epochs=plan.epochs,
                             refit_epochs_from=plan.why, refit_keeps=plan.weights)
         result = train_fold(net, task, Settings(cfg, params.lr, seed, device, keep=plan.weights),
-                            fit_data(paths.processed, images), on_epoch=lambda row: (
-                                show(row), log_epoch(row)), resume=resume,
+                            fit_data(paths.processed, images),
+                            on_epoch=shown_and_logged, resume=resume,
                             wrap=views(params, task, meta))
         figures, loaded = ship_refit(params, task, meta, paths, net, result, device)
         figures.update(epochs=plan.epochs, epochs_from=plan.why, mlflow_run_id=run_id,
@@ -159,6 +164,6 @@ def beside_bag(task, bagged: Path, processed: Path, tempering, got: np.ndarray) 
     if tempering is not None:
         bag = tempering(torch.as_tensor(bag)).double().numpy()
     out = {"mean_abs_diff": float(np.abs(got - bag).mean())}
-    if getattr(task, "probabilities", False) and hasattr(task, "classes"):
+    if of_classes(task):
         out.update(fidelity(bag / bag.sum(axis=1, keepdims=True), got))  # rows of 8 digits
     return out

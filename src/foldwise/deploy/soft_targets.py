@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from foldwise.errors import InputError
-from foldwise.metrics import fidelity  # noqa: F401  (distill.fidelity: the student against its teacher)
+from foldwise.metrics import fidelity  # noqa: F401  (soft_targets.fidelity: the student against its teacher)
+from foldwise.tasks import of_classes
 
 
 class Distilled:
@@ -31,11 +32,11 @@ class Distilled:
     probabilities = True
     mixes = False  # timm's Mixup blends class indices, not probability rows
     erases = True  # an erased rectangle leaves the teacher's row as it is
-    view_outputs = {}
+    view_outputs: dict = {}
     fp32_head = False
 
     def __init__(self, task):
-        if not getattr(task, "probabilities", False) or not hasattr(task, "classes"):
+        if not of_classes(task):
             raise InputError("params.yaml: distill.model: distillation needs a class task "
                              "(its outputs are class probabilities); this task's are not")
         self.task = task

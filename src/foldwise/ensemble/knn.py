@@ -46,8 +46,8 @@ def graph(features: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, 
     n x n matrix (25 GB for State Farm's test set) is never held."""
     f = torch.as_tensor(np.asarray(features), dtype=torch.float32)
     n, k = len(f), min(int(k), len(f) - 1)
-    idx = np.zeros((n, max(k, 0)), dtype=np.int64)
-    sim = np.zeros((n, max(k, 0)), dtype=np.float32)
+    idx: np.ndarray = np.zeros((n, max(k, 0)), dtype=np.int64)
+    sim: np.ndarray = np.zeros((n, max(k, 0)), dtype=np.float32)
     if k <= 0:
         return idx, sim
     for i in range(0, n, block):
@@ -63,7 +63,7 @@ def grouped_graph(features: np.ndarray, groups: np.ndarray, k: int) -> tuple[np.
     """`graph` within each group (validation fold) separately, indices into all rows; a row of
     a group smaller than k + 1 has fewer neighbours (similarity 0 pads the rest)."""
     idx = np.tile(np.arange(len(features))[:, None], (1, k))
-    sim = np.zeros((len(features), k), dtype=np.float32)
+    sim: np.ndarray = np.zeros((len(features), k), dtype=np.float32)
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
         local_idx, local_sim = graph(features[rows], k)

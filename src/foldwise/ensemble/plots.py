@@ -24,7 +24,7 @@ def write_bundle(root: str | Path | None = None) -> Path:
     path = Path(root or project_root()) / BUNDLE
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(vl_convert.javascript_bundle(), encoding="utf8")
+        Path(tmp).write_text(vl_convert.javascript_bundle(), encoding="utf8")  # type: ignore[call-arg]
         Path(tmp).chmod(0o644)  # a page any browser of this machine reads
     return path
 

@@ -37,7 +37,7 @@ def metric(exp: Experiment) -> str:
 def honesty(exp: Experiment, leaks: int | None, groups: int | None) -> str:
     """How the OOF figure was made and where it is optimistic."""
     k = len(exp.metrics.get("folds", {}))
-    word = GROUPS.get(exp.params.get("data.source"), "group")
+    word = GROUPS.get(str(exp.params.get("data.source")), "group")
     kept = (f"the folds keep each {word} together ({groups} of them; {leaks} found in two folds "
             "by this report)" if groups else
             "the data names no groups, so each image is its own: one subject's images or near-"

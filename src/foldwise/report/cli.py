@@ -67,10 +67,10 @@ def write(out: Path, md: str, images: dict, title: str) -> None:
             (tmp / file).write_bytes(data)
 
 
-def log(exp: content.Experiment, out: Path) -> None:
-    """The report's files as artifacts of the experiment's MLflow parent run."""
+def log(lineage: dict, out: Path) -> None:
+    """The report's files as artifacts of the experiment's MLflow parent run (`lineage`:
+    metrics/mlflow.json)."""
     from mlflow.tracking import MlflowClient
-    lineage = exp.lineage
     MlflowClient(tracking_uri=lineage["tracking_uri"]).log_artifacts(
         lineage["parent_run_id"], str(out), artifact_path=ARTIFACTS)
 
@@ -83,8 +83,8 @@ def report(root: Path, name: str | None, out: Path | None, to_mlflow: bool) -> s
     lineage = built.exp.lineage if to_mlflow else None
     place = f"MLflow run {lineage['parent_run_id']}, artifacts {ARTIFACTS}/" if lineage else None
     write(folder, built.markdown(place), built.images, f"foldwise report: {name or read.WORKSPACE}")
-    if place:
-        log(built.exp, folder)
+    if lineage:
+        log(lineage, folder)
     said = (f"logged to {place}" if place else "not logged to MLflow: " +
             ("--no-mlflow" if not to_mlflow else "metrics/mlflow.json names no parent run"))
     return f"{folder / 'report.html'} and report.md ({said})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from foldwise.params import flatten
-from foldwise.tasks import create_task
+from foldwise.tasks import Task, create_task
 from foldwise.report.read import Files, Revision
 
 # tables and figures evaluate and the later stages write (their absence: a stage that was off)
@@ -27,7 +27,7 @@ class Experiment:
     metrics: dict  # metrics/metrics.json: oof, spread, folds
     baseline: dict  # metrics/baseline.json: image counts, the trivial figures
     meta: dict  # data/processed/meta.json: the task as preprocess recorded it
-    task: object  # the task kind's object (tasks.create_task): its monitor, baselines, outputs
+    task: Task  # the task kind's object (tasks.create_task): its monitor, baselines, outputs
     checks: dict | None  # export/checks.json
     lineage: dict | None  # metrics/mlflow.json
     neighbours: dict | None  # metrics/neighbours.json where neighbours.k > 0

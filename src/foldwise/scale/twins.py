@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import yaml
 
@@ -73,7 +73,7 @@ def stage_params(root: Path, stage: str) -> dict:
     return values
 
 
-def _lookup(tree: dict, dotted: str):
+def _lookup(tree: Any, dotted: str):
     for part in dotted.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree

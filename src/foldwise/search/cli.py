@@ -122,9 +122,11 @@ def run_search(config: Path, workers: int, trials: int | None, storage: str | No
                     trials or search_.trials)
     slots = [checkouts.prepare(root, k, d) for k, d in enumerate(devices(workers, gpu_count()))]
     threads = [threading.Thread(target=work, args=(c, shared), daemon=True) for c in slots]
-    [t.start() for t in threads]
+    for t in threads:
+        t.start()
     try:
-        [t.join() for t in threads]
+        for t in threads:
+            t.join()
     except KeyboardInterrupt:  # nothing of this searcher left RUNNING in MLflow
         S.interrupted(search_, study, experiment_id, shared.run_id, shared.mine)
         raise

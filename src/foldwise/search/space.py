@@ -63,6 +63,7 @@ class Dimension:
         if self.choices:
             return value in self.choices
         return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and self.low is not None and self.high is not None
                 and self.low <= value <= self.high)
 
 

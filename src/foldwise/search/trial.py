@@ -16,6 +16,7 @@ import ctypes
 import json
 import signal
 import subprocess
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def objective(metrics_file: Path, name: str) -> float:
                      f"figures ({known})")
 
 
+_PRCTL: Any
 try:  # resolved here, once: the forked child only makes the system call (threads may be running)
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (AttributeError, OSError):

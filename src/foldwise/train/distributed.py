@@ -152,7 +152,7 @@ def gather(array: np.ndarray) -> np.ndarray:
     """Every rank's `shard` of an output, concatenated in rank order (= input order)."""
     if world() == 1:
         return array
-    parts = [None] * world()
+    parts: list = [None] * world()
     dist.all_gather_object(parts, array)
     parts = [p for p in parts if len(p)]
     return np.concatenate(parts) if parts else array
@@ -163,7 +163,7 @@ def epoch_totals(loss_sum: torch.Tensor, n: int, *rows: torch.Tensor):
     outputs) of every rank concatenated, on this rank's device."""
     if world() == 1:
         return (loss_sum, n, *rows)
-    parts = [None] * world()
+    parts: list = [None] * world()
     dist.all_gather_object(parts, (float(loss_sum), n, [r.cpu() for r in rows]))
     device = loss_sum.device
     return (torch.tensor(sum(p[0] for p in parts), dtype=torch.float64, device=device),

@@ -55,7 +55,7 @@ class _Staging:
             self.ring = [torch.empty((biggest, *array.shape[1:]), dtype=torch.uint8, pin_memory=True)
                          for _ in range(slots)]
             self.stream = torch.cuda.Stream(device)
-            self.events = [None] * slots
+            self.events: list = [None] * slots
 
     def gather(self, j: int, idx: np.ndarray):
         """Batch `j`'s rows: (array, None) on the CPU, (device tensor, its copy's event) on CUDA."""
@@ -131,7 +131,8 @@ def device_batches(array: np.ndarray, batches: Iterable[np.ndarray], device: tor
     if not batches:
         return
     if isinstance(array, Rows):  # gather straight from the underlying array
-        array, batches = array.array, [array.index[b] for b in batches]
+        batches = [array.index[b] for b in batches]
+        array = array.array
     budget = resident_budget(device) if resident is None else resident
     whole = RESIDENT.get(array, device, budget) if budget and isinstance(array, np.ndarray) else None
     if whole is not None:

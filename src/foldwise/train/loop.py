@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -68,11 +68,11 @@ class Settings:
 @dataclass(frozen=True)
 class FitData:
     """One fold's rows: uint8 images (arrays or `loader.Rows`) and their labels or targets."""
-    x_train: object
+    x_train: Any  # an array or a loader.Rows
     y_train: np.ndarray
-    x_val: object
+    x_val: Any
     y_val: np.ndarray
-    x_test: object
+    x_test: Any
 
 
 def create_scheduler(optimizer, cfg: Train, lr: float, updates_per_epoch: int = 1):
@@ -161,7 +161,7 @@ def train_epoch(net, optimizer, task, run: Settings, x_train, targets, gen, rec:
         rec.stepped(net)
         loss_sum += loss.detach() * len(idx)
         p = task.activate(outputs.detach())
-        if seen_p is None:
+        if seen_p is None or seen_y is None:
             seen_y = torch.empty((total, *y.shape[1:]), dtype=y.dtype, device=device)
             seen_p = torch.empty((total, *p.shape[1:]), dtype=p.dtype, device=device)
         seen_y[at:at + len(idx)] = y
@@ -346,6 +346,7 @@ def kept_result(s: state.LoopState, net, wrap, task, data: FitData,
     else:
         val_preds = predict(final, data.x_val, task, batch, run.device, run.channels_last, run.amp,
                             "validate tta")
+    assert s.best_state is not None and s.weights is not None  # an epoch was kept (checked above)
     return FoldResult(
         state_dict={k: v.detach().cpu().contiguous() for k, v in s.best_state.items()},
         history=pd.DataFrame(s.history), best_epoch=s.best_epoch, weights=s.weights,

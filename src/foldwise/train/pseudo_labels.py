@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from foldwise.errors import InputError
+from foldwise.tasks import of_classes
 from foldwise.params import Pseudo, evolve
 from foldwise.train import checkpoints, outputs
 from foldwise.train.progress import REPLAYED
@@ -77,7 +78,7 @@ def check(cfg: Pseudo, task) -> None:
     ranges are the params schema's, checked when params.yaml is read)."""
     if not cfg.rounds:
         return
-    if not getattr(task, "probabilities", False) or not hasattr(task, "classes"):
+    if not of_classes(task):
         raise InputError("params.yaml: pseudo.rounds: pseudo-labels need a class task (its "
                          "outputs class probabilities); this task's are not")
     if not cfg.weight > 0:
@@ -92,7 +93,7 @@ class PseudoLabelled:
     the task does. Mixup is off (timm's Mixup blends class indices)."""
     mixes = False
     erases = True  # an erased rectangle leaves a class (or a pseudo-label) as it is
-    view_outputs = {}
+    view_outputs: dict = {}
 
     def __init__(self, task):
         self.task = task

@@ -11,6 +11,7 @@ no tensor is touched. Nothing here waits for the device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import random
 
@@ -45,7 +46,7 @@ class Recipe:
     ema: timm.utils.ModelEmaV3 | None = None
     clip_grad: float = 0.0
     clip_mode: str = "norm"
-    scheduler: object | None = None  # stepped after every update when the lr moves per step
+    scheduler: Any = None  # stepped after every update when the lr moves per step
     step: int = 0  # optimiser updates so far: the per-step schedule's and the EMA warm-up's clock
     _params: list = field(default_factory=list)
 

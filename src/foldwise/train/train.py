@@ -25,7 +25,7 @@ from foldwise import models, params as P, tracking
 from foldwise.data.cache import load_truth
 from foldwise.errors import InputError
 from foldwise.files import project_root, source_digest, write_csv
-from foldwise.tasks import create_task
+from foldwise.tasks import Task, create_task
 from foldwise.train import augment, distributed, outputs, pseudo_labels, tta
 from foldwise.train.loader import Rows, open_cache
 from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
@@ -100,7 +100,8 @@ def summarise(result: FoldResult, task, y_val) -> dict:
             **{f"oof_{k}": float(v) for k, v in task.score(y_val, result.val_preds).items()}}
 
 
-def prediction_tables(data: FoldData, result: FoldResult, task):
+def prediction_tables(data: FoldData, result: FoldResult,
+                      task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
     va = data.val_rows
     oof = outputs.oof_table(data.table["id"].iloc[va], data.table["group"].iloc[va], data.fold,
                             data.labels[va], result.val_preds, task.columns)
@@ -256,7 +257,9 @@ def fold_folder(params: P.Params, fold: int, paths: FoldPaths) -> int:
         return 0
     done = tracked(params, meta, paths, data, fit, spec, weights, key, settings)
     for r in range(1, params.pseudo.rounds + 2):
-        pseudo_labels.round_resume(resume, r).unlink(missing_ok=True)
+        stale = pseudo_labels.round_resume(resume, r)
+        if stale is not None:
+            stale.unlink(missing_ok=True)
     distributed.close()
     print(f"fold {fold}: best epoch {done['best_epoch']}, val {done['monitor']} "
           f"{done['best_val_' + done['monitor']]:.4f}, {done['images_per_s']:.0f} train images/s "

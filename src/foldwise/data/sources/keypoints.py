@@ -40,7 +40,7 @@ FLIP_PAIRS = _flip_pairs()
 
 
 def _pixels(csv: Path, table: pd.DataFrame) -> np.ndarray:
-    images = np.empty((len(table), SIDE, SIDE), dtype=np.uint8)
+    images: np.ndarray = np.empty((len(table), SIDE, SIDE), dtype=np.uint8)
     for i, text in enumerate(table["Image"]):
         try:
             values = np.array(str(text).split(), dtype=np.float64)

@@ -48,7 +48,7 @@ def _check_rows(csv: Path, table: pd.DataFrame, known: list[str] | None) -> list
         unknown = [t for t in split if known is not None and t not in known]
         if unknown:
             raise InputError(f"{csv}, line {i + 2}: unknown tag {unknown[0]!r} (tags.txt lists "
-                             f"{', '.join(known)})")
+                             f"{', '.join(known or ())})")
         rows.append(split)
     return rows
 
