@@ -36,3 +36,25 @@ def test_the_check_finds_a_planted_kind_check(tmp_path):
     planted = tmp_path / "planted_seam_check.py"
     planted.write_text('if meta["task"] == "keypoints":\n    pass\nif task.kind:\n    pass\n')
     assert kind_checks(planted) == [f"{planted}:1", f"{planted}:3"]
+
+
+def test_the_type_checker_refuses_a_task_kind_missing_a_member_of_the_protocol(tmp_path):
+    """`tasks.Task` is the shape every kind provides: a kind with only `monitor` returned where
+    a Task is expected is a type error, planted outside the source tree and checked with the
+    project's own settings; the real kinds pass."""
+    import subprocess
+    import sys
+    planted = tmp_path / "planted_task.py"
+    planted.write_text(
+        "from foldwise.tasks import Classification, Keypoints, Task\n"
+        "class Shapeless:\n"
+        "    monitor = 'logloss'\n"
+        "def real() -> list[Task]:\n"
+        "    return [Classification(['a', 'b']), Keypoints(['x', 'y'], (96, 96))]\n"
+        "def shapeless() -> Task:\n"
+        "    return Shapeless()\n")
+    res = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+                          "--cache-dir", str(tmp_path / "cache"), str(planted)],
+                         capture_output=True, text=True, cwd=ROOT)
+    errors = [line for line in res.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and 'got "Shapeless", expected "Task"' in errors[0], res.stdout
