@@ -10,15 +10,26 @@ from foldwise import params as P
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# `make test` runs two pytest-xdist workers: each gets its share of the cores for torch (set
+# before any test module imports it), so the two never fight over threads and what one spends
+# single-threaded (interpreters starting, imports, DVC) the other spends training
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+
 # markers by module (pyproject.toml describes them); single tests carry their own
 E2E = {"test_pipeline", "test_tasks_pipeline", "test_kill_resume", "test_parallel_folds",
        "test_concurrent_experiments", "test_distributed", "test_search"}
 EXTENDED = {"test_tracking_server", "test_workers", "test_bench"}
+# a module's tests stay on one worker (its module fixtures are made once); these three share
+# the session's reference run, so they go together
+REFERENCE = {"test_bench", "test_kill_resume", "test_parallel_folds"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group("reference" if module in REFERENCE else module))
         if module in E2E:
             item.add_marker(pytest.mark.e2e)
         if module in EXTENDED:
