@@ -49,12 +49,12 @@ exps:
 		--sort-by metrics/metrics.json:oof.$(or $(METRIC),logloss) --precision 4 $(EXPS_FLAGS)
 	@echo "(bag.mean changes the test predictions only: each OOF row comes from one fold's model, so the OOF figures do not move with it)"
 
-# CI: the type check, then every test on JOBS pytest-xdist workers (a module's tests on one;
-# tests/conftest.py), the 25 slowest listed; test-fast: the type check and the unit tests only,
-# for the inner loop
+# CI: the type check, then every test on JOBS pytest-xdist workers, a module's tests on one
+# (its module fixtures made once; `--dist loadgroup` ignores its groups under pytest 9.2), the
+# 25 slowest listed; test-fast: the type check and the unit tests only, for the inner loop
 JOBS ?= 2
 test: typecheck
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=25
 
 test-fast: typecheck
 	$(BIN)/python -m pytest -q -m "not e2e and not extended and not gpu" --durations=10

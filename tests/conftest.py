@@ -21,15 +21,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 E2E = {"test_pipeline", "test_tasks_pipeline", "test_kill_resume", "test_parallel_folds",
        "test_concurrent_experiments", "test_distributed", "test_search"}
 EXTENDED = {"test_tracking_server", "test_workers", "test_bench"}
-# a module's tests stay on one worker (its module fixtures are made once); these three share
-# the session's reference run, so they go together
-REFERENCE = {"test_bench", "test_kill_resume", "test_parallel_folds"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group("reference" if module in REFERENCE else module))
         if module in E2E:
             item.add_marker(pytest.mark.e2e)
         if module in EXTENDED:

@@ -459,18 +459,24 @@ def load(path: str | Path = "params.yaml") -> Params:
     """params.yaml's hyperparameters with the sample's sizes from sample.yaml beside it (its
     `sample` key), as one typed object; a bad key names the file it is in."""
     path = Path(path)
-    raw, beside = read_mapping(path), path.parent / SAMPLE_FILE
+    beside = path.parent / SAMPLE_FILE
+    return parse(read_mapping(path), read_mapping(beside), str(path), str(beside))
+
+
+def parse(raw: dict, sample: dict, where: str, sample_where: str) -> Params:
+    """`Params` from params.yaml's mapping and sample.yaml's (named `where` and `sample_where`
+    in errors)."""
     if "sample" in raw:
-        raise InputError(f"{path}: 'sample' belongs in {beside} (the embedded sample's sizes are "
-                         "not hyperparameters); move the section there")
-    sample = read_mapping(beside)
+        raise InputError(f"{where}: 'sample' belongs in {sample_where} (the embedded sample's "
+                         "sizes are not hyperparameters); move the section there")
+    if not isinstance(sample, dict):
+        raise InputError(f"{sample_where}: expected a mapping with one key, 'sample'")
     unknown = sorted(set(sample) - {"sample"})
     if unknown:
-        raise InputError(f"{beside}: unknown key(s) {', '.join(map(repr, unknown))} (it holds "
-                         "only 'sample')")
-    build(Sample, sample.get("sample"), where=str(beside), path="sample.")
-    return consistent(build(Params, {**raw, "sample": sample["sample"]}, where=str(path)),
-                      where=str(path))
+        raise InputError(f"{sample_where}: unknown key(s) {', '.join(map(repr, unknown))} (it "
+                         "holds only 'sample')")
+    build(Sample, sample.get("sample"), where=sample_where, path="sample.")
+    return consistent(build(Params, {**raw, "sample": sample["sample"]}, where=where), where=where)
 
 
 def consistent(params: Params, where: str = "params.yaml") -> Params:

@@ -94,8 +94,7 @@ def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: Dist
     shipped = single.shipped_meta(meta, teacher.decision, {"hflip": False, "shift": 0.0, "scale": 0.0},
                                   1.0, distilled={"model": params.distill.model, "teacher": teacher.name})
     got, loaded, check = single.ship(program.Bagged([net], task.head(), "arithmetic"), task, shipped,
-                                     meta, paths.root, paths.processed, paths.out,
-                                     result.test_preds, device)
+                                     meta, paths, result.test_preds)
     in_sample = program.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
                                  device=device, desc="student on train")
     figures = {"model": params.distill.model, "teacher": teacher.name,

@@ -26,8 +26,7 @@ from foldwise.params import Params
 from foldwise.tasks import create_task
 
 
-def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
-                  processed: Path) -> dict:
+def log_to_mlflow(params, task, runs, loaded, score: float, paths: Paths) -> dict:
     """The exported bag (`loaded`: its module and meta) as an MLflow model of the pipeline's
     parent run (the one evaluate finished), loadable with mlflow.pyfunc.load_model; with
     `mlflow.register`, a version of the registered model of this task and data set
@@ -44,13 +43,14 @@ def log_to_mlflow(params, task, runs, model_dir, example, loaded, score: float,
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is None:
         raise RuntimeError("no MLflow parent run holds these folds: run the evaluate stage")
-    logged["model"] = mlmodel.log(model_dir, example, parent, loaded=loaded)
+    example = np.asarray(open_cache(paths.processed / "test.npy")[:2])
+    logged["model"] = mlmodel.log(paths.model_dir, example, parent, loaded=loaded)
     if not params.mlflow.register:
         return logged
     name = mlmodel.registered_name(params.mlflow.experiment, params.data.source, params.data.root,
                                    params.mlflow.model_name)
     group = {"foldwise.task": params.data.source, "foldwise.metric": f"oof_{task.monitor}",
-             "foldwise.data": dashboard.data_digest(processed)}
+             "foldwise.data": dashboard.data_digest(paths.processed)}
     version, champion = mlmodel.register(logged["model"], name, score, group,
                                          sample=mlmodel.is_sample(params.data.root))
     return {**logged, "registered": f"models:/{name}/{version}", "champion": champion}
@@ -74,16 +74,6 @@ def served_score(task, metrics_json, stacked) -> float:
     return float(oof.get(f"{task.monitor}_calibrated", oof[task.monitor]))
 
 
-def fit_on_oof(task, metrics_json, neighbours_json) -> tuple[dict, float, int]:
-    """(the task's decision, temperature, neighbours k) that evaluate and neighbours fit
-    out-of-fold; with neighbours on, the decision (clip bound, tag thresholds) fit on OOF
-    predictions averaged as the submission is."""
-    oof = json.loads(Path(metrics_json).read_text())["oof"]
-    near = json.loads(Path(neighbours_json).read_text())
-    decision = task.decision(near["oof"] if near["k"] else oof)
-    return decision, oof.get("temperature", 1.0), near["k"]
-
-
 @dataclass(frozen=True)
 class Stacking:
     """The stack stage's second-level model as export uses it: `layer` where it is a layer of
@@ -102,6 +92,26 @@ class Stacking:
                 "in_program": self.layer is not None, "weights": self.weights is not None}
 
 
+@dataclass(frozen=True)
+class Shipping:
+    """What ships beside the folds' networks, all fit out of fold: the task's decision (clip
+    bound, tag thresholds: the stack's where one is on, else fit on OOF predictions averaged
+    over neighbours where those are on, as the submission is), evaluate's temperature, the
+    neighbours' k and the second-level model."""
+    decision: dict
+    temperature: float
+    k: int
+    stacked: Stacking | None
+
+
+def shipping(task, paths: Paths) -> Shipping:
+    oof = json.loads(paths.metrics_json.read_text())["oof"]
+    near = json.loads(paths.neighbours_json.read_text())
+    stacked = stacking(task, paths.stack_dir, paths.stack_json)
+    decision = task.decision(stacked.oof if stacked else near["oof"] if near["k"] else oof)
+    return Shipping(decision, oof.get("temperature", 1.0), near["k"], stacked)
+
+
 def stacking(task, stack_dir, stack_json) -> Stacking | None:
     """The stack stage's model, or None where the stage is off."""
     model = stack_model.load_model(stack_dir)
@@ -115,39 +125,40 @@ def stacking(task, stack_dir, stack_json) -> Stacking | None:
                     form if n else None)
 
 
-def build_bag(params, task, meta, nets, temperature: float,
-              stacked: Stacking | None = None) -> program.Bagged:
+def build_bag(params, task, meta, nets, ship: Shipping) -> program.Bagged:
     """The folds' networks, each under its own test-time views, in one module; the
     second-level model after them where it is a layer."""
     return program.Bagged([tta.wrap(net, params.tta, task, meta["hflip_safe"]) for net in nets],
-                         task.head(), params.bag.mean, task.tempering(temperature),
-                         stacked.layer if stacked else None)
+                          task.head(), params.bag.mean, task.tempering(ship.temperature),
+                          ship.stacked.layer if ship.stacked else None)
 
 
-def export_bag(params, meta, bag, nets, test_images, decision, temperature, k, model_dir,
-               stacked: Stacking | None = None) -> None:
-    """The bag's program and meta.json into `model_dir`, with the feature program (and the
-    stack's weights) where the submission has set-level steps (`setlevel`)."""
-    example = torch.zeros((2, *test_images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
+def export_bag(params, meta, bag, nets, ship: Shipping, paths: Paths) -> None:
+    """The bag's program and meta.json into `paths.model_dir`, with the feature program (and
+    the stack's weights) where the submission has set-level steps (`setlevel`)."""
+    images = open_cache(paths.processed / "test.npy")
+    example = torch.zeros((2, *images.shape[1:]), dtype=torch.uint8)  # batch size stays dynamic
+    stacked = ship.stacked
     shipped = {**{key: meta[key] for key in program.TASK_KEYS}, "bag_mean": params.bag.mean,
-               "folds": len(bag.nets), "decision": decision,
-               "neighbours": k,  # set-level: a graph over the images predicted together
+               "folds": len(bag.nets), "decision": ship.decision,
+               "neighbours": ship.k,  # set-level: a graph over the images predicted together
                "stack": stacked.meta() if stacked else {"model": ""},
-               "tta": asdict(params.tta), "temperature": temperature,
+               "tta": asdict(params.tta), "temperature": ship.temperature,
                "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
     beside = None
     if setlevel.wanted(shipped):
         def beside(folder):
             setlevel.save(folder, nets, example, stacked.weights if stacked else None)
-    program.save(bag, example, shipped, model_dir, beside)
+    program.save(bag, example, shipped, paths.model_dir, beside)
 
 
-def reference(test, task, temperature: float, stacked: Stacking | None) -> np.ndarray:
+def reference(test, task, ship: Shipping) -> np.ndarray:
     """The folds' own bagged test predictions, tempered, and stacked where the program holds
     the second-level model: what the program should reproduce up to precision."""
     bagged = test[task.columns].to_numpy()
-    if temperature != 1.0:
-        bagged = calibration.temper(bagged, temperature)
+    if ship.temperature != 1.0:
+        bagged = calibration.temper(bagged, ship.temperature)
+    stacked = ship.stacked
     if stacked and stacked.layer is not None:
         empty: np.ndarray = np.zeros((len(bagged), 0), dtype=np.int64)
         bagged = stack_model.predict(stacked.model, stack_model.features(bagged, empty, empty, 0),
@@ -155,7 +166,7 @@ def reference(test, task, temperature: float, stacked: Stacking | None) -> np.nd
     return bagged
 
 
-def verified(bag, task, reference_preds, test_images, runs, device, model_dir):
+def verified(bag, reference_preds, test_images, runs, device, model_dir):
     """The shipped program's test predictions, once `verify` has accepted them against the
     same networks run eagerly here (and measured the drift from the folds' own)."""
     model, shipped_meta = program.load(model_dir, device)
@@ -164,8 +175,8 @@ def verified(bag, task, reference_preds, test_images, runs, device, model_dir):
     return got, (model, shipped_meta), check_export(got, eager, reference_preds, runs)
 
 
-def submitted(got, loaded, test_images, neighbours_dir, stacked: Stacking | None,
-              model_dir, device) -> tuple[np.ndarray, float | None]:
+def submitted(got, loaded, test_images, stacked: Stacking | None, paths: Paths,
+              device) -> tuple[np.ndarray, float | None]:
     """The submission's predictions from the shipped program's `got`: as they are, or with the
     set-level steps computed from the shipped files as foldwise-predict computes them (its
     test graph checked against the neighbours stage's), or, for a stack the export cannot
@@ -174,16 +185,16 @@ def submitted(got, loaded, test_images, neighbours_dir, stacked: Stacking | None
     meta = loaded[1]
     if not program.unreproducible(meta) and not setlevel.wanted(meta):
         return got, None
-    stage_graph = np.load(Path(neighbours_dir) / "graph.npz")
+    stage_graph = np.load(paths.neighbours_dir / "graph.npz")
     if program.unreproducible(meta):
         assert stacked is not None  # only a stack outside the program is unreproducible
         x = stack_model.features(got, stage_graph["idx"], stage_graph["sim"], stacked.neighbours)
         return stack_model.predict(stacked.model, x, got.shape[1]), None
-    features = program.run_model(setlevel.load_features(model_dir, device), test_images,
-                                device=device, desc="features")
+    features = program.run_model(setlevel.load_features(paths.model_dir, device), test_images,
+                                 device=device, desc="features")
     graph = setlevel.graph(features, meta)
     same = float(np.mean(graph[0] == stage_graph["idx"])) if graph[0].size else 1.0
-    return setlevel.apply(got, graph, meta, model_dir), same
+    return setlevel.apply(got, graph, meta, paths.model_dir), same
 
 
 @dataclass(frozen=True)
@@ -207,30 +218,23 @@ def run(params: Params, paths: Paths) -> str:
     Returns a one-line account."""
     meta = json.loads((paths.processed / "meta.json").read_text())
     task = create_task(meta, params)
-    decision, temperature, k = fit_on_oof(task, paths.metrics_json, paths.neighbours_json)
-    stacked = stacking(task, paths.stack_dir, paths.stack_json)
-    if stacked:  # the submission is the stack's: its decision, fit on its own OOF predictions
-        decision = task.decision(stacked.oof)
+    ship = shipping(task, paths)
     nets = [load_checkpoint(outputs.checkpoint_path(paths.models, f)) for f in params.folds]
-    bag = build_bag(params, task, meta, nets, temperature, stacked)
-    test_images = open_cache(paths.processed / "test.npy")
-    export_bag(params, meta, bag, nets, test_images, decision, temperature, k, paths.model_dir,
-               stacked)
+    bag = build_bag(params, task, meta, nets, ship)
+    export_bag(params, meta, bag, nets, ship, paths)
     runs = [outputs.read_run(paths.models, f) for f in params.folds]
     test = pd.read_csv(paths.bagged / "test.csv", dtype={"id": str})
-    device = program.default_device()
-    got, loaded, check = verified(bag, task, reference(test, task, temperature, stacked),
-                                  test_images, runs, device, paths.model_dir)
-    final, same = submitted(got, loaded, test_images, paths.neighbours_dir, stacked,
-                            paths.model_dir, device)
-    get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, decision),
+    test_images, device = open_cache(paths.processed / "test.npy"), program.default_device()
+    got, loaded, check = verified(bag, reference(test, task, ship), test_images, runs, device,
+                                  paths.model_dir)
+    final, same = submitted(got, loaded, test_images, ship.stacked, paths, device)
+    get_source(meta["source"]).write_submission(test["id"], task.postprocess(final, ship.decision),
                                                 {**meta, "root": paths.root}, paths.submission)
-    served = served_score(task, paths.metrics_json, stacked)
-    logged = log_to_mlflow(params, task, runs, paths.model_dir, np.asarray(test_images[:2]),
-                           loaded, served, paths.processed)
+    served = served_score(task, paths.metrics_json, ship.stacked)
+    logged = log_to_mlflow(params, task, runs, loaded, served, paths)
     record = checks(check, same, f"oof_{task.monitor}", served, logged, loaded[1])
     write_json(record, paths.checks)
-    return account(record, stacked, temperature, decision)
+    return account(record, ship.stacked, ship.temperature, ship.decision)
 
 
 def checks(check, same, metric: str, served: float, logged: dict, meta: dict) -> dict:

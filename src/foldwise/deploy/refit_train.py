@@ -138,8 +138,7 @@ def ship_refit(params: Params, task, meta: dict, paths: RefitPaths, net, result:
                                   refit={"model": params.train.model, "epochs": len(result.history)})
     expected = result.test_preds if tempering is None else \
         tempering(torch.as_tensor(result.test_preds)).numpy()
-    got, loaded, check = single.ship(bagged, task, shipped, meta, paths.root, paths.processed,
-                                     paths.out, expected, device)
+    got, loaded, check = single.ship(bagged, task, shipped, meta, paths, expected)
     train_preds = program.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
                                    device=device, desc="refit on train")
     return {"model": params.train.model, "kept_weights": result.weights, "oof": None,

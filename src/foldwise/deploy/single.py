@@ -4,7 +4,6 @@ and its submission written from what the program predicts, so that `foldwise-pre
 MLflow model reproduce it."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -57,12 +56,14 @@ def shipped_meta(meta: dict, decision: dict, tta: dict, temperature: float, **ex
             "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
 
 
-def ship(bagged: program.Bagged, task, shipped: dict, meta: dict, root, processed: Path,
-         out: Path, expected: np.ndarray, device) -> tuple[np.ndarray, tuple, Check]:
-    """Export `bagged` (one network, with its views and tempering) into `out/model`, check it
-    against itself run eagerly (and its drift from `expected`, the training loop's own test
-    predictions), and write `out/submission.csv` from the program's predictions. Returns
-    (those predictions, the loaded (module, meta), the check)."""
+def ship(bagged: program.Bagged, task, shipped: dict, meta: dict, paths,
+         expected: np.ndarray) -> tuple[np.ndarray, tuple, Check]:
+    """Export `bagged` (one network, with its views and tempering) into `paths.out/model`,
+    check it against itself run eagerly (and its drift from `expected`, the training loop's
+    own test predictions), and write `paths.out/submission.csv` from the program's
+    predictions (`paths`: the stage's, with `root`, `processed` and `out`). Returns (those
+    predictions, the loaded (module, meta), the check)."""
+    root, processed, out, device = paths.root, paths.processed, paths.out, program.default_device()
     test_images = open_cache(processed / "test.npy")
     test_ids = pd.read_csv(processed / "test.csv", dtype={"id": str})["id"]
     with atomic_dir(out) as tmp:

@@ -51,8 +51,9 @@ def summarise(params: Params, task, oof: pd.DataFrame, truth, models):
     return summary, per_fold, baseline, breakdown
 
 
-def write_reports(task, oof, truth, breakdown, params, processed: Path, models, out: Path) -> None:
+def write_reports(task, oof, truth, breakdown, params, paths: Paths) -> None:
     """The tables and figures DVC plots: breakdown, confusion, reliability, curves, hardest."""
+    processed, models, out = paths.processed, paths.models, paths.out
     write_csv(breakdown, out / "breakdown.csv", float_format="%.6g")
     write_csv(scores.confusion(task, oof, truth), out / "confusion.csv")
     write_csv(scores.reliability(task, oof, truth), out / "calibration.csv", float_format="%.6g")
@@ -63,10 +64,11 @@ def write_reports(task, oof, truth, breakdown, params, processed: Path, models, 
     scores.contact_sheet(np.load(processed / "train.npy", mmap_mode="r"), worst, out / "hardest.png")
 
 
-def finish_parent(params, task, summary, per_fold, baseline, models, processed, out: Path) -> None:
+def finish_parent(params, task, summary, per_fold, baseline, paths: Paths) -> None:
     """The pipeline's MLflow parent finished with the bagged figures and, as the folds'
     dashboard (`dashboard`), its note, the training table and every fold's curve on one chart;
     `out`/mlflow.json names it."""
+    processed, models, out = paths.processed, paths.models, paths.out
     from mlflow.tracking import MlflowClient
 
     from foldwise.ensemble import dashboard
@@ -124,6 +126,6 @@ def run(params: Params, paths: Paths) -> dict:
     write_json({"oof": summary, "spread": fold_spread(task.monitor, per_fold), "folds": per_fold},
                out / "metrics.json")
     write_json(baseline, out / "baseline.json")
-    write_reports(task, oof, truth, breakdown, params, processed, models, out)
-    finish_parent(params, task, summary, per_fold, baseline, models, processed, out)
+    write_reports(task, oof, truth, breakdown, params, paths)
+    finish_parent(params, task, summary, per_fold, baseline, paths)
     return summary

@@ -29,19 +29,17 @@ class Paths:
 def run(params: Params, paths: Paths) -> None:
     """Write the test graph (`out`/graph.npz), with k > 0 the OOF graph and OOF predictions
     averaged over it, and the scores with and without neighbours (`out_json`)."""
-    models, processed, bagged, metrics_json, out, out_json = (
-        paths.models, paths.processed, paths.bagged, paths.metrics_json, paths.out, paths.out_json)
     k = params.neighbours.k
     if k:
-        average_over_neighbours(params, k, models, processed, bagged, metrics_json, out, out_json)
+        average_over_neighbours(params, k, paths)
         return
     # off: an empty graph, which export's averaging leaves every prediction alone; nothing else
     # is read or imported (torch, timm and MLflow cost seconds)
-    n_test = len(np.load(processed / "test.npy", mmap_mode="r"))
-    with atomic_dir(out) as tmp:
+    n_test = len(np.load(paths.processed / "test.npy", mmap_mode="r"))
+    with atomic_dir(paths.out) as tmp:
         np.savez(tmp / "graph.npz", idx=np.zeros((n_test, 0), dtype=np.int64),
                  sim=np.zeros((n_test, 0), dtype=np.float32))
-    write_json({"k": 0}, out_json)
+    write_json({"k": 0}, paths.out_json)
 
 
 def features(models: Path, folds, images, test_images, fold_of_row, device):
@@ -71,26 +69,26 @@ def scores(task, truth, before, after, folds) -> dict:
     return out
 
 
-def average_over_neighbours(params, k, models, processed, bagged, metrics_json, out, out_json):
+def average_over_neighbours(params, k: int, paths: Paths) -> None:
     """The neighbour graphs, the OOF predictions averaged over theirs, the scores with and
     without (also on the pipeline's MLflow parent)."""
     import pandas as pd
     import torch
 
-    from foldwise import tracking
     from foldwise.data.cache import load_truth
     from foldwise.ensemble import calibration, knn
     from foldwise.files import write_csv
     from foldwise.tasks import create_task
     from foldwise.train.loader import open_cache
 
+    models, processed, out = paths.models, paths.processed, paths.out
     test_images = open_cache(processed / "test.npy")
     meta = json.loads((processed / "meta.json").read_text())
     task = create_task(meta, params)
-    oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})  # training order
+    oof = pd.read_csv(paths.bagged / "oof.csv", dtype={"id": str, "group": str})  # training order
     truth, fold_of_row = load_truth(processed), oof["fold"].to_numpy()
     before = oof[task.columns].to_numpy()
-    if "temperature" in json.loads(metrics_json.read_text())["oof"]:  # as evaluate scored it
+    if "temperature" in json.loads(paths.metrics_json.read_text())["oof"]:  # as evaluate scored it
         before, _ = calibration.cross_fitted(before, truth, fold_of_row)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,8 +97,8 @@ def average_over_neighbours(params, k, models, processed, bagged, metrics_json, 
     oof_idx, oof_sim = knn.grouped_graph(train_f, fold_of_row, k)
     after = knn.smooth(before, oof_idx, oof_sim)
     idx, sim = knn.graph(test_f, k)
-    summary = {"k": k, "oof": scores(task, truth, before, after, fold_of_row),
-               "test_similarity_mean": float(sim.mean()) if sim.size else 0.0}
+    summary: dict = {"k": k, "oof": scores(task, truth, before, after, fold_of_row),
+                     "test_similarity_mean": float(sim.mean()) if sim.size else 0.0}
     table = pd.DataFrame(after, columns=task.columns)
     table.insert(0, "fold", fold_of_row)
     table.insert(0, "id", oof["id"])
@@ -108,14 +106,20 @@ def average_over_neighbours(params, k, models, processed, bagged, metrics_json, 
         np.savez(tmp / "graph.npz", idx=idx, sim=sim)
         np.savez(tmp / "oof_graph.npz", idx=oof_idx, sim=oof_sim)
         write_csv(table, tmp / "oof.csv", float_format="%.8g")
-    write_json(summary, out_json)
+    write_json(summary, paths.out_json)
+    log_to_parent(params, models, summary)
+    m = task.monitor
+    print(f"out-of-fold {m} without neighbours {summary['oof'][m + '_without']:.4f}, "
+          f"with {k} neighbours {summary['oof'][m]:.4f}")
 
+
+def log_to_parent(params, models: Path, summary: dict) -> None:
+    """The OOF scores with and without neighbours on the pipeline's MLflow parent (the one
+    evaluate finished), where there is one."""
+    from foldwise import tracking
     runs = [outputs.read_run(models, f) for f in params.folds]
     experiment = tracking.open_experiment(params.mlflow)
     parent = tracking.evaluated_parent(experiment, runs)
     if parent is not None:
         tracking.log_to_run(parent, {f"neighbours_oof_{m}": v
                                      for m, v in flatten(summary["oof"]).items()})
-    m = task.monitor
-    print(f"out-of-fold {m} without neighbours {summary['oof'][m + '_without']:.4f}, "
-          f"with {k} neighbours {summary['oof'][m]:.4f}")

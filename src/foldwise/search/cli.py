@@ -53,7 +53,9 @@ def committed_params(root: Path) -> P.Params:
     text = checkouts.git(root, "show", "HEAD:params.yaml").stdout
     if (root / "params.yaml").read_text() != text:
         log.warning("params.yaml differs from HEAD's: the trials start from the committed one")
-    return P.build(P.Params, yaml.safe_load(text), where="params.yaml (HEAD)")
+    sample = checkouts.git(root, "show", f"HEAD:{P.SAMPLE_FILE}").stdout
+    return P.parse(yaml.safe_load(text), yaml.safe_load(sample), "params.yaml (HEAD)",
+                   f"{P.SAMPLE_FILE} (HEAD)")
 
 
 def work(checkout: checkouts.Checkout, shared: Shared) -> None:

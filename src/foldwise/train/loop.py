@@ -75,6 +75,53 @@ class FitData:
     x_test: Any
 
 
+@dataclass
+class Parts:
+    """What a fold's epochs share: the network, the module the loop calls (compiled or wrapped
+    for several devices; the network's own parameters), timm's optimiser and scheduler, the
+    rest of the recipe (mixup, clipping, EMA) and the generator of the draws every rank shares."""
+    net: nn.Module
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    rec: recipe.Recipe
+    gen: torch.Generator
+
+
+@dataclass(frozen=True)
+class Trained:
+    """An epoch's training pass on this rank: its summed loss and image count, and the
+    targets and activated outputs it saw (on the device until read)."""
+    loss_sum: torch.Tensor
+    images: int
+    targets: Any
+    outputs: Any
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An epoch's validation: its history columns and the better of the weights and their
+    moving average (lower `task.monitor`): its figure, predictions, the module holding it
+    (None: the network's own) and which it is, "raw" or "ema"."""
+    columns: dict
+    monitored: float
+    preds: np.ndarray
+    module: nn.Module | None
+    weights: str
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One trained and validated epoch: its history row, the candidate (`module` holds its
+    weights), the training loss, and the images trained on in how many seconds."""
+    row: dict
+    candidate: Candidate
+    module: nn.Module
+    train_loss: float
+    images: int
+    seconds: float
+
+
 def create_scheduler(optimizer, cfg: Train, lr: float, updates_per_epoch: int = 1):
     """timm's scheduler by name; the warm-up start, floor, decay step and rate come from
     params.yaml as fractions of `lr` or epochs. `plateau` decays when the validation loss
@@ -125,14 +172,13 @@ def epoch_batches(n: int, size: int, gen: torch.Generator, rec: recipe.Recipe):
     return batches, parts, [rec.even(b[p]) for b, p in zip(batches, parts)]
 
 
-def train_epoch(net, optimizer, task, run: Settings, x_train, targets, gen, rec: recipe.Recipe,
-                desc: str):
-    """One pass over the training rows in a random order. Returns (summed loss, image count,
-    targets, activated outputs) of this rank's parts of the batches (all of each batch on one
-    device), the last three on the device until the caller reads them."""
+def train_epoch(parts: Parts, task, run: Settings, x_train, targets, desc: str) -> Trained:
+    """One pass over the training rows in a random order, with this rank's parts of the
+    batches (all of each batch on one device)."""
+    net, optimizer, gen, rec = parts.model, parts.optimizer, parts.gen, parts.rec
     net.train()
     device, cfg = run.device, run.cfg
-    batches, parts, mine = epoch_batches(len(x_train), cfg.batch_size, gen, rec)
+    batches, shares, mine = epoch_batches(len(x_train), cfg.batch_size, gen, rec)
     rec.start_epoch(gen)
     total = sum(len(b) for b in mine)
     aspect = x_train.shape[2] / x_train.shape[1]
@@ -141,7 +187,7 @@ def train_epoch(net, optimizer, task, run: Settings, x_train, targets, gen, rec:
     #                         fragment the heap (measured: +3.6 GB over State Farm's 22,424)
     bar = tqdm(total=total, desc=desc, unit="img", disable=None, leave=False)
     shown, at = time.perf_counter(), 0
-    for whole, p, idx, images in zip(batches, parts, mine, device_batches(x_train, mine, device)):
+    for whole, p, idx, images in zip(batches, shares, mine, device_batches(x_train, mine, device)):
         # the whole batch's draws on every rank: the generator stays in step, and each image
         # is augmented as it would be on one device
         draw = augment.draw(len(whole), cfg.augment, gen, aspect).rows(
@@ -172,10 +218,10 @@ def train_epoch(net, optimizer, task, run: Settings, x_train, targets, gen, rec:
             bar.set_postfix(loss=f"{loss_sum.item() / bar.n:.4f}", refresh=False)
             shown = time.perf_counter()
     bar.close()
-    return loss_sum, total, seen_y, seen_p
+    return Trained(loss_sum, total, seen_y, seen_p)
 
 
-def prepare(net: nn.Module, run: Settings, task, n_train: int):
+def prepare(net: nn.Module, run: Settings, task, n_train: int) -> Parts:
     """The network on its device (channels_last if asked), the module the loop calls (compiled
     if asked; it shares `net`'s parameters), timm's optimiser and scheduler, and the rest of
     the recipe (mixup, clipping, EMA)."""
@@ -191,7 +237,8 @@ def prepare(net: nn.Module, run: Settings, task, n_train: int):
                                                weight_decay=cfg.weight_decay,
                                                momentum=cfg.momentum)
     scheduler = create_scheduler(optimizer, cfg, run.lr, batches_of(n_train, cfg.batch_size))
-    return net, model, optimizer, scheduler, recipe.create(net, cfg, task, scheduler)
+    return Parts(net, model, optimizer, scheduler, recipe.create(net, cfg, task, scheduler),
+                 torch.Generator().manual_seed(run.seed))  # the draws every rank shares
 
 
 def first_batch(x_train, run: Settings) -> torch.Tensor:
@@ -200,16 +247,15 @@ def first_batch(x_train, run: Settings) -> torch.Tensor:
     return to_float(rows.to(run.device), run.channels_last)
 
 
-def validate(model, ema, task, x_val, y_val, run: Settings):
+def validate(model, ema, task, x_val, y_val, run: Settings) -> Candidate:
     """The epoch's validation: scores of the weights and, with an EMA, of their moving average
-    (history columns `val_*`, `ema_val_*`). The better of the two (lower `task.monitor`) is the
-    epoch's candidate: returns (columns, its figure, its predictions, the module holding its
-    weights, or None for the network's own, "raw" or "ema")."""
+    (history columns `val_*`, `ema_val_*`); the better of the two (or the one `run.keep` asks
+    for) is the epoch's candidate."""
     batch = run.cfg.batch_size * 2
     preds = predict(model, x_val, task, batch, run.device, run.channels_last, run.amp, "validate")
     scores = task.score(y_val, preds)
     columns = {f"val_{k}": float(v) for k, v in scores.items()}
-    best = (float(scores[task.monitor]), preds, None, "raw")
+    best: tuple = (float(scores[task.monitor]), preds, None, "raw")
     if ema is not None:
         ema_preds = predict(ema.module, x_val, task, batch, run.device, run.channels_last, run.amp,
                             "validate ema")
@@ -217,28 +263,28 @@ def validate(model, ema, task, x_val, y_val, run: Settings):
         columns.update({f"ema_val_{k}": float(v) for k, v in ema_scores.items()})
         if run.keep == "ema" or (run.keep == "best" and ema_scores[task.monitor] < best[0]):
             best = (float(ema_scores[task.monitor]), ema_preds, ema.module, "ema")
-    return columns, *best
+    return Candidate(columns, *best)
 
 
-def history_row(epoch, lr_now, train_loss, train_scores, val_columns, monitored, weights, n,
-                seconds) -> dict:
+def history_row(epoch: int, lr_now: float, train_loss: float, train_scores: dict,
+                candidate: Candidate, images_per_s: float) -> dict:
     row = {"epoch": epoch, "lr": lr_now, "train_loss": train_loss,
-           **{f"train_{k}": float(v) for k, v in train_scores.items()}, **val_columns,
-           "val_metric": monitored,  # one column name for every task: the candidate's figure
-           "images_per_s": n / max(seconds, 1e-9)}
-    if any(k.startswith("ema_") for k in val_columns):
-        row["val_is_ema"] = float(weights == "ema")  # 1: the moving average validated better
+           **{f"train_{k}": float(v) for k, v in train_scores.items()}, **candidate.columns,
+           "val_metric": candidate.monitored,  # one column name for every task: the candidate's
+           "images_per_s": images_per_s}
+    if any(k.startswith("ema_") for k in candidate.columns):
+        row["val_is_ema"] = float(candidate.weights == "ema")  # 1: the moving average was better
     return row
 
 
-def keep_best(s: state.LoopState, epoch: int, monitored: float, train_loss: float, val_preds,
-              module, weights: str, cfg: Train, last: bool = False) -> None:
+def keep_best(s: state.LoopState, epoch: int, done: Epoch, cfg: Train, last: bool = False) -> None:
     """Early-stopping bookkeeping: a better (finite) validation figure keeps this epoch's
-    weights (`module`'s: the network's or its moving average's) and predictions (every epoch's
-    with `last`); otherwise the epoch counts as stale (past the warm-up, whose loss spikes are
-    no signal); a non-finite training loss stops the fold."""
+    weights (`done.module`'s: the network's or its moving average's) and predictions (every
+    epoch's with `last`); otherwise the epoch counts as stale (past the warm-up, whose loss
+    spikes are no signal); a non-finite training loss stops the fold."""
+    monitored, train_loss = done.candidate.monitored, done.train_loss
     if last or (math.isfinite(monitored) and monitored < s.best):
-        s.keep(epoch, monitored, val_preds, module, weights)
+        s.keep(epoch, monitored, done.candidate.preds, done.module, done.candidate.weights)
     elif epoch >= cfg.warmup_epochs or not math.isfinite(train_loss):
         s.stale += 1
     if not math.isfinite(train_loss):
@@ -246,43 +292,41 @@ def keep_best(s: state.LoopState, epoch: int, monitored: float, train_loss: floa
         s.stale = cfg.patience
 
 
-def resumed(net, optimizer, scheduler, gen, rec, resume, on_epoch) -> state.LoopState:
+def resumed(parts: Parts, resume, on_epoch) -> state.LoopState:
     """The loop's state: from the resume file when there is one (the schedule replays the
     finished epochs, their rows are reported again, then the saved optimiser state wins), else
     a fresh one."""
-    saved = state.load_resume(resume, net, optimizer, gen, rec.ema) if resume else None
+    saved = (state.load_resume(resume, parts.net, parts.optimizer, parts.gen, parts.rec.ema)
+             if resume else None)
     if saved is None:
         return state.LoopState()
     s, optimizer_state = saved
-    rec.step = s.step
+    parts.rec.step = s.step
     for row in s.history:
-        scheduler.step(row["epoch"] + 1, metric=row["val_metric"])
+        parts.scheduler.step(row["epoch"] + 1, metric=row["val_metric"])
         on_epoch({**row, REPLAYED: 1.0})  # shown as done before, not logged as a figure
-    optimizer.load_state_dict(optimizer_state)
+    parts.optimizer.load_state_dict(optimizer_state)
     return s
 
 
-def one_epoch(epoch, net, model, optimizer, task, run: Settings, data: FitData, targets, gen,
-              rec) -> tuple:
-    """Train and validate one epoch: (history row, monitored figure, training loss, validation
-    predictions, the module holding the candidate weights, "raw" or "ema", images trained on,
-    seconds spent training)."""
-    lr_now, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
-    loss_sum, n, seen_y, seen_p = train_epoch(model, optimizer, task, run, data.x_train, targets,
-                                              gen, rec, f"epoch {epoch}")
-    loss_sum, n, seen_y, seen_p = distributed.epoch_totals(loss_sum, n, seen_y, seen_p)
+def one_epoch(epoch: int, parts: Parts, task, run: Settings, data: FitData, targets) -> Epoch:
+    """Train and validate one epoch."""
+    net, rec = parts.net, parts.rec
+    lr_now, t0 = parts.optimizer.param_groups[0]["lr"], time.perf_counter()
+    mine = train_epoch(parts, task, run, data.x_train, targets, f"epoch {epoch}")
+    loss_sum, n, seen_y, seen_p = distributed.epoch_totals(mine.loss_sum, mine.images,
+                                                           mine.targets, mine.outputs)
     train_loss = loss_sum.item() / max(n, 1)  # the epoch's one wait for the device
     seconds = time.perf_counter() - t0
     train_scores = task.score(task.values(seen_y), seen_p.double().cpu().numpy())
     distributed.sync_buffers(net, rec.ema.module if rec.ema else None)  # rank 0's BatchNorm statistics
     # the network itself predicts, never its compiled module: every figure is about the weights
     # that are kept, exported and shipped (docs/gpu.md: a compiled module's predictions did not)
-    columns, monitored, val_preds, module, weights = validate(net, rec.ema, task, data.x_val,
-                                                              data.y_val, run)
-    row = history_row(epoch, lr_now, train_loss, train_scores, columns, monitored, weights, n,
-                      seconds)
-    return (row, monitored, train_loss, val_preds, net if module is None else module, weights, n,
-            seconds)
+    candidate = validate(net, rec.ema, task, data.x_val, data.y_val, run)
+    row = history_row(epoch, lr_now, train_loss, train_scores, candidate,
+                      n / max(seconds, 1e-9))
+    return Epoch(row, candidate, net if candidate.module is None else candidate.module,
+                 train_loss, n, seconds)
 
 
 def train_fold(net: nn.Module, task, run: Settings, data: FitData,
@@ -298,32 +342,30 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
     validation.
     """
     torch.manual_seed(distributed.rank_seed(run.seed))  # this rank's masks
-    gen = torch.Generator().manual_seed(run.seed)  # the draws every rank shares
-    net, model, optimizer, scheduler, rec = prepare(net, run, task, len(data.x_train))
-    targets = task.targets(data.y_train)
-    s = resumed(net, optimizer, scheduler, gen, rec, resume, on_epoch)
-    if hasattr(model, "_orig_mod"):  # compiled: trusted once its first step matches eager's
-        model = compiled.checked(net, model, first_batch(data.x_train, run), run.amp)
+    parts = prepare(net, run, task, len(data.x_train))
+    net, targets = parts.net, task.targets(data.y_train)
+    s = resumed(parts, resume, on_epoch)
+    if hasattr(parts.model, "_orig_mod"):  # compiled: trusted once its first step matches eager's
+        parts.model = compiled.checked(net, parts.model, first_batch(data.x_train, run), run.amp)
     patience = run.cfg.patience
     last = run.cfg.epochs if s.stale < patience else len(s.history)  # it may have stopped early
     for epoch in range(len(s.history), last):
-        counted = compiled.batchnorm_counts(net) if hasattr(model, "_orig_mod") else None
-        row, monitored, train_loss, val_preds, module, weights, n, seconds = one_epoch(
-            epoch, net, model, optimizer, task, run, data, targets, gen, rec)
+        counted = compiled.batchnorm_counts(net) if hasattr(parts.model, "_orig_mod") else None
+        done = one_epoch(epoch, parts, task, run, data, targets)
         expected = batches_of(len(data.x_train), run.cfg.batch_size)
         if counted is not None and not compiled.statistics_moved(net, counted, expected):
-            model = model._orig_mod  # the remaining epochs train uncompiled (under DDP still)
-        s.seen, s.train_time, s.step = s.seen + n, s.train_time + seconds, rec.step
-        s.history.append(row)
-        on_epoch(row)
-        log.debug("epoch %d: %s", epoch, row)  # the readable line: progress.Progress
-        scheduler.step(epoch + 1, metric=monitored)
-        keep_best(s, epoch, monitored, train_loss, val_preds, module, weights, run.cfg,
-                  last=run.keep != "best")
+            parts.model = parts.model._orig_mod  # the rest train uncompiled (under DDP still)
+        s.seen, s.train_time = s.seen + done.images, s.train_time + done.seconds
+        s.step = parts.rec.step
+        s.history.append(done.row)
+        on_epoch(done.row)
+        log.debug("epoch %d: %s", epoch, done.row)  # the readable line: progress.Progress
+        parts.scheduler.step(epoch + 1, metric=done.candidate.monitored)
+        keep_best(s, epoch, done, run.cfg, last=run.keep != "best")
         if resume:
             rngs = state.rng_states()  # every rank's: a collective call
             if distributed.is_lead():
-                state.save_resume(resume, net, optimizer, gen, s, rngs, rec.ema)
+                state.save_resume(resume, net, parts.optimizer, parts.gen, s, rngs, parts.rec.ema)
         if s.stale >= patience:
             log.info("stopped after epoch %d (best %d)", epoch, s.best_epoch)
             break
