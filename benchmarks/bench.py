@@ -53,7 +53,7 @@ from foldwise.train.recipe import Recipe  # noqa: E402
 from foldwise.data.sources import statefarm  # noqa: E402
 from foldwise.tasks import Classification  # noqa: E402
 from foldwise import params as P  # noqa: E402
-from foldwise.train.loop import Settings, predict, train_epoch  # noqa: E402
+from foldwise.train.loop import Parts, Settings, predict, train_epoch  # noqa: E402
 
 import project  # noqa: E402  (benchmarks/project.py)
 
@@ -144,6 +144,12 @@ def settings(batch: int, aug: dict, channels_last: bool, amp: bool, device) -> S
     return Settings(cfg, 1e-3, 0, device)
 
 
+def parts(net, opt, seed: int) -> Parts:
+    """The loop's parts for a bare epoch: the network as its own module, no scheduler, a plain
+    recipe."""
+    return Parts(net, net, opt, None, Recipe(), torch.Generator().manual_seed(seed))
+
+
 def ours_train(name, images, labels, batch, steps, channels_last, amp, device, aug) -> float:
     """foldwise's own epoch over the memory-mapped cache, cut to `steps` batches."""
     net, opt = model_and_optimizer(name, channels_last, device)
@@ -151,12 +157,11 @@ def ours_train(name, images, labels, batch, steps, channels_last, amp, device, a
     run = settings(batch, aug, channels_last, amp, device)
     # one warm-up epoch of 2 batches, then the timed one, both over the memory map
     warm, timed = Rows(images, np.arange(2 * batch)), Rows(images, np.arange(steps * batch) % len(images))
-    train_epoch(net, opt, task, run, warm, task.targets(labels[warm.index]),
-                torch.Generator().manual_seed(0), Recipe(), "warm-up")
+    train_epoch(parts(net, opt, 0), task, run, warm, task.targets(labels[warm.index]), "warm-up")
     _sync(device)
     t0 = time.perf_counter()
-    _, n, _, _ = train_epoch(net, opt, task, run, timed, task.targets(labels[timed.index]),
-                             torch.Generator().manual_seed(1), Recipe(), "bench")
+    n = train_epoch(parts(net, opt, 1), task, run, timed, task.targets(labels[timed.index]),
+                    "bench").images
     _sync(device)
     return n / (time.perf_counter() - t0)
 
@@ -207,8 +212,7 @@ def bench_predict(name, images, batch, channels_last, amp, device, limit, repeat
 RSS_CHILD = """
 import sys, threading, time, numpy as np, torch
 sys.path.insert(0, {src!r}); sys.path.insert(0, {bench!r})
-from bench import model_and_optimizer, settings, NO_AUGMENT
-from foldwise.train.recipe import Recipe
+from bench import model_and_optimizer, parts, settings, NO_AUGMENT
 from foldwise.train.loader import Rows, open_cache
 from foldwise.tasks import Classification
 from foldwise.train.loop import train_epoch
@@ -225,8 +229,8 @@ rows = Rows(images, np.arange(int(len(images) * {fraction})))
 labels = np.arange(len(rows)) % 10
 net, opt = model_and_optimizer({model!r}, True, torch.device('cpu'))
 task = Classification([f"c{{i}}" for i in range(10)])
-train_epoch(net, opt, task, settings({batch}, NO_AUGMENT, True, False, torch.device('cpu')), rows,
-            task.targets(labels), torch.Generator().manual_seed(0), Recipe(), 'rss')
+train_epoch(parts(net, opt, 0), task, settings({batch}, NO_AUGMENT, True, False, torch.device('cpu')),
+            rows, task.targets(labels), 'rss')
 time.sleep(0.1)
 print(peak[0], peak[1])
 """
