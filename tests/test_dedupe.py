@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image, ImageEnhance
 
 from foldwise import params as P
 from foldwise.data import dedupe
 from foldwise.data.cache import build_cache
 from foldwise.data.folds import assign_folds
+from helpers import copy_params
 from foldwise.data.sources import folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,12 +120,12 @@ def test_with_dedupe_no_cluster_spans_two_folds_and_the_score_stops_flattering(p
 
 def run_split(tmp_path, data_root, folds):
     """The split stage with dedupe on, over `data_root` (image folders), in `tmp_path`."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(source="folders", root=str(data_root))
-    params["split"].update(dedupe=True, hash_distance=8)
-    params["folds"] = list(range(folds))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / P.SAMPLE_FILE).write_bytes((ROOT / P.SAMPLE_FILE).read_bytes())
+    def dedupe_on(params):
+        params["data"].update(source="folders", root=str(data_root))
+        params["split"].update(dedupe=True, hash_distance=8)
+        params["folds"] = list(range(folds))
+    copy_params(tmp_path)
+    P.change_files(tmp_path, dedupe_on)
     res = subprocess.run([sys.executable, str(ROOT / "stages/split.py"), str(data_root), "folds.csv",
                           "duplicates.csv", "duplicates.png"], cwd=tmp_path,
                          capture_output=True, text=True)

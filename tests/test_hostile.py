@@ -168,3 +168,13 @@ def test_every_torch_load_in_the_project_is_weights_only():
                            for k in node.keywords)
                 calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", safe))
     assert calls and all(safe for _, safe in calls), calls
+
+
+def test_a_cache_without_its_meta_json_is_named_with_the_stage_that_writes_it(tmp_path):
+    """Every stage after preprocess builds its task from the cache's meta.json (one reader,
+    `data.cache.read_meta`); a missing one is a line naming the file, not a traceback."""
+    from foldwise.data.cache import read_meta
+    with pytest.raises(InputError, match=rf"{tmp_path / 'meta.json'}: not found; the preprocess stage"):
+        read_meta(tmp_path)
+    (tmp_path / "meta.json").write_text('{"task": "classification", "classes": ["a", "b"]}')
+    assert read_meta(tmp_path)["classes"] == ["a", "b"]

@@ -7,6 +7,7 @@ predict time see identical pixels.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -46,6 +47,15 @@ def load_image(path: str | Path, height: int, width: int, crop=FULL_FRAME,
     except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
         raise InputError(f"{path}: cannot decode image ({err})") from None
     return arr if arr.ndim == 3 else arr[:, :, None]
+
+
+def read_meta(processed: str | Path) -> dict:
+    """The preprocess cache's meta.json: the source, the task and its classes or targets, the
+    image size and channel statistics (what every later stage builds its task from)."""
+    path = Path(processed) / "meta.json"
+    if not path.is_file():
+        raise InputError(f"{path}: not found; the preprocess stage writes it (dvc repro preprocess)")
+    return json.loads(path.read_text())
 
 
 def load_truth(processed: str | Path) -> np.ndarray:

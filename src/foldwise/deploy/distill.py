@@ -40,8 +40,9 @@ def run(params: Params, paths: Paths) -> dict:
         write_csv(_empty_history(), paths.history_csv)
         return {"model": ""}
     from foldwise.deploy import soft_targets
+    from foldwise.data.cache import read_meta
     from foldwise.tasks import create_task
-    meta = json.loads((paths.processed / "meta.json").read_text())
+    meta = read_meta(paths.processed)
     task = create_task(meta, params)
     student_task = soft_targets.Distilled(task)  # a task without class probabilities stops here
     cfg = student_settings(params)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from foldwise import tracking
+from foldwise.data.cache import read_meta
 from foldwise.data.sources import get_source
 from foldwise.deploy import mlmodel, program, setlevel
 from foldwise.deploy.verify import TOLERANCE, check_export
@@ -216,7 +217,7 @@ class Paths:
 def run(params: Params, paths: Paths) -> str:
     """The export stage: export, verify, write the submission and log the MLflow model.
     Returns a one-line account."""
-    meta = json.loads((paths.processed / "meta.json").read_text())
+    meta = read_meta(paths.processed)
     task = create_task(meta, params)
     ship = shipping(task, paths)
     nets = [load_checkpoint(outputs.checkpoint_path(paths.models, f)) for f in params.folds]

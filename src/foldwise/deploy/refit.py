@@ -22,8 +22,6 @@ nothing heavy.
 """
 from __future__ import annotations
 
-import json
-
 from foldwise.deploy.refit_plan import HELD, RefitPaths as Paths, plan
 from foldwise.files import write_csv, write_json, write_off
 from foldwise.params import Params
@@ -39,5 +37,6 @@ def run(params: Params, paths: Paths) -> dict:
         write_csv(pd.DataFrame({"epoch": [], f"{HELD}_metric": []}), paths.history_csv)
         return {"epochs": 0}
     from foldwise.deploy import refit_train
-    meta = json.loads((paths.processed / "meta.json").read_text())
+    from foldwise.data.cache import read_meta
+    meta = read_meta(paths.processed)
     return refit_train.train_and_ship(params, meta, paths, plan(params, paths.models))

@@ -1,7 +1,6 @@
 """Bagging the fold models: average their test predictions, gather the out-of-fold table."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -75,8 +74,9 @@ class Paths:
 
 def run(params: Params, paths: Paths) -> None:
     """The bag stage: `bag_folds` over `params.folds` with `bag.mean`."""
+    from foldwise.data.cache import read_meta
     from foldwise.tasks import create_task
-    task = create_task(json.loads((paths.processed / "meta.json").read_text()), params)
+    task = create_task(read_meta(paths.processed), params)
     bag_folds(params.folds, params.bag.mean, task.probabilities, paths.models, paths.processed,
               paths.out)
 

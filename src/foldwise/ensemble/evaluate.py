@@ -3,7 +3,6 @@ class or keypoint, calibration fit out-of-fold, the worst-predicted images, DVC'
 pipeline's MLflow parent run finished with the bagged figures."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from foldwise import tracking
-from foldwise.data.cache import load_truth
+from foldwise.data.cache import load_truth, read_meta
 from foldwise.ensemble import calibration, scores
 from foldwise.files import write_csv, write_json
 from foldwise.train import outputs
@@ -118,7 +117,7 @@ def run(params: Params, paths: Paths) -> dict:
     metrics and reports; returns the summary."""
     from foldwise.tasks import create_task
     bagged, processed, models, out = paths.bagged, paths.processed, paths.models, paths.out
-    task = create_task(json.loads((processed / "meta.json").read_text()), params)
+    task = create_task(read_meta(processed), params)
     oof = pd.read_csv(bagged / "oof.csv", dtype={"id": str, "group": str})
     truth = load_truth(processed)  # the OOF table is in training order too
     summary, per_fold, baseline, breakdown = summarise(params, task, oof, truth, models)

@@ -75,7 +75,7 @@ def average_over_neighbours(params, k: int, paths: Paths) -> None:
     import pandas as pd
     import torch
 
-    from foldwise.data.cache import load_truth
+    from foldwise.data.cache import load_truth, read_meta
     from foldwise.ensemble import calibration, knn
     from foldwise.files import write_csv
     from foldwise.tasks import create_task
@@ -83,7 +83,7 @@ def average_over_neighbours(params, k: int, paths: Paths) -> None:
 
     models, processed, out = paths.models, paths.processed, paths.out
     test_images = open_cache(processed / "test.npy")
-    meta = json.loads((processed / "meta.json").read_text())
+    meta = read_meta(processed)
     task = create_task(meta, params)
     oof = pd.read_csv(paths.bagged / "oof.csv", dtype={"id": str, "group": str})  # training order
     truth, fold_of_row = load_truth(processed), oof["fold"].to_numpy()

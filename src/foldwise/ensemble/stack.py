@@ -37,8 +37,9 @@ def run(params: Params, paths: Paths) -> dict:
         write_off(out, "stack.model: ''")
         write_json({"model": ""}, out_json)
         return {"model": ""}
+    from foldwise.data.cache import read_meta
     from foldwise.tasks import create_task
-    task = create_task(json.loads((paths.processed / "meta.json").read_text()), params)
+    task = create_task(read_meta(paths.processed), params)
     models, processed, bagged = paths.models, paths.processed, paths.bagged
     metrics_json, neighbours_dir = paths.metrics_json, paths.neighbours
     if not task.probabilities:

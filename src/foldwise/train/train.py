@@ -8,7 +8,6 @@ goes to the fold's folder (and round 1's history CSV).
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pandas as pd
 import torch
 
 from foldwise import models, params as P, tracking
-from foldwise.data.cache import load_truth
+from foldwise.data.cache import load_truth, read_meta
 from foldwise.errors import InputError
 from foldwise.files import project_root, source_digest, write_csv
 from foldwise.tasks import Task, create_task
@@ -232,7 +231,7 @@ def fold_folder(params: P.Params, fold: int, paths: FoldPaths) -> int:
     folder holding it) its further pseudo-label rounds (the pseudo stage calls it when there
     are any). Returns the exit status (torchrun's, when this process relaunched itself on
     several devices)."""
-    meta = json.loads((paths.processed / "meta.json").read_text())
+    meta = read_meta(paths.processed)
     check(params, meta)
     if not distributed.launched():  # an unreachable server fails here, not in DDP's set-up
         tracking.open_experiment(params.mlflow)
