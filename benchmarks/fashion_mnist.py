@@ -219,24 +219,27 @@ def fold_scores(project_dir: Path, data: Path, fold: int) -> dict:
     return {**scores(val[columns].to_numpy(), val["label"].to_numpy(), "val"),
             **scores(test[sorted(CLASSES)].to_numpy(), test_truth(data, test["id"]), "test"),
             "best_epoch": run["best_epoch"], "kept_weights": run["kept_weights"],
-            "train_images_per_s": run["train_images_per_s"]}
+            "train_images_per_s": run["train_images_per_s"],
+            "fold_minutes": run_minutes(project_dir, out / "run.json")}
+
+
+def run_minutes(project_dir: Path, run: Path) -> float:
+    """A fold run's own wall time: its MLflow run's start to end (`run` its run.json)."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}")
+    info = client.get_run(json.loads(run.read_text())["run_id"]).info
+    return (info.end_time - info.start_time) / 60000
 
 
 def fold_minutes(project_dir: Path, folds: int, folder: str = "fold") -> list[float] | None:
-    """Each fold run's own wall time (its MLflow run's start to end). A fold that DVC restored from
-    its run-cache (trained before, e.g. by `run --fold K` with the same params) still counts what
-    its training took, so a bag's cost is its folds' sum plus the stages around them.
+    """Each fold run's own wall time (run_minutes). A fold that DVC restored from its run-cache
+    (trained before, e.g. by `run --fold K` with the same params) still counts what its
+    training took, so a bag's cost is its folds' sum plus the stages around them.
     `folder` "pseudo": the pseudo-label rounds' runs (the pseudo@k stages), None without any."""
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}")
-    minutes = []
-    for k in range(folds):
-        run = project_dir / "models" / f"{folder}_{k}" / "run.json"
-        if not run.is_file():
-            return None
-        info = client.get_run(json.loads(run.read_text())["run_id"]).info
-        minutes.append((info.end_time - info.start_time) / 60000)
-    return minutes
+    runs = [project_dir / "models" / f"{folder}_{k}" / "run.json" for k in range(folds)]
+    if not all(run.is_file() for run in runs):
+        return None
+    return [run_minutes(project_dir, run) for run in runs]
 
 
 def stack_scores(project_dir: Path) -> dict:
@@ -372,11 +375,9 @@ def blend(data: Path, work: Path, experiments: list[str], mean: str, out: Path,
     out.write_text(json.dumps(row, indent=2) + "\n")
 
 
-def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path, out: Path,
-                      extra: str = "") -> None:
-    """timm's train.py on the same fold at foldwise's settings (see the module's docstring)."""
-    dst = work / "project"
-    params = yaml.safe_load(project.run("git show HEAD:params.yaml", dst).stdout)  # the base
+def timm_layout(data: Path, dst: Path, work: Path, fold: int) -> tuple[Path, int]:
+    """The fold's images linked into train/ and validation/ folders from the project's
+    data/folds.csv (timm's ImageFolder layout); the number of training images."""
     folds = pd.read_csv(dst / "data" / "folds.csv", dtype={"id": str})
     layout = work / f"timm-fold{fold}"
     for row in folds.itertuples():
@@ -385,34 +386,82 @@ def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink((data / "train" / row.id).resolve(), link)
+    return layout, int((folds["fold"] != fold).sum())
+
+
+def timm_command(params: dict, script: Path, layout: Path, out: Path, experiment: str,
+                 epochs: int, model: str, size: int) -> list[str]:
+    """train.py's arguments at foldwise's settings (the module's docstring); the checkpoint kept
+    by validation loss, as foldwise keeps its epoch."""
+    t, lr = params["train"], params["lr"]
+    return [sys.executable, str(script), "--data-dir", str(layout), "--device", "cpu",
+            "--no-prefetcher", "--model", model, "--num-classes", str(len(CLASSES)),
+            "--in-chans", "1", "--input-size", "1", str(size), str(size), "--crop-pct", "1.0",
+            "--mean", str(MEAN), "--std", str(STD), "--batch-size", str(t["batch_size"]),
+            "--validation-batch-size", "256", "--epochs", str(epochs),
+            "--warmup-epochs", str(t["warmup_epochs"]), "--opt", t["optimizer"], "--lr", str(lr),
+            "--weight-decay", str(t["weight_decay"]), "--sched", t["scheduler"], "--sched-on-updates",
+            "--warmup-lr", str(lr * t["warmup_lr"]), "--min-lr", str(lr * t["min_lr"]),
+            "--seed", str(params["seed"]), "-j", "2", "--log-interval", "200", "--eval-metric", "loss",
+            "--output", str(out), "--experiment", experiment]
+
+
+def timm_test_scores(run_dir: Path, data: Path, model_name: str, size: int) -> dict:
+    """timm's kept checkpoint (model_best.pth.tar; its EMA weights when train.py kept them)
+    on the 10,000 test images through timm's own evaluation transform, scored with
+    scikit-learn: one view, and the mean with the mirrored view."""
+    import timm
+    import torch
+    from timm.data import create_transform, resolve_data_config
+    state = torch.load(run_dir / "model_best.pth.tar", map_location="cpu", weights_only=False)
+    model = timm.create_model(model_name, num_classes=len(CLASSES), in_chans=1)
+    model.load_state_dict(state.get("state_dict_ema") or state["state_dict"])
+    model.eval()
+    config = resolve_data_config({"input_size": (1, size, size), "crop_pct": 1.0, "mean": (MEAN,),
+                                  "std": (STD,)}, model=model)
+    transform = create_transform(**config)
+    names = sorted(p.name for p in (data / "test").glob("*.png"))
+    plain, mirrored = [], []
+    with torch.inference_mode():
+        for i in range(0, len(names), 500):
+            x = torch.stack([transform(Image.open(data / "test" / n).convert("L")) for n in names[i:i + 500]])
+            plain.append(model(x).softmax(1))
+            mirrored.append(model(x.flip(3)).softmax(1))
+    probs, flipped = torch.cat(plain).numpy(), torch.cat(mirrored).numpy()
+    y = test_truth(data, names)  # timm's ImageFolder classes are sorted, as foldwise's columns
+    return {"timm_weights": "ema" if state.get("state_dict_ema") else "plain",
+            "timm_kept_epoch": state["epoch"], **scores(probs, y, "timm_test"),
+            **scores((probs + flipped) / 2, y, "timm_test_mirror")}
+
+
+def timm_side_by_side(data: Path, work: Path, fold: int, epochs: int, repo: Path, out: Path,
+                      extra: str = "", model: str | None = None, size: int = 28) -> None:
+    """timm's train.py on the same fold at foldwise's settings (see the module's docstring)."""
+    dst = work / "project"
+    params = yaml.safe_load(project.run("git show HEAD:params.yaml", dst).stdout)  # the base
+    model = model or params["train"]["model"]
+    layout, trained = timm_layout(data, dst, work, fold)
     script = work / "timm_train.py"  # the clone's train.py, run beside the installed timm
     script.write_text(project.run("git show HEAD:train.py", repo).stdout)
-    t, lr = params["train"], params["lr"]
-    cmd = [sys.executable, str(script), "--data-dir", str(layout), "--device", "cpu",
-           "--no-prefetcher", "--model", t["model"], "--num-classes", str(len(CLASSES)),
-           "--in-chans", "1", "--input-size", "1", "28", "28", "--crop-pct", "1.0",
-           "--mean", str(MEAN), "--std", str(STD), "--batch-size", str(t["batch_size"]),
-           "--validation-batch-size", "256", "--epochs", str(epochs),
-           "--warmup-epochs", str(t["warmup_epochs"]), "--opt", t["optimizer"], "--lr", str(lr),
-           "--weight-decay", str(t["weight_decay"]), "--sched", t["scheduler"], "--sched-on-updates",
-           "--warmup-lr", str(lr * t["warmup_lr"]), "--min-lr", str(lr * t["min_lr"]),
-           "--seed", str(params["seed"]), "-j", "2", "--log-interval", "200",
-           "--output", str(work / "timm-out"), "--experiment", f"fold{fold}-{int(time.time())}",
+    experiment = f"fold{fold}-{int(time.time())}"
+    cmd = [*timm_command(params, script, layout, work / "timm-out", experiment, epochs, model, size),
            *extra.split()]
     t0 = time.perf_counter()
     res = project.run(" ".join(cmd), work)
     seconds = time.perf_counter() - t0
-    run_dir = sorted((work / "timm-out").glob(f"fold{fold}-*"))[-1]
+    run_dir = work / "timm-out" / experiment
     with open(run_dir / "summary.csv") as f:
         epochs_rows = list(csv.DictReader(f))
     best = min(epochs_rows, key=lambda r: float(r["eval_loss"]))
     last = epochs_rows[-1]
-    row = {"fold": fold, "epochs": epochs, "timm_command": " ".join(cmd[1:]),
+    row = {"fold": fold, "epochs": epochs, "model": model, "size": size,
+           "timm_command": " ".join(cmd[1:]),
            "timm_val_logloss_best": float(best["eval_loss"]),
            "timm_val_accuracy_best": float(best["eval_top1"]) / 100, "timm_best_epoch": best["epoch"],
            "timm_val_logloss_last": float(last["eval_loss"]),
            "timm_val_accuracy_last": float(last["eval_top1"]) / 100, "timm_minutes": seconds / 60,
-           "timm_train_images_per_s": epochs * int((folds["fold"] != fold).sum()) / seconds}
+           "timm_train_images_per_s": epochs * trained / seconds,
+           **timm_test_scores(run_dir, data, model, size)}
     print(res.stdout[-2000:])
     print(json.dumps(row, indent=2))
     out.write_text(json.dumps(row, indent=2) + "\n")
@@ -452,6 +501,8 @@ def main(argv=None) -> None:
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--timm-repo", type=Path, required=True,
                    help="a git clone of pytorch-image-models (its train.py at HEAD is run)")
+    t.add_argument("--model", default=None, help="the network (default: the project's train.model)")
+    t.add_argument("--size", type=int, default=28, help="the images' side in pixels (upscaled from 28)")
     t.add_argument("--timm-args", default="",
                    help="more train.py arguments, last so they win, e.g. \"--smoothing 0 --scale 0.9 1\"")
     t.add_argument("--out", type=Path, default=Path(__file__).parent / "fashion-mnist-timm.json")
@@ -462,7 +513,7 @@ def main(argv=None) -> None:
         blend(args.data_dir, args.work_dir, args.experiments, args.mean, args.out, args.temperature)
     elif args.command == "timm":
         timm_side_by_side(args.data_dir, args.work_dir, args.fold, args.epochs, args.timm_repo,
-                          args.out, args.timm_args)
+                          args.out, args.timm_args, args.model, args.size)
     else:
         run(args.data_dir, args.work_dir, args.variants.split(","), args.folds, args.epochs, args.out,
             args.fold, args.set)
