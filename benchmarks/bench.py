@@ -47,13 +47,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from foldwise.data.cache import build_cache  # noqa: E402
+from foldwise.data.cache import Decode, build_cache  # noqa: E402
 from foldwise.train.loader import Rows, device_batches, open_cache, to_float  # noqa: E402
 from foldwise.train.recipe import Recipe  # noqa: E402
 from foldwise.data.sources import statefarm  # noqa: E402
 from foldwise.tasks import Classification  # noqa: E402
 from foldwise import params as P  # noqa: E402
-from foldwise.train.loop import Parts, Settings, predict, train_epoch  # noqa: E402
+from foldwise.train.loop import Inference, Parts, Settings, predict, train_epoch  # noqa: E402
 
 import project  # noqa: E402  (benchmarks/project.py)
 
@@ -96,8 +96,8 @@ def _bare_decode(args):
 
 def bench_preprocess(train, test, cache_dir: Path, height, width, workers) -> dict:
     t0 = time.perf_counter()
-    build_cache(train, cache_dir / "train.npy", height, width, workers=workers)
-    build_cache(test, cache_dir / "test.npy", height, width, workers=workers, stats=False)
+    build_cache(train, cache_dir / "train.npy", Decode(height, width, workers=workers))
+    build_cache(test, cache_dir / "test.npy", Decode(height, width, workers=workers), stats=False)
     ours = (len(train) + len(test)) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     with Pool(workers) as pool:
@@ -190,12 +190,13 @@ def bench_predict(name, images, batch, channels_last, amp, device, limit, repeat
     net.eval()
     task = Classification([f"c{i}" for i in range(10)])
     sub = images[:limit]
-    predict(net, sub[:batch], task, batch, device, channels_last, amp)  # warm-up
+    how = Inference(batch, device, channels_last, amp)
+    predict(net, sub[:batch], task, how)  # warm-up
     x = to_float(torch.from_numpy(np.ascontiguousarray(sub)).to(device), channels_last)
     ours, bare = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        predict(net, sub, task, batch, device, channels_last, amp)
+        predict(net, sub, task, how)
         ours.append(len(sub) / (time.perf_counter() - t0))
         with torch.no_grad():
             _sync(device)

@@ -13,8 +13,8 @@ import json, os, sys, time
 sys.path[:0] = ["src", "tests"]
 import numpy as np, torch
 from test_gpu import fit, net, TASK, DEVICE
-from test_training import toy_data
-from foldwise.train.loop import predict
+from helpers import toy_data
+from foldwise.train.loop import Inference, predict
 
 FULL = {"amp": True, "channels_last": True, "compile": True, "epochs": 3,
         "ema": {"decay": 0.9, "warmup": True},
@@ -36,10 +36,10 @@ for name in names:
     changes = {**FULL, **VARIANTS[name]}
     r = fit(net(), changes)
     cpu = net(); cpu.load_state_dict(r.state_dict)
-    cpu_val = predict(cpu, x[48:], TASK, 16, cpu_dev)
-    cpu_test = predict(cpu, x[:8], TASK, 16, cpu_dev)
+    cpu_val = predict(cpu, x[48:], TASK, Inference(16, cpu_dev))
+    cpu_test = predict(cpu, x[:8], TASK, Inference(16, cpu_dev))
     g = net().to(DEVICE); g.load_state_dict(r.state_dict)
-    g_val = predict(g, x[48:], TASK, 16, DEVICE)
+    g_val = predict(g, x[48:], TASK, Inference(16, DEVICE))
     h = r.history
     row = {"variant": name, "weights": r.weights, "best_epoch": int(r.best_epoch),
            "cpu_vs_val": float(np.abs(cpu_val - r.val_preds).max()),

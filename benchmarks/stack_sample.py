@@ -45,7 +45,6 @@ def read(dst: Path, name: str) -> dict:
 def test_scores(dst: Path, source: str) -> dict:
     """The submission's test log loss and accuracy against the sample's own labels (State
     Farm's sample only: the other sources' samples are scored by their tests)."""
-    import numpy as np
     import pandas as pd
     import yaml
     from sklearn.metrics import accuracy_score, log_loss

@@ -48,7 +48,7 @@ def data():
 
 def test_weights_are_on_the_simplex_and_ignore_a_useless_member(data):
     truth, ids, _, members = data
-    out = blend.blend(members, truth, META, ids)["summary"]
+    out = blend.blend(members, truth, META, ids).summary
     w = np.array(list(out["weights"].values()))
     assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
     assert out["weights"]["junk"] < 0.05 and out["weights"]["good"] > out["weights"]["other"]
@@ -62,7 +62,7 @@ def test_weights_are_on_the_simplex_and_ignore_a_useless_member(data):
 def test_cross_validated_score_matches_a_grid_search_scored_by_sklearn(data):
     truth, ids, folds, members = data
     two = members[:2]
-    out = blend.blend(two, truth, META, ids)["summary"]
+    out = blend.blend(two, truth, META, ids).summary
     a = two[0].oof.set_index("id").loc[ids, CLASSES].to_numpy()
     b = two[1].oof.set_index("id").loc[ids, CLASSES].to_numpy()
     grid = np.linspace(0, 1, 2001)
@@ -83,14 +83,14 @@ def test_equal_geometric_blend_is_the_bag_stages_geometric_mean(data):
     np.testing.assert_allclose(average(stack, "geometric", [1 / 3] * 3), g / g.sum(axis=1, keepdims=True),
                                atol=1e-12)
     np.testing.assert_allclose(average(stack, "geometric"), g / g.sum(axis=1, keepdims=True), atol=1e-12)
-    out = blend.blend(members, truth, META, ids, mean="geometric")["summary"]
+    out = blend.blend(members, truth, META, ids, blend.Blending(mean="geometric")).summary
     assert out["weights"]["junk"] < 0.05
 
 
 def test_a_temperature_is_cross_fitted_with_the_weights(data):
     truth, ids, _, members = data
-    plain = blend.blend(members, truth, META, ids)["summary"]
-    tempered = blend.blend(members, truth, META, ids, temperature=True)["summary"]
+    plain = blend.blend(members, truth, META, ids).summary
+    tempered = blend.blend(members, truth, META, ids, blend.Blending(temperature=True)).summary
     assert tempered["temperature"] != 1.0
     assert tempered["fitted_in_sample"]["logloss"] < plain["fitted_in_sample"]["logloss"]
     assert all(f["temperature"] != 1.0 for f in tempered["folds"].values())
@@ -103,12 +103,12 @@ def test_writes_the_competitions_submission_and_the_blend_report(data, tmp_path)
     sub = pd.read_csv(tmp_path / "blend" / "submission.csv")
     assert list(sub.columns) == ["img"] + CLASSES and len(sub) == 50
     np.testing.assert_allclose(sub[CLASSES].sum(axis=1), 1.0, atol=1e-5)
-    w = result["summary"]["weights"]
+    w = result.summary["weights"]
     expected = sum(w[m.name] * m.test[CLASSES].to_numpy() for m in members)
     np.testing.assert_allclose(sub[CLASSES].to_numpy(), expected, atol=1e-5)
     oof = pd.read_csv(tmp_path / "blend" / "oof.csv", dtype={"id": str})
     assert log_loss(truth, oof[CLASSES].to_numpy(), labels=range(10)) == pytest.approx(
-        result["summary"]["fitted_in_sample"]["logloss"], abs=1e-6)
+        result.summary["fitted_in_sample"]["logloss"], abs=1e-6)
     assert "cross_validated" in (tmp_path / "blend" / "blend.json").read_text()
 
 
@@ -142,13 +142,13 @@ def test_keypoints_blend_arithmetically_on_rmse():
         return blend.Member(name, oof, test)
 
     members = [kp("a", 2.0), kp("b", 2.0)]
-    out = blend.blend(members, truth, meta, ids)["summary"]
+    out = blend.blend(members, truth, meta, ids).summary
     assert out["monitor"] == "rmse"
     # two equally good, independent members: about half each, and better than either
     assert 0.3 < out["weights"]["a"] < 0.7
     assert out["fitted_in_sample"]["rmse"] < min(s["rmse"] for s in out["member_scores"].values())
     with pytest.raises(InputError, match="arithmetically"):
-        blend.blend(members, truth, meta, ids, mean="geometric")
+        blend.blend(members, truth, meta, ids, blend.Blending(mean="geometric"))
 
 
 def test_per_class_weights_take_each_member_where_it_is_good():
@@ -169,13 +169,13 @@ def test_per_class_weights_take_each_member_where_it_is_good():
     members = [member("a", ids, folds, half(truth, True), half(test_truth, True)),
                member("b", ids, folds, half(truth, False), half(test_truth, False))]
     one = blend.blend(members, truth, META, ids)
-    per = blend.blend(members, truth, META, ids, per_class=True)
-    w = np.array([per["summary"]["weights"]["a"], per["summary"]["weights"]["b"]])
+    per = blend.blend(members, truth, META, ids, blend.Blending(per_class=True))
+    w = np.array([per.summary["weights"]["a"], per.summary["weights"]["b"]])
     assert w.shape == (2, 10) and (w >= 0).all() and np.allclose(w.sum(axis=0), 1.0, atol=1e-6)
     assert (w[0, :5] > 0.6).all() and (w[1, 5:] > 0.6).all()
-    assert per["summary"]["cross_validated"]["logloss"] < one["summary"]["cross_validated"]["logloss"] - 0.05
-    assert per["summary"]["fitted_in_sample"]["logloss"] == pytest.approx(
-        log_loss(truth, per["oof"], labels=range(10)), abs=1e-6)
-    np.testing.assert_allclose(per["test"].sum(axis=1), 1.0)
+    assert per.summary["cross_validated"]["logloss"] < one.summary["cross_validated"]["logloss"] - 0.05
+    assert per.summary["fitted_in_sample"]["logloss"] == pytest.approx(
+        log_loss(truth, per.oof, labels=range(10)), abs=1e-6)
+    np.testing.assert_allclose(per.test.sum(axis=1), 1.0)
     with pytest.raises(InputError, match="--per-class weights blend arithmetically"):
-        blend.blend(members, truth, META, ids, mean="geometric", per_class=True)
+        blend.blend(members, truth, META, ids, blend.Blending(mean="geometric", per_class=True))

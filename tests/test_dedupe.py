@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 
 from foldwise import params as P
 from foldwise.data import dedupe
-from foldwise.data.cache import build_cache
+from foldwise.data.cache import Decode, build_cache
 from foldwise.data.folds import assign_folds
 from helpers import copy_params
 from foldwise.data.sources import folders
@@ -71,7 +71,7 @@ def planted(tmp_path_factory):
 
 
 def pixels(data, tmp_path, name):
-    build_cache(data.train["path"], tmp_path / f"{name}.npy", 24, 24, workers=2)
+    build_cache(data.train["path"], tmp_path / f"{name}.npy", Decode(24, 24, workers=2))
     return np.load(tmp_path / f"{name}.npy").reshape(len(data.train), -1).astype(np.float32)
 
 

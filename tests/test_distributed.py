@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     from foldwise.tasks import Classification
     from foldwise.train import loop as training
     from foldwise import params as P
-    from foldwise.train.loop import FitData, Settings, train_fold
+    from foldwise.train.loop import Around, FitData, Settings, train_fold
     sys.path.insert(0, {tests!r})
     from helpers import CFG, toy_data
 
@@ -52,8 +52,7 @@ SCRIPT = textwrap.dedent("""
     # unevenly between two ranks
     cfg = P.evolve(CFG, {{"epochs": 3, "channels_last": False}})
     r = train_fold(net, Classification(["a", "b"]), Settings(cfg, 3e-3, 0, device),
-                   FitData(x[:40], y[:40], x[40:63], y[40:63], x[57:]), on_epoch=on_epoch,
-                   resume=resume)
+                   FitData(x[:40], y[:40], x[40:63], y[40:63], x[57:]), Around(on_epoch, resume))
     np.savez(f"{{out}}/rank{{distributed.rank()}}.npz", world=distributed.world(), trained=len(trained), val=r.val_preds, test=r.test_preds,
              loss=r.history["train_loss"].to_numpy(), acc=r.history["train_accuracy"].to_numpy(),
              vloss=r.history["val_logloss"].to_numpy(),
@@ -176,13 +175,13 @@ def test_the_saved_checkpoint_is_the_one_that_predicted(project):
     from foldwise.train.loader import open_cache, Rows
     from foldwise.models import load_checkpoint
     from foldwise.tasks import Classification
-    from foldwise.train.loop import predict
+    from foldwise.train.loop import Inference, predict
     two = project
     folds = pd.read_csv(two / "data/folds.csv", dtype={"id": str})
     rows = np.flatnonzero(folds["fold"].to_numpy() == 0)
     net = load_checkpoint(two / "models/fold_0/model.pt")
     preds = predict(net, Rows(open_cache(two / "data/processed/train.npy"), rows),
-                    Classification([f"c{c}" for c in range(10)]), 16, torch.device("cpu"))
+                    Classification([f"c{c}" for c in range(10)]), Inference(16, torch.device("cpu")))
     oof = pd.read_csv(two / "models/fold_0/oof.csv")
     np.testing.assert_allclose(preds, oof[[f"c{c}" for c in range(10)]].to_numpy(), atol=1e-6)
 

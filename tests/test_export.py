@@ -61,7 +61,7 @@ def test_predict_refuses_a_second_level_model_the_export_cannot_hold(tmp_path):
 
     import pytest
 
-    from foldwise.deploy.predict import predict_folder
+    from foldwise.deploy.predict import Reading, predict_folder
     from foldwise.errors import InputError
     image_folder(tmp_path / "images")
     bag = program.Bagged(nets(1), Softmax(), "arithmetic")
@@ -81,11 +81,11 @@ def test_predict_refuses_a_second_level_model_the_export_cannot_hold(tmp_path):
         assert (program.set_level(meta), program.unreproducible(meta)) == (served, refused)
         if refused:
             with pytest.raises(InputError, match="foldwise-predict would not reproduce it") as err:
-                predict_folder(tmp_path / "m", tmp_path / "images", tmp_path / "p.csv", workers=1)
+                predict_folder(tmp_path / "m", tmp_path / "images", tmp_path / "p.csv", Reading(workers=1))
             assert all(n in str(err.value) for n in refused)
         if not change.get("neighbours"):  # (those need the feature program: the test below)
-            predict_folder(tmp_path / "m", tmp_path / "images", tmp_path / "p.csv", workers=1,
-                           bag_only=bool(refused))
+            predict_folder(tmp_path / "m", tmp_path / "images", tmp_path / "p.csv",
+                           Reading(workers=1, bag_only=bool(refused)))
 
 
 def test_predict_reproduces_neighbour_averaging_and_a_logistic_stack_over_neighbours(tmp_path):
@@ -97,7 +97,7 @@ def test_predict_reproduces_neighbour_averaging_and_a_logistic_stack_over_neighb
     from sklearn.linear_model import LogisticRegression
 
     from foldwise.deploy import setlevel
-    from foldwise.deploy.predict import predict_folder
+    from foldwise.deploy.predict import Reading, predict_folder
     from foldwise.ensemble import knn, stack_model
     images = image_folder(tmp_path / "images")
     models = nets(2)
@@ -120,7 +120,7 @@ def test_predict_reproduces_neighbour_averaging_and_a_logistic_stack_over_neighb
         program.save(bag, example, predict_meta(change), tmp_path / name,
                     lambda folder: setlevel.save(folder, models, example, weights))
         assert program.unreproducible(predict_meta(change)) == []
-        predict_folder(tmp_path / name, tmp_path / "images", tmp_path / f"{name}.csv", workers=1)
+        predict_folder(tmp_path / name, tmp_path / "images", tmp_path / f"{name}.csv", Reading(workers=1))
         got = pd.read_csv(tmp_path / f"{name}.csv")
         assert list(got["image"]) == [f"{i}.png" for i in range(len(images))]
         np.testing.assert_allclose(got[list("abcd")].to_numpy(), want[name], atol=2e-5)

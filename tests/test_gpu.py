@@ -18,7 +18,7 @@ from foldwise.deploy import program
 from foldwise.deploy.verify import check_export
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
-from foldwise.train.loop import FitData, Settings, predict, train_fold
+from foldwise.train.loop import Around, FitData, Inference, Settings, predict, train_fold
 from helpers import CFG, NO_AUGMENT, toy_data
 
 pytestmark = pytest.mark.gpu
@@ -35,7 +35,7 @@ def fit(model, changes, seed=0, **kwargs):
     x, y = toy_data(n=64)
     cfg = P.evolve(CFG, changes)
     return train_fold(model, TASK, Settings(cfg, 3e-3, seed, DEVICE),
-                      FitData(x[:48], y[:48], x[48:], y[48:], x[:8]), **kwargs)
+                      FitData(x[:48], y[:48], x[48:], y[48:], x[:8]), Around(**kwargs))
 
 
 def test_a_fold_trains_with_amp_channels_last_compile_ema_and_mixup():
@@ -50,7 +50,7 @@ def test_a_fold_trains_with_amp_channels_last_compile_ema_and_mixup():
     cpu = net()
     cpu.load_state_dict(result.state_dict)
     x, _ = toy_data(n=64)
-    again = predict(cpu, x[48:], TASK, 16, torch.device("cpu"))
+    again = predict(cpu, x[48:], TASK, Inference(16, torch.device("cpu")))
     assert np.abs(again - result.val_preds).max() < 0.05
 
 
@@ -115,7 +115,7 @@ def test_the_exported_bag_on_the_device_matches_eager_and_foldwise_predict(tmp_p
     loaded onto the device: like for like with the eager bag (1e-4), and `foldwise-predict`
     over the same images as PNG files writes the same probabilities."""
     from PIL import Image
-    from foldwise.deploy.predict import predict_folder
+    from foldwise.deploy.predict import Reading, predict_folder
     folds = [fit(net(k), {"amp": amp, "epochs": 1}, seed=k) for k in range(2)]
     nets = []
     for k, result in enumerate(folds):
@@ -139,7 +139,7 @@ def test_the_exported_bag_on_the_device_matches_eager_and_foldwise_predict(tmp_p
     images.mkdir()
     for i, pixels in enumerate(x):
         Image.fromarray(pixels).save(images / f"{i:03d}.png")
-    preds = predict_folder(tmp_path / "model", images, tmp_path / "sub.csv", workers=1)
+    preds = predict_folder(tmp_path / "model", images, tmp_path / "sub.csv", Reading(workers=1))
     np.testing.assert_allclose(preds, got, atol=1e-4)
 
 

@@ -1,5 +1,6 @@
 """Know your room: every stage in dvc.yaml has its body at one predictable place and name
-(docs/pipeline.md states the rule), and no two modules of foldwise import each other."""
+(docs/pipeline.md states the rule), no two modules of foldwise import each other, and no
+function takes a long parameter list or runs long."""
 import ast
 import dataclasses
 import importlib
@@ -94,3 +95,36 @@ def test_the_pipeline_doc_names_each_stage_body():
         step = body_module(stage).split(".")[1]
         row = re.search(rf"^\| {re.escape(stage)}(@k)? \|.*$", doc, re.M)
         assert row and f"`{step}/{stage}.py`" in row.group(0), stage
+
+
+MAX_PARAMETERS, MAX_LINES = 6, 50
+
+
+def timm_model_classes(tree: ast.Module) -> set[str]:
+    """Classes that timm's `create_model` builds (a module registering models with
+    `register_model`): their constructors take the network's keywords by name, as timm's own do."""
+    registers = any(isinstance(n, ast.Name) and n.id == "register_model" for n in ast.walk(tree))
+    return {n.name for n in tree.body if isinstance(n, ast.ClassDef)} if registers else set()
+
+
+def test_functions_take_a_settings_object_not_a_long_list_and_stay_short():
+    """At most MAX_PARAMETERS parameters (self and cls aside; settings travel as one typed
+    object) and MAX_LINES lines, in every function of src/foldwise; a timm model's constructor
+    keeps timm's keyword convention."""
+    found = []
+    for path in sorted((SRC / "foldwise").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        exempt = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+                  and c.name in timm_model_classes(tree) for f in c.body
+                  if isinstance(f, ast.FunctionDef) and f.name == "__init__"}
+        for n in ast.walk(tree):
+            if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = n.args
+            count = len([x for x in a.posonlyargs + a.args + a.kwonlyargs
+                         if x.arg not in ("self", "cls")])
+            lines = n.end_lineno - n.lineno + 1
+            if (count > MAX_PARAMETERS and id(n) not in exempt) or lines > MAX_LINES:
+                found.append(f"{path.relative_to(SRC)}:{n.lineno} {n.name}: {count} parameters, "
+                             f"{lines} lines")
+    assert not found, "\n".join(found)

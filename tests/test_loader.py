@@ -72,8 +72,9 @@ def test_the_reduced_size_decode_line_is_printed_for_jpeg_only(tmp_path, capsys)
     import pandas as pd
     from PIL import Image
 
+    from foldwise.data.cache import Decode
     from foldwise.data.preprocess import report_decode_scale
-    size = {"height": 32, "width": 32, "crop": (0.0, 0.0, 1.0, 1.0)}
+    size = Decode(32, 32)
     for fmt in ("PNG", "JPEG"):
         path = tmp_path / f"a.{fmt.lower()}"
         Image.new("RGB", (256, 256), "grey").save(path, fmt)

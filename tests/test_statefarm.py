@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldwise.data.cache import build_cache
+from foldwise.data.cache import Decode, build_cache
 from foldwise.errors import InputError
 from foldwise.data.folds import assign_folds
 from foldwise.data.sources import statefarm
@@ -100,13 +100,13 @@ def test_empty_test_folder_is_an_error(sample_copy):
 def test_corrupt_jpeg_fails_preprocess_naming_the_file_and_keeps_old_cache(sample_copy, tmp_path):
     data = statefarm.read(sample_copy)
     out = tmp_path / "train.npy"
-    build_cache(data.train["path"][:4], out, 24, 32, workers=1)
+    build_cache(data.train["path"][:4], out, Decode(24, 32, workers=1))
     before = out.read_bytes()
     victim = data.train["path"].iloc[2]
     raw = open(victim, "rb").read()
     open(victim, "wb").write(raw[: len(raw) // 3])  # truncated
     with pytest.raises(InputError, match=rf"{victim}: cannot decode image"):
-        build_cache(data.train["path"][:4], out, 24, 32, workers=1)
+        build_cache(data.train["path"][:4], out, Decode(24, 32, workers=1))
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -137,7 +137,7 @@ def test_ignoring_drivers_flatters_the_score(statefarm_sample, tmp_path):
     """Frames of one driver are near duplicates: a nearest-neighbour classifier on raw pixels
     looks far better on a random split than on a driver-grouped one."""
     data = statefarm.read(statefarm_sample)
-    build_cache(data.train["path"], tmp_path / "x.npy", 24, 32, workers=2)
+    build_cache(data.train["path"], tmp_path / "x.npy", Decode(24, 32, workers=2))
     x = np.load(tmp_path / "x.npy").reshape(len(data.train), -1).astype(np.float32)
     y = data.train["label"].to_numpy()
     grouped = one_nn_accuracy(x, y, assign_folds(y, data.train["group"], 3, seed=0))
@@ -155,10 +155,10 @@ def test_no_room_for_the_cache_is_an_error_naming_the_file_not_a_crash(statefarm
     code = ("import resource, signal\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-            "from foldwise.data.cache import build_cache\n"
+            "from foldwise.data.cache import Decode, build_cache\n"
             "from foldwise.errors import InputError\n"
             "try:\n"
-            "    build_cache(%r, %r, 96, 128, workers=1)\n"
+            "    build_cache(%r, %r, Decode(96, 128, workers=1))\n"
             "except InputError as err:\n"
             "    print(err)\n") % (paths, str(tmp_path / "train.npy"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

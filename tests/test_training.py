@@ -13,7 +13,7 @@ from foldwise.errors import InputError
 from foldwise.models import Normalised
 from foldwise.tasks import Classification
 from foldwise.train.augment import augment, check
-from foldwise.train.loop import FitData, Settings, batches_of, train_fold
+from foldwise.train.loop import Around, FitData, Settings, batches_of, train_fold
 from helpers import CFG, NO_AUGMENT, toy_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def fit(net, task, lr, cfg, seed, x, y, **kwargs):
     """`train_fold` on the toy data: 32 training rows, the rest validation, 5 test rows."""
     return train_fold(net, task, Settings(cfg, lr, seed, torch.device("cpu")),
-                      FitData(x[:32], y[:32], x[32:], y[32:], x[:5]), **kwargs)
+                      FitData(x[:32], y[:32], x[32:], y[32:], x[:5]), Around(**kwargs))
 
 
 def run(seed=0, **overrides):
@@ -299,7 +299,7 @@ def test_ema_is_validated_beside_the_weights_and_the_better_one_is_kept():
     the best figure of either, and the kept state is the one that scored it: loaded into the
     network, it predicts the kept validation predictions again."""
     from foldwise.metrics import multiclass_logloss
-    from foldwise.train.loop import predict
+    from foldwise.train.loop import Inference, predict
     result = run(seed=2, ema={"decay": 0.8, "warmup": False}, epochs=5)
     h = result.history
     assert {"val_logloss", "ema_val_logloss", "val_is_ema"} <= set(h.columns)
@@ -314,7 +314,7 @@ def test_ema_is_validated_beside_the_weights_and_the_better_one_is_kept():
     net = Normalised(timm.create_model("resnet10t", num_classes=2), [0.5] * 3, [0.25] * 3)
     net.load_state_dict(result.state_dict)
     x, _ = toy_data()
-    again = predict(net, x[32:], Classification(["a", "b"]), 16, torch.device("cpu"))
+    again = predict(net, x[32:], Classification(["a", "b"]), Inference(16, torch.device("cpu")))
     np.testing.assert_allclose(again, result.val_preds, atol=1e-6)
 
 
@@ -386,13 +386,14 @@ def test_the_loop_state_is_the_resume_files_format(tmp_path):
     state = LoopState(best=0.5, best_epoch=2, best_state=net.state_dict(),
                       best_val=np.array([[0.2, 0.8]]), weights="ema", stale=1,
                       history=[{"epoch": 0, "val_metric": 0.7}], seen=64, train_time=1.5, step=8)
-    checkpoints.save_resume(tmp_path / "r.pt", net, opt, gen, state, checkpoints.rng_states())
-    back, optimizer_state = checkpoints.load_resume(tmp_path / "r.pt", net, opt, gen)
+    parts = checkpoints.Trainable(net, opt, gen)
+    checkpoints.save_resume(tmp_path / "r.pt", parts, state, checkpoints.rng_states())
+    back, optimizer_state = checkpoints.load_resume(tmp_path / "r.pt", parts)
     assert back.best_epoch == 2 and back.weights == "ema" and back.history == state.history
     assert back.step == 8 and back.seen == 64 and "state" in optimizer_state
     np.testing.assert_array_equal(back.best_val, state.best_val)
     torch.save({"best": 0.1, "history": []}, tmp_path / "old.pt")  # an older, flat format
-    assert checkpoints.load_resume(tmp_path / "old.pt", net, opt, gen) is None
+    assert checkpoints.load_resume(tmp_path / "old.pt", parts) is None
 
 
 def test_sync_batchnorm_keeps_timms_activations():

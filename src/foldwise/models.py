@@ -6,7 +6,9 @@ export and predict cannot disagree about preprocessing.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import timm
 import torch
@@ -58,23 +60,36 @@ def timm_model(name: str, pretrained: bool, model_kwargs: dict | None = None, **
                          f"of timm's {name} ({err})") from None
 
 
-def create_backbone(name: str, num_outputs: int, in_chans: int, pretrained: bool = False,
-                    weights_file: str = "", weights_match: str = "name",
-                    pretrained_fallback: bool = False,
-                    model_kwargs: dict | None = None) -> tuple[nn.Module, str]:
-    """A timm model; weights from `weights_file` if given, else the hub if `pretrained`, else
-    random. Returns the model and where its weights came from.
+@dataclass(frozen=True)
+class Weights:
+    """Where a network's first weights come from (params.yaml's `train.pretrained`,
+    `weights_file`, `weights_match` and `pretrained_fallback`)."""
+    pretrained: bool = False  # timm's hub
+    file: str = ""  # a local file under weights/, before the hub
+    match: str = "name"  # how the file's tensors pair with the model's: name | order
+    fallback: bool = False  # hub weights that cannot be had: random init, with a warning
 
-    Hub weights that cannot be had are an error unless `pretrained_fallback` allows training
+    @classmethod
+    def of(cls, cfg: Train) -> Weights:
+        return cls(cfg.pretrained, cfg.weights_file, cfg.weights_match, cfg.pretrained_fallback)
+
+
+def create_backbone(name: str, num_outputs: int, in_chans: int, weights: Weights = Weights(),
+                    model_kwargs: dict | None = None) -> tuple[nn.Module, str]:
+    """A timm model; weights from `weights.file` if given, else the hub if `weights.pretrained`,
+    else random. Returns the model and where its weights came from.
+
+    Hub weights that cannot be had are an error unless `weights.fallback` allows training
     from random init (a silent fallback would cost a user a day of worse results)."""
+    weights_file, pretrained_fallback = weights.file, weights.fallback
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise InputError(f"params.yaml: train.model={name!r} is not a timm model name")
     kwargs: dict = dict(num_classes=num_outputs, in_chans=in_chans, model_kwargs=model_kwargs)
     if weights_file:
         model = timm_model(name, False, **kwargs)
-        load_weights_file(model, weights_file, weights_match)
+        load_weights_file(model, weights_file, weights.match)
         return model, f"file:{weights_file}"
-    if pretrained:
+    if weights.pretrained:
         try:
             return timm_model(name, True, **kwargs), "hub"
         except InputError:
@@ -183,18 +198,21 @@ def input_normalisation(model: nn.Module, weights: str, dataset_mean, dataset_st
     return mean, std
 
 
+class Network(NamedTuple):
+    net: nn.Module  # timm's model with its input normalisation inside (`Normalised`)
+    weights: str  # where its first weights came from: "random", "hub", "file:<path>"
+    spec: dict  # what the checkpoint stores and `load_checkpoint` rebuilds the network from
+
+
 def create_network(cfg: Train, num_outputs: int, in_chans: int, data_mean, data_std,
-                   fp32_head: bool = False):
-    """params.yaml's `train` network: timm's model with its input normalisation inside. Returns
-    the network, where its weights came from, and its spec, which the checkpoint stores and
-    `load_checkpoint` rebuilds the same network from."""
-    backbone, weights = create_backbone(cfg.model, num_outputs, in_chans, cfg.pretrained,
-                                        cfg.weights_file, cfg.weights_match,
-                                        cfg.pretrained_fallback, cfg.model_kwargs)
+                   fp32_head: bool = False) -> Network:
+    """params.yaml's `train` network: timm's model with its input normalisation inside."""
+    backbone, weights = create_backbone(cfg.model, num_outputs, in_chans, Weights.of(cfg),
+                                        cfg.model_kwargs)
     mean, std = input_normalisation(backbone, weights, data_mean, data_std)
     spec = {"model": cfg.model, "mean": mean, "std": std, "num_outputs": num_outputs,
             "in_chans": in_chans, "model_kwargs": cfg.model_kwargs, "fp32_head": fp32_head}
-    return Normalised(backbone, mean, std, fp32_head), weights, spec
+    return Network(Normalised(backbone, mean, std, fp32_head), weights, spec)
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
 from multiprocessing import Pool, get_context
 from pathlib import Path
 
@@ -25,6 +26,28 @@ from foldwise.files import atomic_path
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
 MAX_PIXELS = 100_000_000  # a 10,000 x 10,000 photo; a file claiming more is refused unread
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decode:
+    """How each image becomes the cache's pixels (size, crop as fractions left, top, right,
+    bottom of the frame, PIL mode), and how many processes decode blocks of `chunk` images."""
+    height: int
+    width: int
+    crop: tuple = FULL_FRAME
+    mode: str = "RGB"
+    workers: int = 2
+    chunk: int = 32
+
+    @classmethod
+    def of(cls, preprocess: dict, workers: int = 2, chunk: int = 32) -> Decode:
+        """From the decoding settings meta.json and an export record (height, width, crop, mode)."""
+        return cls(int(preprocess["height"]), int(preprocess["width"]), tuple(preprocess["crop"]),
+                   str(preprocess["mode"]), workers, chunk)
+
+    def record(self) -> dict:
+        """What predict must repeat, as meta.json keeps it."""
+        return {"height": self.height, "width": self.width, "crop": list(self.crop), "mode": self.mode}
 
 
 def load_image(path: str | Path, height: int, width: int, crop=FULL_FRAME,
@@ -80,9 +103,9 @@ def resize_array(pixels: np.ndarray, height: int, width: int, crop=FULL_FRAME,
 
 
 def _load_chunk(args):
-    items, height, width, crop, mode, stats = args
+    items, decode, stats = args
     load = resize_array if len(items) and isinstance(items[0], np.ndarray) else load_image
-    block = np.stack([load(p, height, width, crop, mode) for p in items])
+    block = np.stack([load(p, decode.height, decode.width, decode.crop, decode.mode) for p in items])
     if not stats:
         return block, None
     # exact integer sums, in the worker: the main process only copies blocks into the map
@@ -99,12 +122,11 @@ def decode_scale(path, height: int, width: int, crop=FULL_FRAME) -> float:
         return im.size[0] / full
 
 
-def decode_chunks(paths, size: dict, workers: int = 2, chunk: int = 512):
-    """Decoded uint8 blocks of `chunk` images, in order, decoded by `workers` processes ahead
-    of the consumer (which predicts meanwhile)."""
-    jobs = [(paths[i:i + chunk], size["height"], size["width"], tuple(size["crop"]), size["mode"],
-             False) for i in range(0, len(paths), chunk)]
-    with get_context(pool_start_method()).Pool(max(1, workers)) as pool:
+def decode_chunks(paths, decode: Decode):
+    """Decoded uint8 blocks of `decode.chunk` images, in order, decoded by `decode.workers`
+    processes ahead of the consumer (which predicts meanwhile)."""
+    jobs = [(paths[i:i + decode.chunk], decode, False) for i in range(0, len(paths), decode.chunk)]
+    with get_context(pool_start_method()).Pool(max(1, decode.workers)) as pool:
         for block, _ in pool.imap(_load_chunk, jobs):
             yield block
 
@@ -142,9 +164,7 @@ def _reserve_map(path: Path, shape: tuple) -> np.memmap:
     return array
 
 
-def build_cache(paths, out: str | Path, height: int, width: int, crop=FULL_FRAME,
-                mode: str = "RGB", workers: int = 2, chunk: int = 32, stats: bool = True,
-                progress=None) -> dict:
+def build_cache(paths, out: str | Path, decode: Decode, stats: bool = True, progress=None) -> dict:
     """Decode `paths` (image files, or pixel arrays) into an (N, H, W, C) uint8 .npy at `out`;
     return per-channel mean/std (of pixel values scaled to [0, 1]) when `stats`.
 
@@ -152,14 +172,14 @@ def build_cache(paths, out: str | Path, height: int, width: int, crop=FULL_FRAME
     whole in memory), and renamed when complete. `progress(n)` is called per decoded block.
     """
     paths = list(paths) if isinstance(paths, np.ndarray) else [str(p) for p in paths]
-    channels = 1 if mode == "L" else 3
-    jobs = [(paths[i:i + chunk], height, width, crop, mode, stats)
-            for i in range(0, len(paths), chunk)]
+    height, width, chunk = decode.height, decode.width, decode.chunk
+    channels = 1 if decode.mode == "L" else 3
+    jobs = [(paths[i:i + chunk], decode, stats) for i in range(0, len(paths), chunk)]
     total: np.ndarray = np.zeros(channels, dtype=np.uint64)
     total_sq: np.ndarray = np.zeros(channels, dtype=np.uint64)
     with atomic_path(out) as tmp:
         array = _reserve_map(tmp, (len(paths), height, width, channels))
-        with Pool(max(1, workers)) as pool:
+        with Pool(max(1, decode.workers)) as pool:
             start = 0
             for block, sums in pool.imap(_load_chunk, jobs):
                 array[start:start + len(block)] = block

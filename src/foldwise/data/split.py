@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,22 @@ from foldwise.params import Params
 CLUSTER_COLUMNS = ["cluster", "size", "id", "position", "hash"]
 
 
-def deduped_folds(params, table, labels, groups, items, k: int, seed: int):
-    """Folds that keep near-duplicates together; returns (folds, the clusters found)."""
-    distance = params.split.hash_distance
+class Deduped(NamedTuple):
+    folds: np.ndarray  # each image's validation fold
+    clusters: pd.DataFrame  # the near-duplicate clusters found (CLUSTER_COLUMNS)
+
+
+def grouping(table: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
+    """The fold table's labels (None for regression: plain k-fold) and subjects (None when the
+    source has none)."""
+    groups = None if table["group"].isna().all() else table["group"]
+    return (table["label"] if "label" in table else None), groups
+
+
+def deduped_folds(params: Params, table: pd.DataFrame, items) -> Deduped:
+    """Folds that keep near-duplicates together, and the clusters found."""
+    distance, k, seed = params.split.hash_distance, len(params.folds), params.split.seed
+    labels, groups = grouping(table)
     h = dedupe.hashes(items, workers=os.cpu_count() or 2)
     pairs = dedupe.near_pairs(h, distance)
     clusters = dedupe.report(table["id"], h, pairs)
@@ -41,7 +54,7 @@ def deduped_folds(params, table, labels, groups, items, k: int, seed: int):
           f"<= {distance}), in {clusters['cluster'].nunique()} clusters, the largest of "
           f"{int(clusters['size'].max()) if len(clusters) else 0}; "
           f"{dedupe.spanning(folds, pairs)} pairs across folds")
-    return folds, clusters
+    return Deduped(folds, clusters)
 
 
 @dataclass(frozen=True)
@@ -61,15 +74,13 @@ def run(params: Params, paths: Paths) -> None:
         raise InputError(f"params.yaml: folds={folds} must be 0, 1, ..., k-1 (one entry per fold)")
     data = get_source(params.data.source).read(paths.root)
     table = data.train[[c for c in ("id", "group", "label") if c in data.train]].copy()
-    groups = None if table["group"].isna().all() else table["group"]
-    labels = table["label"] if "label" in table else None  # regression: plain k-fold
-    k, seed = len(folds), params.split.seed
     items = data.images["train"] if data.images else list(data.train["path"])
     clusters = pd.DataFrame(columns=CLUSTER_COLUMNS)
     if params.split.dedupe:
-        table["fold"], clusters = deduped_folds(params, table, labels, groups, items, k, seed)
+        table["fold"], clusters = deduped_folds(params, table, items)
     else:
-        table["fold"] = assign_folds(labels, groups, k, seed, size=len(table))
+        labels, groups = grouping(table)
+        table["fold"] = assign_folds(labels, groups, len(folds), params.split.seed, size=len(table))
     write_csv(clusters.drop(columns="position"), paths.dup_csv)
     dedupe.contact_sheet(items, clusters, paths.dup_png)
     write_csv(table, paths.out)

@@ -47,8 +47,9 @@ def run(params: Params, paths: Paths) -> dict:
     student_task = soft_targets.Distilled(task)  # a task without class probabilities stops here
     cfg = student_settings(params)
     teacher = read_teacher(params, task, paths)
-    from foldwise.deploy import distill_train
-    return distill_train.train_and_ship(params, cfg, task, student_task, meta, teacher, paths)
+    from foldwise.deploy import distill_train, program, single
+    job = single.Job(params, task, meta, paths, program.default_device())
+    return distill_train.train_and_ship(job, cfg, student_task, teacher)
 
 
 def _empty_history():

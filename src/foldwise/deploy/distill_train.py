@@ -21,25 +21,24 @@ from foldwise.params import Params
 from foldwise.train.progress import REPLAYED
 from foldwise.train.train import resume_file
 from foldwise.train.loader import Joined, open_cache
-from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+from foldwise.train.loop import Around, FitData, FoldResult, Settings, train_fold
 
-def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher: Teacher,
-                   paths: DistillPaths) -> dict:
-    device = program.default_device()
+def train_and_ship(job: single.Job, cfg, student_task, teacher: Teacher) -> dict:
+    """Train the student (`cfg`: its training settings) against `teacher`'s rows, ship it into
+    `paths.out` and write its figures and history. Returns the figures."""
+    params, paths = job.params, job.paths
     images, test_images = (open_cache(paths.processed / f"{n}.npy") for n in ("train", "test"))
-    net, weights, seed = single.seeded_network(params, cfg, task, meta, images.shape[-1], STUDENT_SEED)
+    net, weights, seed = single.seeded_network(job, cfg, images.shape[-1], STUDENT_SEED)
     key = student_key(params, teacher, paths)
     resume = resume_file(project_root(), key, "distilled")
     run_id = start_run(params, paths, key, weights, teacher)
     with mlflow.start_run(run_id=run_id):
         tracking.log_params(params, teacher=teacher.name, train_images=len(images),
                             student_epochs=cfg.epochs)
-        result = train_fold(net, student_task, Settings(cfg, params.lr, seed, device),
+        result = train_fold(net, student_task, Settings(cfg, params.lr, seed, job.device),
                             student_data(images, test_images, teacher, params.distill.test),
-                            on_epoch=lambda row: mlflow.log_metrics(
-                                {k: v for k, v in row.items() if k not in ("epoch", REPLAYED)}, step=int(row["epoch"])),
-                            resume=resume)
-        figures, loaded = ship_student(params, task, meta, teacher, paths, net, result, device)
+                            Around(log_epoch, resume))
+        figures, loaded = ship_student(job, teacher, net, result)
         figures["epochs_run"], figures["best_epoch"] = len(result.history), result.best_epoch
         figures["mlflow_run_id"] = run_id
         mlflow.log_metrics(flat_figures(figures))
@@ -49,6 +48,12 @@ def train_and_ship(params: Params, cfg, task, student_task, meta: dict, teacher:
                                           name="distilled", loaded=loaded)
     resume.unlink(missing_ok=True)
     return figures
+
+
+def log_epoch(row: dict) -> None:
+    """An epoch's figures into the active MLflow run (rows replayed on resuming are not)."""
+    mlflow.log_metrics({k: v for k, v in row.items() if k not in ("epoch", REPLAYED)},
+                       step=int(row["epoch"]))
 
 
 def student_data(images, test_images, teacher: Teacher, with_test: bool) -> FitData:
@@ -85,22 +90,23 @@ def start_run(params: Params, paths: DistillPaths, key: str, weights: str, teach
                                    "foldwise.weights": weights})
 
 
-def ship_student(params: Params, task, meta: dict, teacher: Teacher, paths: DistillPaths, net,
-                 result: FoldResult, device) -> tuple[dict, tuple]:
+def ship_student(job: single.Job, teacher: Teacher, net, result: FoldResult) -> tuple[dict, tuple]:
     """Export the kept network, check the program against it run eagerly, write the folder
-    (program + submission) and score it: fidelity on test, in-sample figures on train."""
+    (program + submission) and score it: fidelity on test, in-sample figures on train.
+    Returns (the figures, the program loaded back)."""
+    params, task, processed = job.params, job.task, job.paths.processed
     # exported from the CPU in the default layout, as the bag's networks are loaded
     net = net.cpu().to(memory_format=torch.contiguous_format).eval()
-    shipped = single.shipped_meta(meta, teacher.decision, {"hflip": False, "shift": 0.0, "scale": 0.0},
+    shipped = single.shipped_meta(job.meta, teacher.decision, {"hflip": False, "shift": 0.0, "scale": 0.0},
                                   1.0, distilled={"model": params.distill.model, "teacher": teacher.name})
-    got, loaded, check = single.ship(program.Bagged([net], task.head(), "arithmetic"), task, shipped,
-                                     meta, paths, result.test_preds)
-    in_sample = program.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
-                                 device=device, desc="student on train")
+    got, loaded, check = single.ship(job, program.Bagged([net], task.head(), "arithmetic"), shipped,
+                                     result.test_preds)
+    in_sample = program.run_model(loaded[0], open_cache(processed / "train.npy"),
+                                  device=job.device, desc="student on train")
     figures = {"model": params.distill.model, "teacher": teacher.name,
                "kept_weights": result.weights,
                fidelity_key(params): soft_targets.fidelity(teacher.test, got),
-               "train_not_out_of_fold": task.score(load_truth(paths.processed), in_sample),
+               "train_not_out_of_fold": task.score(load_truth(processed), in_sample),
                "teacher_oof": teacher_figures(task, teacher),
                "export_max_abs_vs_eager": check.worst}
     return figures, loaded

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,7 @@ from foldwise import tracking
 from foldwise.data.cache import read_meta
 from foldwise.data.sources import get_source
 from foldwise.deploy import mlmodel, program, setlevel
-from foldwise.deploy.verify import TOLERANCE, check_export
+from foldwise.deploy.verify import TOLERANCE, Verified, check_export
 from foldwise.files import write_json
 from foldwise.ensemble import calibration, dashboard, stack_model
 from foldwise.models import load_checkpoint
@@ -167,17 +167,23 @@ def reference(test, task, ship: Shipping) -> np.ndarray:
     return bagged
 
 
-def verified(bag, reference_preds, test_images, runs, device, model_dir):
+def verified(bag, reference_preds, test_images, runs, device, model_dir) -> Verified:
     """The shipped program's test predictions, once `verify` has accepted them against the
     same networks run eagerly here (and measured the drift from the folds' own)."""
     model, shipped_meta = program.load(model_dir, device)
     got = program.run_model(model, test_images, device=device, desc="exported")
     eager = program.run_model(bag.to(device).eval(), test_images, device=device, desc="eager bag")
-    return got, (model, shipped_meta), check_export(got, eager, reference_preds, runs)
+    return Verified(got, (model, shipped_meta), check_export(got, eager, reference_preds, runs))
+
+
+class Submitted(NamedTuple):
+    preds: np.ndarray  # the submission's predictions, before the task's decision
+    graph_agreement: float | None  # the share of the shipped features' test graph that is
+    # the neighbours stage's (None: no graph built)
 
 
 def submitted(got, loaded, test_images, stacked: Stacking | None, paths: Paths,
-              device) -> tuple[np.ndarray, float | None]:
+              device) -> Submitted:
     """The submission's predictions from the shipped program's `got`: as they are, or with the
     set-level steps computed from the shipped files as foldwise-predict computes them (its
     test graph checked against the neighbours stage's), or, for a stack the export cannot
@@ -185,17 +191,17 @@ def submitted(got, loaded, test_images, stacked: Stacking | None, paths: Paths,
     share of the shipped features' test graph that is the stage's (None: no graph built)."""
     meta = loaded[1]
     if not program.unreproducible(meta) and not setlevel.wanted(meta):
-        return got, None
+        return Submitted(got, None)
     stage_graph = np.load(paths.neighbours_dir / "graph.npz")
     if program.unreproducible(meta):
         assert stacked is not None  # only a stack outside the program is unreproducible
         x = stack_model.features(got, stage_graph["idx"], stage_graph["sim"], stacked.neighbours)
-        return stack_model.predict(stacked.model, x, got.shape[1]), None
+        return Submitted(stack_model.predict(stacked.model, x, got.shape[1]), None)
     features = program.run_model(setlevel.load_features(paths.model_dir, device), test_images,
                                  device=device, desc="features")
     graph = setlevel.graph(features, meta)
     same = float(np.mean(graph[0] == stage_graph["idx"])) if graph[0].size else 1.0
-    return setlevel.apply(got, graph, meta, paths.model_dir), same
+    return Submitted(setlevel.apply(got, graph, meta, paths.model_dir), same)
 
 
 @dataclass(frozen=True)

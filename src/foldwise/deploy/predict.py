@@ -10,13 +10,14 @@ param, unless `--bag-only` asks for the program's own predictions.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from foldwise import stage
 from foldwise.deploy import program, setlevel
-from foldwise.data.cache import decode_chunks
+from foldwise.data.cache import Decode, decode_chunks
 from foldwise.errors import InputError
 from foldwise.data.sources import get_source
 from foldwise.tasks import create_task
@@ -24,10 +25,20 @@ from foldwise.tasks import create_task
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
-def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers: int = 2,
-                   chunk: int = 512, bag_only: bool = False) -> np.ndarray:
-    """Decode in `workers` processes, `chunk` images at a time, while the model predicts the
-    previous chunk (on the GPU when there is one)."""
+@dataclass(frozen=True)
+class Reading:
+    """How foldwise-predict reads the folder: images per forward pass, decoding processes and
+    images a chunk; `bag_only` the program's own predictions (no whole-set second level)."""
+    batch_size: int = 64
+    workers: int = 2
+    chunk: int = 512
+    bag_only: bool = False
+
+
+def predict_folder(model_dir, images_dir, out_csv, reading: Reading = Reading()) -> np.ndarray:
+    """Decode in `reading.workers` processes, `reading.chunk` images at a time, while the model
+    predicts the previous chunk (on the GPU when there is one)."""
+    bag_only, chunk = reading.bag_only, reading.chunk
     model, meta = program.load(model_dir)
     differs = program.unreproducible(meta)
     if differs and not bag_only:
@@ -41,10 +52,12 @@ def predict_folder(model_dir, images_dir, out_csv, batch_size: int = 64, workers
     features = (setlevel.load_features(model_dir, program.default_device())
                 if setlevel.wanted(meta) and not bag_only else None)
     preds, feats = [], []
-    for i, block in enumerate(decode_chunks(files, meta["preprocess"], workers, chunk)):
-        preds.append(program.run_model(model, block, batch_size, desc=f"predict {i * chunk}/{len(files)}"))
+    decode = Decode.of(meta["preprocess"], reading.workers, chunk)
+    for i, block in enumerate(decode_chunks(files, decode)):
+        preds.append(program.run_model(model, block, reading.batch_size,
+                                       desc=f"predict {i * chunk}/{len(files)}"))
         if features is not None:
-            feats.append(program.run_model(features, block, batch_size, desc="features"))
+            feats.append(program.run_model(features, block, reading.batch_size, desc="features"))
     joined = np.concatenate(preds)
     if features is not None:  # over every image of the folder, as the submission over the test set
         joined = setlevel.apply(joined, setlevel.graph(np.concatenate(feats), meta), meta, model_dir)
@@ -66,8 +79,8 @@ def main() -> None:
                         "applies over the whole test set (neighbour averaging, a second-level "
                         "model outside the program): they differ from the submission")
     args = parser.parse_args()
-    stage.run(lambda: predict_folder(args.model_dir, args.images_dir, args.out_csv,
-                                     args.batch_size, args.workers, bag_only=args.bag_only))
+    reading = Reading(args.batch_size, args.workers, bag_only=args.bag_only)
+    stage.run(lambda: predict_folder(args.model_dir, args.images_dir, args.out_csv, reading))
 
 
 if __name__ == "__main__":

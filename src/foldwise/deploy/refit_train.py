@@ -27,7 +27,7 @@ from foldwise.tasks import create_task, of_classes
 from foldwise.train import tta
 from foldwise.train.train import resume_file
 from foldwise.train.loader import Rows, open_cache
-from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+from foldwise.train.loop import Around, FitData, FoldResult, Settings, train_fold
 from foldwise.train.progress import REPLAYED, Progress
 
 INSAMPLE_ROWS = 2048  # training images scored after each epoch (in-sample)
@@ -38,9 +38,10 @@ def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) ->
     """Train the refit network (`plan`), ship it into `paths.out` and write its figures and
     history. Returns the figures."""
     task, device = create_task(meta, params), program.default_device()
+    job = single.Job(params, task, meta, paths, device)
     cfg = evolve(params.train, {"epochs": plan.epochs, "patience": plan.epochs, "devices": 1})
     images = open_cache(paths.processed / "train.npy")
-    net, weights, seed = single.seeded_network(params, cfg, task, meta, images.shape[-1], REFIT_SEED)
+    net, weights, seed = single.seeded_network(job, cfg, images.shape[-1], REFIT_SEED)
     key = refit_key(params, plan, paths)
     resume = resume_file(project_root(), key, "refit")
     run_id = single.start_child_run(params, paths.models, "refit", f"refit {cfg.model}",
@@ -57,9 +58,8 @@ def train_and_ship(params: Params, meta: dict, paths: RefitPaths, plan: Plan) ->
                             refit_epochs_from=plan.why, refit_keeps=plan.weights)
         result = train_fold(net, task, Settings(cfg, params.lr, seed, device, keep=plan.weights),
                             fit_data(paths.processed, images),
-                            on_epoch=shown_and_logged, resume=resume,
-                            wrap=views(params, task, meta))
-        figures, loaded = ship_refit(params, task, meta, paths, net, result, device)
+                            Around(shown_and_logged, resume, views(params, task, meta)))
+        figures, loaded = ship_refit(job, net, result)
         figures.update(epochs=plan.epochs, epochs_from=plan.why, mlflow_run_id=run_id,
                        train_images_per_s=result.train_images_per_s)
         mlflow.log_metrics(flat_figures(figures))
@@ -123,11 +123,11 @@ def refit_key(params: Params, plan: Plan, paths: RefitPaths) -> str:
     return h.hexdigest()[:16]
 
 
-def ship_refit(params: Params, task, meta: dict, paths: RefitPaths, net, result: FoldResult,
-               device) -> tuple[dict, tuple]:
+def ship_refit(job: single.Job, net, result: FoldResult) -> tuple[dict, tuple]:
     """Export the kept network under the bag's views, temperature and decision, check and write
     its folder, and its figures: in-sample on the training images, and beside the bag on the
-    held-out test images."""
+    held-out test images. Returns (the figures, the program loaded back)."""
+    params, task, meta, paths = job.params, job.task, job.meta, job.paths
     oof = json.loads(paths.metrics_json.read_text())["oof"]
     temperature, decision = float(oof.get("temperature", 1.0)), task.decision(oof)
     # exported from the CPU in the default layout, as the bag's networks are loaded
@@ -138,9 +138,9 @@ def ship_refit(params: Params, task, meta: dict, paths: RefitPaths, net, result:
                                   refit={"model": params.train.model, "epochs": len(result.history)})
     expected = result.test_preds if tempering is None else \
         tempering(torch.as_tensor(result.test_preds)).numpy()
-    got, loaded, check = single.ship(bagged, task, shipped, meta, paths, expected)
+    got, loaded, check = single.ship(job, bagged, shipped, expected)
     train_preds = program.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
-                                   device=device, desc="refit on train")
+                                    device=job.device, desc="refit on train")
     return {"model": params.train.model, "kept_weights": result.weights, "oof": None,
             "no_oof": "every training image trained it: no image is out of its fold",
             "train_not_out_of_fold": task.score(load_truth(paths.processed), train_preds),

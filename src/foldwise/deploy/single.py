@@ -4,6 +4,8 @@ and its submission written from what the program predicts, so that `foldwise-pre
 MLflow model reproduce it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import mlflow
 import numpy as np
@@ -14,21 +16,40 @@ from foldwise import models, tracking
 from foldwise.data.sources import get_source
 from foldwise.deploy import program
 from foldwise.deploy.student import MODEL, SUBMISSION
-from foldwise.deploy.verify import Check, check_export
+from foldwise.deploy.verify import Verified, check_export
 from foldwise.files import atomic_dir
 from foldwise.params import Params
+from foldwise.tasks import Task
 from foldwise.train import outputs
 from foldwise.train.loader import open_cache
 
 
-def seeded_network(params: Params, cfg, task, meta: dict, channels: int, offset: int):
+@dataclass(frozen=True)
+class Job:
+    """What a one-network run (refit, distilled) works from: the pipeline's params, its task,
+    the preprocess cache's meta.json, the stage's paths (`root`, `processed`, `out`, `models`
+    and the stage's own) and the device it trains and checks on."""
+    params: Params
+    task: Task
+    meta: dict
+    paths: Any
+    device: torch.device
+
+
+class Seeded(NamedTuple):
+    net: torch.nn.Module
+    weights: str  # where its initial weights came from (models.create_network)
+    seed: int
+
+
+def seeded_network(job: Job, cfg, channels: int, offset: int) -> Seeded:
     """The one network, created after seeding with `params.seed * 1000 + offset` (its random
-    init is part of the result; the folds use + fold). Returns (network, weights, seed)."""
-    seed = params.seed * 1000 + offset
+    init is part of the result; the folds use + fold)."""
+    seed = job.params.seed * 1000 + offset
     torch.manual_seed(seed)
-    net, weights, _ = models.create_network(cfg, task.num_outputs, channels, meta["mean"],
-                                            meta["std"], task.fp32_head)
-    return net, weights, seed
+    net, weights, _ = models.create_network(cfg, job.task.num_outputs, channels, job.meta["mean"],
+                                            job.meta["std"], job.task.fp32_head)
+    return Seeded(net, weights, seed)
 
 
 def start_child_run(params: Params, models, role: str, run_name: str, tags: dict) -> str:
@@ -56,14 +77,13 @@ def shipped_meta(meta: dict, decision: dict, tta: dict, temperature: float, **ex
             "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
 
 
-def ship(bagged: program.Bagged, task, shipped: dict, meta: dict, paths,
-         expected: np.ndarray) -> tuple[np.ndarray, tuple, Check]:
-    """Export `bagged` (one network, with its views and tempering) into `paths.out/model`,
-    check it against itself run eagerly (and its drift from `expected`, the training loop's
-    own test predictions), and write `paths.out/submission.csv` from the program's
-    predictions (`paths`: the stage's, with `root`, `processed` and `out`). Returns (those
-    predictions, the loaded (module, meta), the check)."""
-    root, processed, out, device = paths.root, paths.processed, paths.out, program.default_device()
+def ship(job: Job, bagged: program.Bagged, shipped: dict, expected: np.ndarray) -> Verified:
+    """Export `bagged` (one network, with its views and tempering; `shipped` its meta.json) into
+    `paths.out/model`, check it against itself run eagerly (and its drift from `expected`, the
+    training loop's own test predictions), and write `paths.out/submission.csv` from the
+    program's predictions."""
+    task, meta, device = job.task, job.meta, job.device
+    root, processed, out = job.paths.root, job.paths.processed, job.paths.out
     test_images = open_cache(processed / "test.npy")
     test_ids = pd.read_csv(processed / "test.csv", dtype={"id": str})["id"]
     with atomic_dir(out) as tmp:
@@ -76,4 +96,4 @@ def ship(bagged: program.Bagged, task, shipped: dict, meta: dict, paths,
         get_source(meta["source"]).write_submission(
             test_ids, task.postprocess(got, shipped["decision"]), {**meta, "root": str(root)},
             tmp / SUBMISSION)
-    return got, loaded, check
+    return Verified(got, loaded, check)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,13 @@ class Check:
     worst: float  # max |exported - eager|
     drift: float  # the PERCENTILE-th |exported - the folds' bagged predictions|, relative
     drift_max: float  # ... and the largest of them
+
+
+class Verified(NamedTuple):
+    """A shipped program's test predictions, accepted by `check_export`."""
+    preds: np.ndarray  # what the exported program predicts on the test images
+    loaded: tuple  # the program loaded back: (module, its meta.json)
+    check: Check  # against the same networks run eagerly, and the drift from the loop's own
 
 
 def check_export(exported: np.ndarray, eager: np.ndarray, bagged: np.ndarray,

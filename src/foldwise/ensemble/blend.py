@@ -14,7 +14,6 @@ other folds only. The submission uses the weights fit on all rows.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +24,11 @@ from scipy.optimize import minimize
 from foldwise import params as P, stage
 from foldwise.ensemble import calibration
 from foldwise.ensemble.bag import MEANS, average
-from foldwise.data.cache import load_truth
+from foldwise.data.cache import load_truth, read_meta
 from foldwise.errors import InputError
 from foldwise.files import atomic_dir, write_csv, write_json
 from foldwise.data.sources import get_source
-from foldwise.tasks import create_task
+from foldwise.tasks import Task, create_task
 
 BAGGED = "data/bagged"  # where an experiment's bag output lives
 
@@ -162,11 +161,30 @@ def cross_validated(stack, truth, folds, fit, apply, temperature: bool) -> tuple
     return out, per_fold
 
 
-def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool = False,
-          per_class: bool = False) -> dict:
-    """Everything `foldwise-blend` reports and writes, as a dict: each member's OOF score, the
-    equal-weight and fitted blends' scores (in-sample and cross-validated), the weights (per
-    class with `per_class`: a list per member), the blended OOF and test predictions."""
+@dataclass(frozen=True)
+class Blending:
+    """How the members blend: the mean, a temperature fit with the weights, a weight per class."""
+    mean: str = "arithmetic"
+    temperature: bool = False
+    per_class: bool = False
+
+
+@dataclass(frozen=True)
+class Blended:
+    """Everything `foldwise-blend` reports and writes."""
+    summary: dict  # blend.json: each member's OOF score, the equal-weight and fitted blends'
+    # scores (in-sample and cross-validated), the weights (per class: a list per member)
+    task: Task
+    oof: np.ndarray  # the blended OOF predictions, in training order
+    test: np.ndarray  # the blended test predictions, in test_ids' order
+    test_ids: pd.Series
+    folds: np.ndarray  # each training row's validation fold
+
+
+def blend(members, truth, meta, ids, how: Blending = Blending()) -> Blended:
+    """The members' OOF predictions blended with weights fit against `truth`, scored in-sample
+    and cross-validated over the folds, and the same weights applied to their test predictions."""
+    mean, temperature, per_class = how.mean, how.temperature, how.per_class
     task = create_task(meta)
     if not task.probabilities and (mean != "arithmetic" or temperature or per_class):
         raise InputError(f"{type(task).__name__}: predictions blend arithmetically, with one "
@@ -197,24 +215,23 @@ def blend(members, truth, meta, ids, mean: str = "arithmetic", temperature: bool
         "cross_validated": {k: v for k, v in cv.items() if k not in task.baselines},
         "folds": per_fold,
     }
-    return {"summary": summary, "task": task, "oof": oof, "test": test, "test_ids": test_ids,
-            "folds": folds}
+    return Blended(summary, task, oof, test, test_ids, folds)
 
 
-def write(result, ids, meta, root: str, out_dir) -> None:
+def write(result: Blended, ids, meta, root: str, out_dir) -> None:
     """OUT/{blend.json, oof.csv, test.csv, submission.csv}, replaced whole."""
-    task, summary = result["task"], result["summary"]
+    task, summary = result.task, result.summary
     decision = task.decision(summary["cross_validated"])  # as fit on the OOF predictions
-    oof = pd.DataFrame(result["oof"], columns=task.columns)
-    oof.insert(0, "fold", result["folds"])
+    oof = pd.DataFrame(result.oof, columns=task.columns)
+    oof.insert(0, "fold", result.folds)
     oof.insert(0, "id", list(ids))
-    test = pd.DataFrame(result["test"], columns=task.columns)
-    test.insert(0, "id", result["test_ids"].to_numpy())
+    test = pd.DataFrame(result.test, columns=task.columns)
+    test.insert(0, "id", result.test_ids.to_numpy())
     with atomic_dir(out_dir) as tmp:
         write_json({**summary, **decision}, tmp / "blend.json")
         write_csv(oof, tmp / "oof.csv", float_format="%.8g")
         write_csv(test, tmp / "test.csv", float_format="%.8g")
-        get_source(meta["source"]).write_submission(result["test_ids"], task.postprocess(result["test"], decision),
+        get_source(meta["source"]).write_submission(result.test_ids, task.postprocess(result.test, decision),
                                                     {**meta, "root": root}, tmp / "submission.csv")
 
 
@@ -253,7 +270,6 @@ def report_lines(summary: dict) -> list[str]:
 
 
 def main() -> None:
-    from foldwise import stage
     parser = stage.parser(__doc__)
     parser.add_argument("members", nargs="+",
                         help="DVC experiment names or folders with oof.csv and test.csv (two or more)")
@@ -271,17 +287,15 @@ def main() -> None:
 
     def run():
         processed = Path(args.processed)
-        if not (processed / "meta.json").exists():
-            raise InputError(f"{processed / 'meta.json'}: no preprocess cache; run `dvc repro preprocess`")
-        meta = json.loads((processed / "meta.json").read_text())
+        meta = read_meta(processed)
         ids = pd.read_csv(processed / "train.csv", dtype={"id": str})["id"]
-        result = blend(resolve(args.members), load_truth(processed), meta, ids, args.mean,
-                       args.temperature, args.per_class)
+        result = blend(resolve(args.members), load_truth(processed), meta, ids,
+                       Blending(args.mean, args.temperature, args.per_class))
         write(result, ids, meta, args.root or P.load().data.root, Path(args.out))
-        print("\n".join(report_lines(result["summary"])))
+        print("\n".join(report_lines(result.summary)))
         print(f"wrote {args.out}/submission.csv, blend.json, oof.csv, test.csv")
         if not args.no_mlflow:
-            print(f"MLflow run {log_to_mlflow(result['summary'], Path(args.out))}")
+            print(f"MLflow run {log_to_mlflow(result.summary, Path(args.out))}")
 
     stage.run(run)
 

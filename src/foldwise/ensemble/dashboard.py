@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
 # MLflow's UI (3.17 and 3.18 alike) opens every experiment in its GenAI view unless the page's
@@ -26,9 +28,29 @@ def data_digest(processed: Path) -> str:
     return hashlib.sha256((Path(processed) / "train.csv").read_bytes()).hexdigest()[:16]
 
 
-def description(params, monitor: str, summary: dict, per_fold: dict, spread: dict,
-                digest: str, commit: str) -> str:
+@dataclass(frozen=True)
+class Figures:
+    """What evaluate found: the monitored figure's name, the bagged OOF figures, each fold's
+    own ({fold: {figure: value}}) and the folds' mean and spread (`folds_mean_<monitor>`...)."""
+    monitor: str
+    summary: dict
+    per_fold: dict
+    spread: dict
+
+
+@dataclass(frozen=True)
+class TrainingTable:
+    """The training table as an MLflow dataset input: the rows, its name, where it came from
+    (the data set's folder) and its digest (`data_digest`)."""
+    frame: Any  # pandas.DataFrame
+    name: str
+    source: str
+    digest: str
+
+
+def description(params, figures: Figures, digest: str, commit: str) -> str:
     """The parent run's note, in Markdown."""
+    monitor, summary, per_fold, spread = figures.monitor, figures.summary, figures.per_fold, figures.spread
     mean, std = spread.get(f"folds_mean_{monitor}"), spread.get(f"folds_std_{monitor}")
     others = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
                        if k != monitor and isinstance(v, (int, float)))
@@ -80,8 +102,9 @@ def lineage(experiment_id: str, run_id: str, tracking_uri: str) -> dict:
             "url": f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"}
 
 
-def publish(client, run_id: str, note: str, table, name: str, source: str, digest: str) -> None:
+def publish(client, run_id: str, note: str, training: TrainingTable) -> None:
     """The note and the training table (a dataset input) on the parent run."""
+    table = training.frame
     import warnings
 
     import mlflow.data
@@ -91,7 +114,8 @@ def publish(client, run_id: str, note: str, table, name: str, source: str, diges
     with warnings.catch_warnings():  # MLflow's schema hints about a table only displayed
         warnings.filterwarnings("ignore", message=".*(interpreted in multiple ways|Inferred schema "
                                                   "contains integer)")
-        dataset = mlflow.data.from_pandas(table, source=source, name=name, digest=digest[:10],
+        dataset = mlflow.data.from_pandas(table, source=training.source, name=training.name,
+                                          digest=training.digest[:10],
                                           targets="label" if "label" in table else None)
         entity = dataset._to_mlflow_entity()  # where MLflow infers the schema, and hints
     client.log_inputs(run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context",

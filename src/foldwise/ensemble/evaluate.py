@@ -81,10 +81,10 @@ def finish_parent(params, task, summary, per_fold, baseline, paths: Paths) -> No
     parent = tracking.parent_for_evaluation(experiment, runs, params)
     client, digest = MlflowClient(), dashboard.data_digest(processed)
     commit = client.get_run(parent).data.tags.get("mlflow.source.git.commit", "")
-    dashboard.publish(client, parent, dashboard.description(params, task.monitor, summary, per_fold,
-                                                            spread, digest, commit),
-                      pd.read_csv(processed / "train.csv", dtype={"id": str}),
-                      f"{params.data.source} training table", params.data.root, digest)
+    figures = dashboard.Figures(task.monitor, summary, per_fold, spread)
+    table = dashboard.TrainingTable(pd.read_csv(processed / "train.csv", dtype={"id": str}),
+                                    f"{params.data.source} training table", params.data.root, digest)
+    dashboard.publish(client, parent, dashboard.description(params, figures, digest, commit), table)
     curves = dashboard.fold_curves_png({k: outputs.read_history(models, k) for k in params.folds},
                                        task.monitor, out / "fold_curves.png")
     tracking.finish_parent(experiment, parent, flat,

@@ -159,7 +159,7 @@ def links(exp: Experiment, logged_to: str | None) -> list[str]:
         out.append(f"- registered model: `{exp.checks['registered']}`")
     if logged_to:
         out.append(f"- this report: {logged_to}")
-    return out + [f"- the experiment in DVC: `dvc exp show`, `make exps`"]
+    return out + ["- the experiment in DVC: `dvc exp show`, `make exps`"]
 
 
 def markdown(exp: Experiment, card: list[str], logged_to: str | None, when: str) -> str:

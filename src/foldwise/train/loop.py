@@ -64,6 +64,36 @@ class Settings:
     def channels_last(self) -> bool:
         return self.cfg.channels_last
 
+    @property
+    def inference(self) -> Inference:
+        """How the fold predicts: batches twice the training batch, the same device and layout."""
+        return Inference(self.cfg.batch_size * 2, self.device, self.channels_last, self.amp)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a network predicts: images per forward pass, the device, channels_last memory
+    layout and bfloat16 autocast."""
+    batch_size: int
+    device: torch.device
+    channels_last: bool = False
+    amp: bool = False
+
+
+def _unwrapped(net: nn.Module) -> nn.Module:
+    return net
+
+
+@dataclass(frozen=True)
+class Around:
+    """What a caller adds around a fold's loop: `on_epoch` receives each epoch's history row as
+    it completes (tracking); with `resume`, the training state is saved there after every
+    epoch and a killed run continues from its last finished one; `wrap(net)` gives the kept
+    weights their test-time views (`tta.wrap`) for the validation and test predictions."""
+    on_epoch: Callable[[dict], None] = lambda row: None
+    resume: str | Path | None = None
+    wrap: Callable[[nn.Module], nn.Module] = _unwrapped
+
 
 @dataclass(frozen=True)
 class FitData:
@@ -86,6 +116,10 @@ class Parts:
     scheduler: Any
     rec: recipe.Recipe
     gen: torch.Generator
+
+    def trainable(self) -> state.Trainable:
+        """What a resume file keeps of them."""
+        return state.Trainable(self.net, self.optimizer, self.gen, self.rec.ema)
 
 
 @dataclass(frozen=True)
@@ -145,13 +179,12 @@ def forward_fn(net: nn.Module, task, channels_last: bool, amp: bool):
     return forward
 
 
-def predict(net: nn.Module, images, task, batch_size: int, device: torch.device,
-            channels_last: bool = False, amp: bool = False, desc: str = "predict") -> np.ndarray:
+def predict(net: nn.Module, images, task, how: Inference, desc: str = "predict") -> np.ndarray:
     """Activated outputs (probabilities for classification) as float64, in input order. Under
     DDP each rank predicts its shard of the rows and every rank gets them all."""
     net.eval()
-    out = predict_array(forward_fn(net, task, channels_last, amp), distributed.shard(images),
-                        batch_size, device, desc)
+    out = predict_array(forward_fn(net, task, how.channels_last, how.amp), distributed.shard(images),
+                        how.batch_size, how.device, desc)
     return distributed.gather(out if len(out) else np.zeros((0, task.num_outputs)))
 
 
@@ -251,14 +284,12 @@ def validate(model, ema, task, x_val, y_val, run: Settings) -> Candidate:
     """The epoch's validation: scores of the weights and, with an EMA, of their moving average
     (history columns `val_*`, `ema_val_*`); the better of the two (or the one `run.keep` asks
     for) is the epoch's candidate."""
-    batch = run.cfg.batch_size * 2
-    preds = predict(model, x_val, task, batch, run.device, run.channels_last, run.amp, "validate")
+    preds = predict(model, x_val, task, run.inference, "validate")
     scores = task.score(y_val, preds)
     columns = {f"val_{k}": float(v) for k, v in scores.items()}
     best: tuple = (float(scores[task.monitor]), preds, None, "raw")
     if ema is not None:
-        ema_preds = predict(ema.module, x_val, task, batch, run.device, run.channels_last, run.amp,
-                            "validate ema")
+        ema_preds = predict(ema.module, x_val, task, run.inference, "validate ema")
         ema_scores = task.score(y_val, ema_preds)
         columns.update({f"ema_val_{k}": float(v) for k, v in ema_scores.items()})
         if run.keep == "ema" or (run.keep == "best" and ema_scores[task.monitor] < best[0]):
@@ -296,8 +327,7 @@ def resumed(parts: Parts, resume, on_epoch) -> state.LoopState:
     """The loop's state: from the resume file when there is one (the schedule replays the
     finished epochs, their rows are reported again, then the saved optimiser state wins), else
     a fresh one."""
-    saved = (state.load_resume(resume, parts.net, parts.optimizer, parts.gen, parts.rec.ema)
-             if resume else None)
+    saved = state.load_resume(resume, parts.trainable()) if resume else None
     if saved is None:
         return state.LoopState()
     s, optimizer_state = saved
@@ -330,17 +360,12 @@ def one_epoch(epoch: int, parts: Parts, task, run: Settings, data: FitData, targ
 
 
 def train_fold(net: nn.Module, task, run: Settings, data: FitData,
-               on_epoch: Callable[[dict], None] = lambda row: None,
-               resume: str | Path | None = None,
-               wrap: Callable[[nn.Module], nn.Module] = lambda net: net) -> FoldResult:
-    """Train `net` on one fold; keep the epoch with the lowest validation `task.monitor`.
-
-    `on_epoch` receives each epoch's history row (for tracking) as it completes. With `resume`,
-    the complete training state is saved there after every epoch, and a run killed part-way
-    continues from its last finished epoch. The kept weights predict validation and test
-    through `wrap(net)` (test-time augmentation, `tta.wrap`); epochs are chosen on plain
-    validation.
+               around: Around = Around()) -> FoldResult:
+    """Train `net` on one fold; keep the epoch with the lowest validation `task.monitor`
+    (chosen on plain validation; `around`: tracking, resuming and the kept weights' test-time
+    views).
     """
+    on_epoch, resume = around.on_epoch, around.resume
     torch.manual_seed(distributed.rank_seed(run.seed))  # this rank's masks
     parts = prepare(net, run, task, len(data.x_train))
     net, targets = parts.net, task.targets(data.y_train)
@@ -365,11 +390,11 @@ def train_fold(net: nn.Module, task, run: Settings, data: FitData,
         if resume:
             rngs = state.rng_states()  # every rank's: a collective call
             if distributed.is_lead():
-                state.save_resume(resume, net, parts.optimizer, parts.gen, s, rngs, parts.rec.ema)
+                state.save_resume(resume, parts.trainable(), s, rngs)
         if s.stale >= patience:
             log.info("stopped after epoch %d (best %d)", epoch, s.best_epoch)
             break
-    return kept_result(s, net, wrap, task, data, run)
+    return kept_result(s, net, around.wrap, task, data, run)
 
 
 def kept_result(s: state.LoopState, net, wrap, task, data: FitData,
@@ -382,17 +407,15 @@ def kept_result(s: state.LoopState, net, wrap, task, data: FitData,
                          f"{len(s.history)} epoch(s) (last training loss {last_loss:.4g}); "
                          "lower lr in params.yaml, or check the data")
     net.load_state_dict(s.best_state)
-    final, batch = wrap(net), run.cfg.batch_size * 2
+    final = wrap(net)
     if final is net:  # no test-time views: the best epoch's predictions stand
         val_preds = np.asarray(s.best_val)
     else:
-        val_preds = predict(final, data.x_val, task, batch, run.device, run.channels_last, run.amp,
-                            "validate tta")
+        val_preds = predict(final, data.x_val, task, run.inference, "validate tta")
     assert s.best_state is not None and s.weights is not None  # an epoch was kept (checked above)
     return FoldResult(
         state_dict={k: v.detach().cpu().contiguous() for k, v in s.best_state.items()},
         history=pd.DataFrame(s.history), best_epoch=s.best_epoch, weights=s.weights,
         val_preds=val_preds,
-        test_preds=predict(final, data.x_test, task, batch, run.device, run.channels_last, run.amp,
-                           "test"),
+        test_preds=predict(final, data.x_test, task, run.inference, "test"),
         train_images_per_s=s.seen / max(s.train_time, 1e-9) if s.seen else float("nan"))

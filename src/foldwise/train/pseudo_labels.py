@@ -34,7 +34,7 @@ from foldwise.params import Pseudo, evolve
 from foldwise.train import checkpoints, outputs
 from foldwise.train.progress import REPLAYED
 from foldwise.train.loader import Joined, Rows
-from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+from foldwise.train.loop import Around, FitData, FoldResult, Settings, train_fold
 
 MODES = ("soft", "hard")
 
@@ -154,10 +154,10 @@ def further_round(data: FitData, num_classes: int, cfg: Pseudo,
                    data.x_val, data.y_val, data.x_test), len(y)
 
 
-def round_resume(resume: Path | None, r: int) -> Path | None:
+def round_resume(resume: str | Path | None, r: int) -> Path | None:
     """Round `r`'s resume file: `resume` itself for round 1, the others beside it."""
     if resume is None or r == 1:
-        return resume
+        return None if resume is None else Path(resume)
     return Path(resume).with_name(f"{Path(resume).stem}-round{r}.pt")
 
 
@@ -171,24 +171,33 @@ def further_settings(run: Settings, cfg: Pseudo) -> Settings:
     return dataclasses.replace(run, lr=cfg.lr or run.lr, cfg=evolve(run.cfg, changes))
 
 
-def further_rounds(net, task, run: Settings, data: FitData, cfg: Pseudo, first: FoldResult,
-                   on_epoch=lambda row: None, resume: Path | None = None,
-                   wrap=lambda net: net, replay: bool = False) -> FoldResult:
-    """`cfg.rounds` rounds with pseudo-labels after round 1 (`first`, whose kept weights `net`
-    holds; see the module's text). The result is the last round's, with every round's history
-    (epochs numbered on, columns `round` and `pseudo_images`) and its kept epoch counted
-    across them. With `replay`, `on_epoch` first receives round 1's rows (a run of its own
-    that shows the whole curve)."""
+@dataclasses.dataclass(frozen=True)
+class Rounds:
+    """The further rounds to train: params.yaml's `pseudo` section, round 1's result (`first`)
+    and, with `replay`, round 1's rows given to `on_epoch` first (a run of its own that shows
+    the whole curve)."""
+    cfg: Pseudo
+    first: FoldResult
+    replay: bool = False
+
+
+def further_rounds(net, task, run: Settings, data: FitData, rounds: Rounds,
+                   around: Around = Around()) -> FoldResult:
+    """`rounds.cfg.rounds` rounds with pseudo-labels after round 1 (`rounds.first`, whose kept
+    weights `net` holds; see the module's text). The result is the last round's, with every
+    round's history (epochs numbered on, columns `round` and `pseudo_images`) and its kept
+    epoch counted across them."""
+    cfg, first, on_epoch = rounds.cfg, rounds.first, around.on_epoch
     histories = [first.history.assign(round=1, pseudo_images=0)]
-    for row in histories[0].to_dict("records") if replay else []:
+    for row in histories[0].to_dict("records") if rounds.replay else []:
         on_epoch({**row, REPLAYED: 1.0})
     round_run, result = further_settings(run, cfg), first
     for r in range(2, cfg.rounds + 2):
         round_data, n_pseudo = further_round(data, task.num_outputs, cfg, result)
         offset, extra = sum(len(h) for h in histories), {"round": r, "pseudo_images": n_pseudo}
-        result = train_fold(net, PseudoLabelled(task), round_run, round_data,
-                            on_epoch=lambda row: on_epoch({**row, **extra, "epoch": row["epoch"] + offset}),
-                            resume=round_resume(resume, r), wrap=wrap)
+        result = train_fold(net, PseudoLabelled(task), round_run, round_data, dataclasses.replace(
+            around, on_epoch=lambda row: on_epoch({**row, **extra, "epoch": row["epoch"] + offset}),
+            resume=round_resume(around.resume, r)))
         histories.append(result.history.assign(epoch=result.history["epoch"] + offset, **extra))
     return dataclasses.replace(result, history=pd.concat(histories, ignore_index=True),
                                best_epoch=offset + result.best_epoch)

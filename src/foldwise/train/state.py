@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import logging
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -80,35 +81,51 @@ def restore_rng(states: list) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_resume(path, net, optimizer, gen: torch.Generator, state: LoopState, rngs: list,
-                ema=None) -> None:
-    """Everything a killed fold needs to continue as if it never stopped (with `ema`, timm's
-    moving average of the weights, too): the loop's state in its own format, the rest beside;
-    `rngs`: every rank's random states (`rng_states`)."""
-    save({"loop": state.to_file(), "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+@dataclass(frozen=True)
+class Trainable:
+    """What a resume file keeps besides the loop's state: the network, its optimiser, the
+    generator of the draws every rank shares, and timm's moving average of the weights (None
+    when off)."""
+    net: torch.nn.Module
+    optimizer: Any
+    gen: torch.Generator
+    ema: Any = None
+
+
+class Resumed(NamedTuple):
+    state: LoopState
+    optimizer: dict  # the optimiser's state, loaded by the caller once its schedule replayed
+
+
+def save_resume(path, parts: Trainable, state: LoopState, rngs: list) -> None:
+    """Everything a killed fold needs to continue as if it never stopped: the loop's state in
+    its own format, the rest beside; `rngs`: every rank's random states (`rng_states`)."""
+    ema = parts.ema
+    save({"loop": state.to_file(), "net": parts.net.state_dict(),
+          "optimizer": parts.optimizer.state_dict(),
           "ema": None if ema is None else ema.module.state_dict(),
-          "generator": gen.get_state(), "rng": rngs}, path)
+          "generator": parts.gen.get_state(), "rng": rngs}, path)
 
 
-def load_resume(path, net, optimizer, gen: torch.Generator, ema=None):
-    """Restore the network, generator and RNG states saved by `save_resume`; return the loop's
-    state and the optimizer's (the caller loads that once its scheduler has replayed the
-    finished epochs). None when there is nothing (usable) to resume from."""
+def load_resume(path, parts: Trainable) -> Resumed | None:
+    """Restore the network, moving average, generator and RNG states saved by `save_resume`;
+    return the loop's state and the optimizer's (the caller loads that once its scheduler has
+    replayed the finished epochs). None when there is nothing (usable) to resume from."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         saved = load(path)  # on the CPU: RNG states must be CPU tensors, the rest follows net
         state = LoopState.from_file(saved["loop"])
-        net.load_state_dict(saved["net"])
-        if ema is not None:
-            ema.module.load_state_dict(saved["ema"])
+        parts.net.load_state_dict(saved["net"])
+        if parts.ema is not None:
+            parts.ema.module.load_state_dict(saved["ema"])
         rngs = saved["rng"]
     except Exception as err:  # noqa: BLE001 - any unreadable resume file means: start over
         log.warning("ignoring resume file %s (%s: %s); training this fold from the start",
                     path, type(err).__name__, err)
         return None
-    gen.set_state(saved["generator"])
+    parts.gen.set_state(saved["generator"])
     restore_rng(rngs)
     log.info("resumed from %s after epoch %d", path, len(state.history) - 1)
-    return state, saved["optimizer"]
+    return Resumed(state, saved["optimizer"])

@@ -8,10 +8,10 @@ goes to the fold's folder (and round 1's history CSV).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +27,7 @@ from foldwise.files import project_root, source_digest, write_csv
 from foldwise.tasks import Task, create_task
 from foldwise.train import augment, distributed, outputs, pseudo_labels, tta
 from foldwise.train.loader import Rows, open_cache
-from foldwise.train.loop import FitData, FoldResult, Settings, train_fold
+from foldwise.train.loop import Around, FitData, FoldResult, Settings, train_fold
 from foldwise.train.progress import REPLAYED, Progress
 
 PACKAGE = Path(__file__).resolve().parents[1]  # foldwise's own code, as installed
@@ -59,6 +59,19 @@ class FoldPaths:
     @property
     def role(self) -> str:
         return "fold" if self.after is None else "pseudo"
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """A fold being trained: the pipeline's params, the preprocess cache's meta.json, the
+    fold's paths and rows, its pipeline key (what its MLflow parent and resume file are
+    keyed by) and how it trains."""
+    params: P.Params
+    meta: dict
+    paths: FoldPaths
+    data: FoldData
+    key: str
+    settings: Settings
 
 
 def fold_rows(folds_csv, processed: Path, fold: int):
@@ -146,12 +159,12 @@ def log_inputs(params: P.Params, data: FoldData, paths: FoldPaths, meta: dict) -
                              f"{meta['source']} fold {data.fold}", params.data.root)
 
 
-def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, weights, key,
-            settings: Settings) -> dict:
+def tracked(job: FoldJob, fit, network: models.Network) -> dict:
     """Rank 0's run: the fold trained inside its MLflow run, its folder and history written."""
-    device = settings.device
+    params, meta, paths, data, key = job.params, job.meta, job.paths, job.data, job.key
+    device = job.settings.device
     task, cfg = create_task(meta, params), params.train
-    run, parent, experiment = start_fold_run(params, key, data.fold, weights, device, paths.role)
+    run, parent, experiment = start_fold_run(params, key, data.fold, network.weights, device, paths.role)
     with run:
         log_inputs(params, data, paths, meta)
         result = fit(on_epoch=lambda row: mlflow.log_metrics(
@@ -159,14 +172,15 @@ def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, wei
         summary = summarise(result, task, data.labels[data.val_rows])
         mlflow.log_metrics(summary)
         mlflow.set_tag("foldwise.kept_weights", result.weights)
-        amp = settings.amp
         info = {"run_id": run.info.run_id, "parent_run_id": parent, "experiment_id": experiment,
-                "pipeline_key": key, "weights": weights, "device": device.type,
-                "devices": distributed.world(), "precision": "bfloat16" if amp else "float32",
+                "pipeline_key": key, "weights": network.weights, "device": device.type,
+                "devices": distributed.world(),
+                "precision": "bfloat16" if job.settings.amp else "float32",
                 "kept_weights": result.weights, **summary}
         if paths.after is not None:  # the round 1 these rounds started from (final_dir checks)
             info["round_1"] = outputs.round_1_digest(paths.after, data.fold)
-        outputs.write(paths.out, {"spec": spec, "state_dict": result.state_dict, "fold": data.fold},
+        outputs.write(paths.out, {"spec": network.spec, "state_dict": result.state_dict,
+                                  "fold": data.fold},
                       *prediction_tables(data, result, task), info, result.history)
         log_artifacts(result, paths.out, f"fold {data.fold}: {cfg.model}, lr {params.lr:g}")
         if paths.history_csv:
@@ -174,26 +188,30 @@ def tracked(params, meta: dict, paths: FoldPaths, data: FoldData, fit, spec, wei
     return {**summary, "monitor": task.monitor, "images_per_s": result.train_images_per_s}
 
 
-def fitter(params: P.Params, net, task, settings: Settings, data: FoldData, after: Path | None,
-           resume: Path, wrap):
-    """The training the stage does, as a call taking `on_epoch`: round 1 (`train_fold`), or
-    with `after` (the models folder holding round 1) the further pseudo-label rounds from its
-    kept weights and predictions, round 1's history replayed to `on_epoch` first."""
+def fitter(job: FoldJob, net, task, around: Around):
+    """The training the stage does, as a call taking `on_epoch` (`around`: resuming and the
+    test-time views): round 1 (`train_fold`), or with `paths.after` (the models folder holding
+    round 1) the further pseudo-label rounds from its kept weights and predictions, round 1's
+    history replayed to `on_epoch` first."""
+    params, data, after = job.params, job.data, job.paths.after
     rows = FitData(Rows(data.images, data.train_rows), data.labels[data.train_rows],
                    Rows(data.images, data.val_rows), data.labels[data.val_rows], data.test_images)
     if after is None:
-        fit = partial(train_fold, net, task, settings, rows, resume=resume, wrap=wrap)
+        def fit(on_epoch=lambda row: None):
+            return train_fold(net, task, job.settings, rows, dataclasses.replace(around, on_epoch=on_epoch))
         return shown(fit, Progress(f"fold {data.fold}", params.train.epochs, task.monitor,
                                    folds_after(params, data.fold)))
     first = pseudo_labels.first_round(after, data.fold, task, data.table["id"],
-                               data.table["id"].iloc[data.val_rows],
-                               data.test_ids)
+                                      data.table["id"].iloc[data.val_rows], data.test_ids)
     net.load_state_dict(first.state_dict)
-    fit = partial(pseudo_labels.further_rounds, net, task, settings, rows, params.pseudo, first,
-                  resume=resume, wrap=wrap, replay=True)
+    rounds = pseudo_labels.Rounds(params.pseudo, first, replay=True)
+
+    def further(on_epoch=lambda row: None):
+        return pseudo_labels.further_rounds(net, task, job.settings, rows, rounds,
+                                            dataclasses.replace(around, on_epoch=on_epoch))
     planned = len(first.history) + params.pseudo.rounds * params.pseudo.epochs
-    return shown(fit, Progress(f"fold {data.fold} pseudo-labels", planned, task.monitor,
-                               folds_after(params, data.fold)))
+    return shown(further, Progress(f"fold {data.fold} pseudo-labels", planned, task.monitor,
+                                   folds_after(params, data.fold)))
 
 
 def folds_after(params: P.Params, fold: int) -> int:
@@ -243,18 +261,18 @@ def fold_folder(params: P.Params, fold: int, paths: FoldPaths) -> int:
     seed = params.seed * 1000 + fold
     torch.manual_seed(seed)  # before the model exists: its random init is part of the result
     task = create_task(meta, params)
-    net, weights, spec = models.create_network(params.train, task.num_outputs, data.images.shape[-1],
-                                               meta["mean"], meta["std"], task.fp32_head)
+    network = models.create_network(params.train, task.num_outputs, data.images.shape[-1],
+                                    meta["mean"], meta["std"], task.fp32_head)
     key = tracking.pipeline_key(params, paths.folds_csv, paths.processed / "meta.json")
     resume = resume_file(project_root(), key, fold if paths.after is None else f"pseudo{fold}")
-    settings = Settings(params.train, params.lr, seed, device)
-    fit = fitter(params, net, task, settings, data, paths.after, resume,
-                 lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"]))
+    job = FoldJob(params, meta, paths, data, key, Settings(params.train, params.lr, seed, device))
+    fit = fitter(job, network.net, task,
+                 Around(resume=resume, wrap=lambda n: tta.wrap(n, params.tta, task, meta["hflip_safe"])))
     if not distributed.is_lead():  # another device's rank: trains its share (resuming with rank 0
         fit()                       # from its file), logs and writes nothing
         distributed.close()
         return 0
-    done = tracked(params, meta, paths, data, fit, spec, weights, key, settings)
+    done = tracked(job, fit, network)
     for r in range(1, params.pseudo.rounds + 2):
         stale = pseudo_labels.round_resume(resume, r)
         if stale is not None:
