@@ -18,11 +18,29 @@ def keys(d, prefix=""):
 
 def test_every_preset_sets_the_same_keys_and_all_exist_in_params():
     presets = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "tasks").glob("*.yaml")}
-    assert set(presets) == {"statefarm", "keypoints", "dogscats", "folders", "multilabel"}
+    assert set(presets) == {"statefarm", "keypoints", "dogscats", "folders", "multilabel", "smallimages"}
     key_sets = {name: keys(p) for name, p in presets.items()}
     assert len({frozenset(k) for k in key_sets.values()}) == 1, key_sets
     params_keys = keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert key_sets["statefarm"] <= params_keys
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "tasks").glob("*.yaml")))
+def test_every_preset_gives_params_that_load(tmp_path, name):
+    """Each preset switched to from the default gives a params.yaml every stage accepts (the
+    typed schema: a value of the wrong type or out of range names its key), with the preset's
+    own values in it."""
+    from foldwise import params as P
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / P.SAMPLE_FILE).write_text((ROOT / P.SAMPLE_FILE).read_text())
+    apply(name, params, ROOT / "tasks")
+    loaded = P.load(params)
+    preset = yaml.safe_load((ROOT / "tasks" / f"{name}.yaml").read_text())
+    assert loaded.data.source == preset["data"]["source"]
+    assert loaded.train.model == preset["train"]["model"]
+    assert loaded.train.ema.decay == preset["train"]["ema"]["decay"]
+    assert loaded.tta.shift == preset["tta"]["shift"]
 
 
 def test_switching_keeps_other_values_and_comments_and_round_trips(tmp_path):
@@ -39,7 +57,7 @@ def test_switching_keeps_other_values_and_comments_and_round_trips(tmp_path):
 
 
 def test_unknown_preset_lists_the_known_ones(tmp_path):
-    with pytest.raises(InputError, match="presets: dogscats, folders, keypoints, multilabel, statefarm"):
+    with pytest.raises(InputError, match="presets: dogscats, folders, keypoints, multilabel, smallimages, statefarm"):
         apply("birds", tmp_path / "params.yaml", ROOT / "tasks")
 
 
