@@ -125,6 +125,11 @@ VARIANTS["test_resnet56+refit+distill"] = [*VARIANTS["test_resnet56"], "refit.ep
 VARIANTS["test_resnet56+refit16"] = [*VARIANTS["test_resnet56"], "refit.epochs=16"]
 # the refit network as the cheapest program: no test-time views (one pass per image)
 VARIANTS["test_resnet56+refit-1pass"] = [*VARIANTS["test_resnet56"], "refit.epochs=auto", "refit.tta=false"]
+# the smallimages preset's recipe (tasks/smallimages.yaml): test_resnet56 with crops that only zoom
+# in and clipping (the base params above have batch 64 and one warm-up epoch, as the preset)
+VARIANTS["smallimages"] = [*VARIANTS["test_resnet56"], "train.augment.crop_area=0.88",
+                           "train.augment.shift=0", "train.augment.scale=0", "train.augment.rotate=0",
+                           "train.clip_grad=1.0"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels, 0..1
 
 

@@ -90,10 +90,9 @@ def start_run(params: Params, paths: DistillPaths, key: str, weights: str, teach
                                    "foldwise.weights": weights})
 
 
-def ship_student(job: single.Job, teacher: Teacher, net, result: FoldResult) -> tuple[dict, tuple]:
+def ship_student(job: single.Job, teacher: Teacher, net, result: FoldResult) -> single.Shipped:
     """Export the kept network, check the program against it run eagerly, write the folder
-    (program + submission) and score it: fidelity on test, in-sample figures on train.
-    Returns (the figures, the program loaded back)."""
+    (program + submission) and score it: fidelity on test, in-sample figures on train."""
     params, task, processed = job.params, job.task, job.paths.processed
     # exported from the CPU in the default layout, as the bag's networks are loaded
     net = net.cpu().to(memory_format=torch.contiguous_format).eval()
@@ -109,7 +108,7 @@ def ship_student(job: single.Job, teacher: Teacher, net, result: FoldResult) -> 
                "train_not_out_of_fold": task.score(load_truth(processed), in_sample),
                "teacher_oof": teacher_figures(task, teacher),
                "export_max_abs_vs_eager": check.worst}
-    return figures, loaded
+    return single.Shipped(figures, loaded)
 
 
 def teacher_figures(task, teacher: Teacher) -> dict:

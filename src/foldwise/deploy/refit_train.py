@@ -123,10 +123,10 @@ def refit_key(params: Params, plan: Plan, paths: RefitPaths) -> str:
     return h.hexdigest()[:16]
 
 
-def ship_refit(job: single.Job, net, result: FoldResult) -> tuple[dict, tuple]:
+def ship_refit(job: single.Job, net, result: FoldResult) -> single.Shipped:
     """Export the kept network under the bag's views, temperature and decision, check and write
     its folder, and its figures: in-sample on the training images, and beside the bag on the
-    held-out test images. Returns (the figures, the program loaded back)."""
+    held-out test images."""
     params, task, meta, paths = job.params, job.task, job.meta, job.paths
     oof = json.loads(paths.metrics_json.read_text())["oof"]
     temperature, decision = float(oof.get("temperature", 1.0)), task.decision(oof)
@@ -141,11 +141,12 @@ def ship_refit(job: single.Job, net, result: FoldResult) -> tuple[dict, tuple]:
     got, loaded, check = single.ship(job, bagged, shipped, expected)
     train_preds = program.run_model(loaded[0], open_cache(paths.processed / "train.npy"),
                                     device=job.device, desc="refit on train")
-    return {"model": params.train.model, "kept_weights": result.weights, "oof": None,
-            "no_oof": "every training image trained it: no image is out of its fold",
-            "train_not_out_of_fold": task.score(load_truth(paths.processed), train_preds),
-            "vs_bag_on_test": beside_bag(task, paths.bagged, paths.processed, tempering, got),
-            "export_max_abs_vs_eager": check.worst}, loaded
+    figures = {"model": params.train.model, "kept_weights": result.weights, "oof": None,
+               "no_oof": "every training image trained it: no image is out of its fold",
+               "train_not_out_of_fold": task.score(load_truth(paths.processed), train_preds),
+               "vs_bag_on_test": beside_bag(task, paths.bagged, paths.processed, tempering, got),
+               "export_max_abs_vs_eager": check.worst}
+    return single.Shipped(figures, loaded)
 
 
 def beside_bag(task, bagged: Path, processed: Path, tempering, got: np.ndarray) -> dict:

@@ -42,6 +42,11 @@ class Seeded(NamedTuple):
     seed: int
 
 
+class Shipped(NamedTuple):
+    figures: dict  # what metrics/<name>.json holds of the shipped network
+    loaded: tuple  # its program loaded back: (module, meta)
+
+
 def seeded_network(job: Job, cfg, channels: int, offset: int) -> Seeded:
     """The one network, created after seeding with `params.seed * 1000 + offset` (its random
     init is part of the result; the folds use + fold)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +85,15 @@ def resolve(sources, repo: str | Path = ".") -> list[Member]:
     return members
 
 
-def align(members: list[Member], ids, columns) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]:
-    """Stacked OOF (members, rows, outputs) in training order, stacked test predictions, the
-    folds of the first member's table and the test ids; members must cover the same images."""
+class Aligned(NamedTuple):
+    stack: np.ndarray  # the members' OOF predictions (members, rows, outputs), training order
+    test_stack: np.ndarray  # their test predictions (members, rows, outputs), test_ids' order
+    folds: np.ndarray  # each training row's fold, from the first member's table
+    test_ids: pd.Series
+
+
+def align(members: list[Member], ids, columns) -> Aligned:
+    """The members' predictions stacked row for row; members must cover the same images."""
     order = pd.Index(ids)
     oofs, tests = [], []
     test_ids = members[0].test["id"]
@@ -104,7 +111,7 @@ def align(members: list[Member], ids, columns) -> tuple[np.ndarray, np.ndarray, 
             raise InputError(f"{m.name}: its test predictions list other images than {members[0].name}'s")
         tests.append(test.loc[test_ids, columns].to_numpy(np.float64))
     folds = members[0].oof.set_index("id").loc[order, "fold"].to_numpy()
-    return np.stack(oofs), np.stack(tests), folds, test_ids.reset_index(drop=True)
+    return Aligned(np.stack(oofs), np.stack(tests), folds, test_ids.reset_index(drop=True))
 
 
 def fit_weights(stack: np.ndarray, truth: np.ndarray, loss, mean: str) -> np.ndarray:

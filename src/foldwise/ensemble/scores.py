@@ -1,6 +1,8 @@
 """Out-of-fold evaluation: the summary, per-fold figures, and the worst-predicted images."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
@@ -8,14 +10,20 @@ from PIL import Image, ImageDraw
 from foldwise.files import atomic_path
 
 
-def evaluate(task, oof: pd.DataFrame, truth: np.ndarray) -> tuple[dict, dict, pd.DataFrame]:
-    """`truth` is aligned with `oof` rows. Returns summary, per-fold scores, breakdown table."""
+class Evaluation(NamedTuple):
+    summary: dict  # the OOF figures of every row together (task.report)
+    per_fold: dict  # {fold: its rows' figures and image count}
+    breakdown: pd.DataFrame  # the task's per-class (or per-target) table
+
+
+def evaluate(task, oof: pd.DataFrame, truth: np.ndarray) -> Evaluation:
+    """The OOF table scored against `truth` (aligned with its rows)."""
     preds = oof[task.columns].to_numpy()
     summary, breakdown = task.report(truth, preds, oof["fold"].to_numpy())
     per_fold = {}
     for k, rows in oof.groupby("fold").indices.items():
         per_fold[str(k)] = {**task.score(truth[rows], preds[rows]), "images": int(len(rows))}
-    return summary, per_fold, breakdown
+    return Evaluation(summary, per_fold, breakdown)
 
 
 def confusion(task, oof: pd.DataFrame, truth: np.ndarray) -> pd.DataFrame:
