@@ -28,7 +28,12 @@ def test_the_project_params_and_every_preset_pass_the_schema(tmp_path):
         from foldwise.presets import apply
         target = copy_params(tmp_path)
         apply(preset.stem, target, ROOT / "tasks")
-        P.load(target)
+        loaded = P.load(target)
+        values = yaml.safe_load(preset.read_text())  # the preset's own values land
+        assert loaded.data.source == values["data"]["source"]
+        assert loaded.train.model == values["train"]["model"]
+        assert loaded.train.ema.decay == values["train"]["ema"]["decay"]
+        assert loaded.tta.shift == values["tta"]["shift"]
 
 
 def test_the_samples_sizes_live_in_sample_yaml_and_a_bad_one_names_that_file(tmp_path):

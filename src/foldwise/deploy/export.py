@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from foldwise import tracking
-from foldwise.data.cache import read_meta
+from foldwise.data.cache import Decode, read_meta
 from foldwise.data.sources import get_source
 from foldwise.deploy import mlmodel, program, setlevel
 from foldwise.deploy.verify import TOLERANCE, Verified, check_export
@@ -145,7 +145,7 @@ def export_bag(params, meta, bag, nets, ship: Shipping, paths: Paths) -> None:
                "neighbours": ship.k,  # set-level: a graph over the images predicted together
                "stack": stacked.meta() if stacked else {"model": ""},
                "tta": asdict(params.tta), "temperature": ship.temperature,
-               "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
+               "preprocess": Decode.of(meta).record()}
     beside = None
     if setlevel.wanted(shipped):
         def beside(folder):

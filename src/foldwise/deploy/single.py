@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from foldwise import models, tracking
+from foldwise.data.cache import Decode
 from foldwise.data.sources import get_source
 from foldwise.deploy import program
 from foldwise.deploy.student import MODEL, SUBMISSION
@@ -79,7 +80,7 @@ def shipped_meta(meta: dict, decision: dict, tta: dict, temperature: float, **ex
     return {**{key: meta[key] for key in program.TASK_KEYS}, "bag_mean": "arithmetic", "folds": 1,
             "decision": decision, "neighbours": 0, "stack": {"model": ""}, "tta": tta,
             "temperature": temperature, **extra,
-            "preprocess": {key: meta[key] for key in ("height", "width", "crop", "mode")}}
+            "preprocess": Decode.of(meta).record()}
 
 
 def ship(job: Job, bagged: program.Bagged, shipped: dict, expected: np.ndarray) -> Verified:
