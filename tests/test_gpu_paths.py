@@ -29,7 +29,8 @@ def test_each_rank_draws_its_own_masks_and_rank_0_keeps_the_folds_seed(monkeypat
 def test_bfloat16_runs_only_where_the_gpu_has_it(monkeypatch, caplog, capability, native):
     """T4 (7.5) and V100 (7.0) pass torch's is_bf16_supported by emulation and train slower
     than in float32: there a fold trains in float32 and says so; A100 (8.0) and H100/H200 (9.0)
-    use bfloat16."""
+    use bfloat16. A CPU trains in float32 even with AMX: its bfloat16 kernels gave a
+    different fold on each run of the same seed (benchmarks/cpu_bf16.py)."""
     monkeypatch.setattr(distributed, "_capability", lambda index: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
     distributed._WARNED.clear()

@@ -99,7 +99,9 @@ def rank_seed(seed: int) -> int:
 def bf16_native(device: torch.device) -> bool:
     """bfloat16 autocast pays on this device: CUDA from Ampere (compute capability 8.0) on.
     Older GPUs (T4, V100) pass torch's is_bf16_supported through emulation, and run slower
-    than float32: there a fold trains in float32, and says so once."""
+    than float32: there a fold trains in float32, and says so once. A CPU always trains in
+    float32: with AMX, bfloat16 trained 1.5x faster but the same seeded fold came out
+    differently on each run (benchmarks/cpu_bf16.py, docs/benchmarks.md)."""
     if device.type != "cuda":
         return False
     if _capability(device.index) >= (8, 0):
