@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT / "src"))
 import timm  # noqa: E402
 
 import foldwise.models  # noqa: E402,F401  (registers the small_resnet family with timm)
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import toy_data  # noqa: E402
 
 
 def step_rate(name: str, size: int, amp: bool, steps: int = 15) -> float:
@@ -72,18 +74,13 @@ def toy_fold(amp: bool):
     """One toy fold through foldwise's own loop (the suite's: resnet10t, 16x16 images, 32
     training rows in batches of 8, 2 epochs), in bfloat16 where `amp`: its validation
     predictions, or None where it stopped on a NaN loss."""
-    import numpy as np
     from foldwise import params as P
     from foldwise.errors import InputError
     from foldwise.models import Normalised
     from foldwise.tasks import Classification
     from foldwise.train import distributed
     from foldwise.train.loop import Around, FitData, Settings, train_fold
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, size=48)
-    x = rng.integers(0, 60, size=(48, 16, 16, 3)).astype(np.uint8)
-    for i, label in enumerate(y):
-        x[i, :, 8 * label:8 * label + 8] += 150
+    x, y = toy_data()  # the suite's toy images
     cfg = P.evolve(P.load(ROOT / "params.yaml").train,
                    {"epochs": 2, "batch_size": 8, "warmup_epochs": 0, "patience": 10,
                     "ema": {"decay": 0.0}, "augment": {"hflip": False, "rotate": 0}})
