@@ -169,29 +169,31 @@ def train(net: AirNet, images: torch.Tensor, labels: torch.Tensor, epochs: int) 
     return time.perf_counter() - start
 
 
-def predict(net: AirNet, images: torch.Tensor, views: int) -> torch.Tensor:
-    """Probabilities averaged over the views: 0 none, 1 the mirror, 2 also shifts of one pixel
-    (down-right and up-left, each mirrored, at half weight: airbench's level 2)."""
+def predict(net: AirNet, images: torch.Tensor) -> list[torch.Tensor]:
+    """Probabilities for the three levels of views, each network pass made once: 0 none, 1 the
+    mirror, 2 also shifts of one pixel (down-right and up-left, each mirrored, at half weight:
+    airbench's level 2)."""
     net.eval()
-    out = []
+    levels = [[], [], []]
     with torch.inference_mode():
         for b in range(0, len(images), 1000):
             x = images[b:b + 1000].contiguous(memory_format=torch.channels_last)
-            p = lambda v: (F.softmax(net(v), 1) + F.softmax(net(v.flip(3)), 1)) / 2
-            probs = F.softmax(net(x), 1) if views == 0 else p(x)
-            if views == 2:
-                padded, side = F.pad(x, (1, 1, 1, 1), mode="reflect"), x.shape[-1]
-                shifted = [p(padded[:, :, d:d + side, d:d + side]) for d in (0, 2)]
-                probs = (probs + 0.5 * (shifted[0] + shifted[1]) / 2) / 1.5
-            out.append(probs)
-    return torch.cat(out)
+            plain = F.softmax(net(x), 1)
+            mirrored = (plain + F.softmax(net(x.flip(3)), 1)) / 2
+            padded, side = F.pad(x, (1, 1, 1, 1), mode="reflect"), x.shape[-1]
+            shifted = [padded[:, :, d:d + side, d:d + side] for d in (0, 2)]
+            shifted = [(F.softmax(net(v), 1) + F.softmax(net(v.flip(3)), 1)) / 2 for v in shifted]
+            for level, probs in zip(levels, (plain, mirrored,
+                                             (mirrored + 0.5 * (shifted[0] + shifted[1]) / 2) / 1.5)):
+                level.append(probs)
+    return [torch.cat(level) for level in levels]
 
 
 def scores(net: AirNet, split: tuple, prefix: str) -> dict:
     images, labels = split
     row = {}
-    for views in (0, 1, 2):
-        probs = predict(net, images, views).numpy()
+    for views, probs in enumerate(predict(net, images)):
+        probs = probs.numpy()
         row[f"{prefix}_accuracy_views{views}"] = float((probs.argmax(1) == labels.numpy()).mean())
         row[f"{prefix}_logloss_views{views}"] = float(log_loss(labels.numpy(), probs, labels=range(10)))
     return row

@@ -727,8 +727,9 @@ def test_a_distilled_network_ships_as_one_forward_pass_with_its_figures_labelled
     out = one_network
     classes = [f"c{k}" for k in range(10)]
     test = pd.read_csv(dst / "data/bagged/test.csv")
-    stacked = yaml.safe_load((dst / "params.yaml").read_text())["stack"]["model"]  # set by the
-    if stacked:  # stack tests before this one; alone, the teacher is the bag
+    # the stack tests before this one set stack.model; run alone, the teacher is the bag
+    stacked = yaml.safe_load((dst / "params.yaml").read_text())["stack"]["model"]
+    if stacked:
         empty = np.zeros((len(test), 0), dtype=np.int64)
         teacher = stack_model.predict(stack_model.load_model(dst / "data/stack"),  # the stack in the program
                                       stack_model.features(test[classes].to_numpy(), empty, empty, 0), 10)
